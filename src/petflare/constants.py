@@ -1,0 +1,55 @@
+"""Keys and class registry shared across petflare, so no string is spelled twice."""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class Keys:
+    """Dictionary keys used in datalists, MONAI transform dictionaries and reports."""
+
+    PATIENT_ID: Final = "patient_id"
+    STUDY_ID: Final = "study_id"
+    PET: Final = "pet"
+    CT: Final = "ct"
+    LABEL: Final = "label"
+    IMAGE: Final = "image"
+    PATTERN: Final = "pattern"
+    SPLIT: Final = "split"
+
+    BASELINE_PET: Final = "baseline_pet"
+    BASELINE_CT: Final = "baseline_ct"
+    BASELINE_MASK: Final = "baseline_mask"
+    FOLLOWUP_PET: Final = "followup_pet"
+    FOLLOWUP_CT: Final = "followup_ct"
+    FOLLOWUP_MASK: Final = "followup_mask"
+
+
+#: Columns of the longitudinal manifest CSV, in order.
+MANIFEST_COLUMNS: Final = (
+    Keys.PATIENT_ID,
+    Keys.BASELINE_PET,
+    Keys.BASELINE_CT,
+    Keys.BASELINE_MASK,
+    Keys.FOLLOWUP_PET,
+    Keys.FOLLOWUP_CT,
+    Keys.FOLLOWUP_MASK,
+    Keys.PATTERN,
+    Keys.SPLIT,
+)
+
+#: The four temporal change patterns, in the fixed class-index order used by every model.
+PATTERNS: Final = ("controlled", "diffuse_flare", "nodule_within_mass", "new_lesions")
+PATTERN_TO_INDEX: Final = {name: i for i, name in enumerate(PATTERNS)}
+
+#: Split names.
+SPLITS: Final = ("train", "val", "test")
+
+#: Timepoint names used in reports and output file names.
+TIMEPOINTS: Final = ("baseline", "followup")
+
+#: F-18 physical half-life in seconds (DOMAIN.md: 6586-6588 s).
+F18_HALF_LIFE_S: Final = 6588.0
+
+#: Largest plausible SUV in a clinical FDG scan; values far above it suggest Bq/mL, not SUV.
+MAX_PLAUSIBLE_SUV: Final = 200.0
