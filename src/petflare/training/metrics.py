@@ -88,7 +88,7 @@ def _json_float(value: Any) -> Any:
 
 
 def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    labels, n = cc3d.connected_components(
+    labels, n = cc3d.connected_components(  # type: ignore[call-overload]
         np.ascontiguousarray(mask, dtype=np.uint8), connectivity=connectivity, return_N=True
     )
     return labels, int(n)
