@@ -38,10 +38,19 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if path.exists() and not overwrite:  # appeared while we were writing
             raise OutputExistsError(path, "appeared while writing; refusing to replace it")
+        if tmp.is_file():  # mkstemp makes 0600 files; give the output the usual umask mode
+            os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _current_umask() -> int:
+    """The process umask (read by setting and restoring it; os has no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
@@ -74,6 +83,7 @@ def atomic_directory(path: str | Path, overwrite: bool = False) -> Iterator[Path
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes 0700 folders
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
             if backup.exists():

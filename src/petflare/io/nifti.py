@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,8 +25,12 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise PetflareInputError(path, "file not found")
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))  # a spatial image; typed loosely by nibabel
+        if 0 in img.shape:  # nibabel returns a flat (0,) array here, hiding the real shape
+            raise PetflareInputError(path, f"empty volume (zero-size, shape {tuple(img.shape)})")
         data = np.asanyarray(img.dataobj)
+    except PetflareInputError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise PetflareInputError(path, f"cannot be read as NIfTI ({exc})") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
