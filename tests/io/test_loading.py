@@ -10,7 +10,13 @@ import pytest
 
 from petflare.constants import F18_HALF_LIFE_S
 from petflare.errors import PetflareInputError
-from petflare.io.loading import AIR_HU, load_study, resample_to_grid, validate_mask
+from petflare.io.loading import (
+    AIR_HU,
+    _ct_overlaps_pet,
+    load_study,
+    resample_to_grid,
+    validate_mask,
+)
 from petflare.io.nifti import save_nifti
 from petflare.io.study import StudyMeta
 
@@ -244,6 +250,16 @@ def test_ct_on_another_grid_is_resampled_through_world_coordinates(tmp_path, tin
     assert inside.sum() > 100 and outside.sum() > 100
     np.testing.assert_allclose(study.ct[inside], _linear_hu(pet_world)[inside], atol=0.05)
     assert np.all(study.ct[outside] == AIR_HU)
+
+
+def test_thin_overlap_between_lattice_points_is_found(non_ras_affine):
+    """A CT slab covering PET voxels 1-2 along axis 0 only: missed by the coarse lattice."""
+    pet_shape = (64, 64, 64)
+    ct_affine = non_ras_affine.copy()
+    ct_affine[:3, 3] = non_ras_affine[:3, :3] @ [1.0, 0.0, 0.0] + non_ras_affine[:3, 3]
+    assert _ct_overlaps_pet((2, 64, 64), ct_affine, pet_shape, non_ras_affine)
+    ct_affine[:3, 3] = non_ras_affine[:3, :3] @ [-3.0, 0.0, 0.0] + non_ras_affine[:3, 3]
+    assert not _ct_overlaps_pet((2, 64, 64), ct_affine, pet_shape, non_ras_affine)
 
 
 def test_resample_identity_is_exact(non_ras_affine):

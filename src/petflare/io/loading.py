@@ -301,18 +301,35 @@ def _ct_on_pet_grid(
     """Return the CT on the PET grid (resampled if needed), rejecting a CT that misses the PET."""
     if same_grid(ct.shape, ct_affine, pet_shape, pet_affine):
         return ct.astype(np.float32, copy=False)
-    # Resample a coverage map alongside, so "air" and "outside the CT" are told apart.
-    resampled = resample_to_grid(ct, ct_affine, pet_shape, pet_affine, fill_value=AIR_HU)
-    coverage = resample_to_grid(
-        np.ones(ct.shape, dtype=np.float32), ct_affine, pet_shape, pet_affine, order=0
-    )
-    if not coverage.any():
+    if not _ct_overlaps_pet(ct.shape, ct_affine, pet_shape, pet_affine):
         raise PetflareInputError(
             ct_path,
             "CT does not overlap the PET field of view: CT "
             f"{_describe_grid(ct.shape, ct_affine)}, PET {_describe_grid(pet_shape, pet_affine)}",
         )
-    return resampled
+    return resample_to_grid(ct, ct_affine, pet_shape, pet_affine, fill_value=AIR_HU)
+
+
+def _ct_overlaps_pet(
+    ct_shape: tuple[int, ...],
+    ct_affine: np.ndarray,
+    pet_shape: tuple[int, ...],
+    pet_affine: np.ndarray,
+) -> bool:
+    """True when some PET voxel centre lies inside the CT grid ("air" in HU can't tell us).
+
+    A coarse lattice of PET voxels (~17 per axis) is tried first; only if it misses, a full
+    nearest-neighbour coverage map settles small overlaps.
+    """
+    lattice = [np.unique(np.r_[np.arange(0, s, max(1, s // 16)), s - 1]) for s in pet_shape]
+    idx = np.stack(np.meshgrid(*lattice, indexing="ij"), axis=-1).reshape(-1, 3)
+    pet_to_ct = np.linalg.inv(np.asarray(ct_affine, dtype=np.float64)) @ pet_affine
+    ct_idx = idx @ pet_to_ct[:3, :3].T + pet_to_ct[:3, 3]
+    limit = np.asarray(ct_shape, dtype=np.float64) - 1 + _SNAP_TOL_VOXELS
+    if np.any(np.all((ct_idx >= -_SNAP_TOL_VOXELS) & (ct_idx <= limit), axis=1)):
+        return True
+    ones = np.ones(tuple(ct_shape), dtype=np.float32)
+    return bool(resample_to_grid(ones, ct_affine, pet_shape, pet_affine, order=0).any())
 
 
 def _describe_grid(shape: tuple[int, ...], affine: np.ndarray) -> str:
