@@ -13,6 +13,7 @@ from petflare.errors import PetflareInputError
 from petflare.io.loading import (
     AIR_HU,
     _ct_overlaps_pet,
+    load_ct_on_grid,
     load_study,
     resample_to_grid,
     validate_mask,
@@ -250,6 +251,17 @@ def test_ct_on_another_grid_is_resampled_through_world_coordinates(tmp_path, tin
     assert inside.sum() > 100 and outside.sum() > 100
     np.testing.assert_allclose(study.ct[inside], _linear_hu(pet_world)[inside], atol=0.05)
     assert np.all(study.ct[outside] == AIR_HU)
+
+
+def test_load_ct_on_grid_matches_load_study(tiny_study, non_ras_affine):
+    """The public helper (for PET read from DICOM) gives the same CT as load_study."""
+    target_affine = non_ras_affine.copy()
+    target_affine[:3, 3] += 1.0  # a slightly shifted grid: forces resampling
+    ct = load_ct_on_grid(tiny_study.ct, (10, 8, 6), target_affine)
+    assert ct.shape == (10, 8, 6) and ct.dtype == np.float32
+    assert ct.min() >= -1000.0 and ct.max() <= 60.0
+    same = load_ct_on_grid(tiny_study.ct, tiny_study.ct_array.shape, tiny_study.affine)
+    np.testing.assert_array_equal(same, tiny_study.ct_array)
 
 
 def test_thin_overlap_between_lattice_points_is_found(non_ras_affine):

@@ -20,7 +20,13 @@ from petflare.io.layouts import (
     study_entry,
     write_manifest,
 )
-from petflare.io.loading import load_study, resample_to_grid, same_grid, validate_mask
+from petflare.io.loading import (
+    load_ct_on_grid,
+    load_study,
+    resample_to_grid,
+    same_grid,
+    validate_mask,
+)
 from petflare.io.nifti import load_nifti, save_nifti
 from petflare.io.splits import split_by_patient
 from petflare.io.study import Study, StudyMeta
@@ -34,6 +40,7 @@ __all__ = [
     "atomic_write_with",
     "check_can_write",
     "load_autopet",
+    "load_ct_on_grid",
     "load_manifest",
     "load_nifti",
     "load_nnunet_raw",

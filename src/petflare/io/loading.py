@@ -85,11 +85,8 @@ def load_study(
     sources = {"pet": str(pet_path)}
     ct_arr: np.ndarray | None = None
     if ct is not None:
-        ct_path = Path(ct)
-        ct_raw, ct_affine = load_nifti(ct_path)
-        _check_volume(ct_raw, ct_path, "CT")
-        ct_arr = _ct_on_pet_grid(ct_raw, ct_affine, pet_arr.shape, affine, ct_path)
-        sources["ct"] = str(ct_path)
+        ct_arr = load_ct_on_grid(ct, pet_arr.shape, affine)
+        sources["ct"] = str(ct)
 
     mask_arr: np.ndarray | None = None
     if mask is not None:
@@ -117,6 +114,21 @@ def load_study(
         source=new_source,
     )
     return Study(pet=pet_arr, affine=affine, ct=ct_arr, mask=mask_arr, meta=study_meta)
+
+
+def load_ct_on_grid(ct: str | Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """Read and validate a NIfTI CT (HU) and return it on the grid ``(shape, affine)``.
+
+    Used by :func:`load_study` and for a PET read from elsewhere (e.g. DICOM): the CT is
+    resampled through both affines (trilinear, air -1000 HU outside its field of view).
+
+    Raises:
+        PetflareInputError: unreadable, not 3D, empty, non-finite, or no overlap with the grid.
+    """
+    ct_path = Path(ct)
+    ct_raw, ct_affine = load_nifti(ct_path)
+    _check_volume(ct_raw, ct_path, "CT")
+    return _ct_on_pet_grid(ct_raw, ct_affine, tuple(shape), np.asarray(affine), ct_path)
 
 
 def same_grid(
