@@ -1,0 +1,301 @@
+"""``petflare-infer`` / ``scripts/infer.py``: scans in; masks, report, pictures and pattern out.
+
+Composes the Hydra config into a typed :class:`InferRequest`, loads the model once and calls
+:mod:`petflare.inference.pipeline` and :mod:`petflare.inference.writers`. Exit status: 0 on
+success; 2 on bad input (one line naming the file, nothing written); 1 on an internal error,
+with the traceback in ``DIR/petflare-infer-error.log`` (the only file written then).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import hydra
+from omegaconf import DictConfig
+
+from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.errors import PetflareInputError
+from petflare.inference.pipeline import ScanInput
+
+#: Name of the log file that holds the traceback of an internal error, inside ``out``.
+ERROR_LOG = "petflare-infer-error.log"
+#: Exit status of an internal (not user-input) error.
+EXIT_INTERNAL_ERROR = 1
+DEVICES = ("auto", "cpu", "cuda")
+
+_PAIR_KEYS = (
+    "baseline_pet",
+    "baseline_ct",
+    "baseline_weight_kg",
+    "baseline_injected_dose_bq",
+    "followup_pet",
+    "followup_ct",
+    "followup_weight_kg",
+    "followup_injected_dose_bq",
+)
+_SINGLE_KEYS = ("pet", "ct", "weight_kg", "injected_dose_bq")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated command line: which mode, which inputs, where to write, which model."""
+
+    mode: Literal["single", "pair", "batch"]
+    out: Path
+    model: Path
+    device: str = "auto"
+    tta: bool = False
+    overwrite: bool = False
+    html: bool = True
+    progress: bool = True
+    scan: ScanInput | None = None
+    baseline: ScanInput | None = None
+    followup: ScanInput | None = None
+    manifest: Path | None = None
+    sw_batch_size: int | None = None
+    min_component_ml: float | None = None
+
+
+def default_model_dir() -> Path:
+    """The shipped model folder, ``models/phantom-unet`` next to the ``configs/`` folder."""
+    return Path(config_dir()).parent / "models" / "phantom-unet"
+
+
+def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
+    """Check the option combination and build a typed request (no file is read or written).
+
+    Raises:
+        PetflareInputError: missing ``out``, no or several modes, half a pair, a bad device.
+    """
+    get = cfg.get
+    if not get("out"):
+        raise PetflareInputError(None, "out=DIR is required (the output folder)")
+    given = {k for k in (*_PAIR_KEYS, *_SINGLE_KEYS, "manifest") if get(k) is not None}
+    modes = []
+    if "manifest" in given:
+        modes.append("batch")
+    if given & set(_PAIR_KEYS):
+        modes.append("pair")
+    if given & set(_SINGLE_KEYS):
+        modes.append("single")
+    if not modes:
+        raise PetflareInputError(
+            None,
+            "no input: give baseline_pet=PATH followup_pet=PATH (pair), pet=PATH (single scan) "
+            "or manifest=CSV (batch); see --help",
+        )
+    if len(modes) > 1:
+        raise PetflareInputError(
+            None,
+            f"options of several modes were given ({', '.join(sorted(given))}): use either "
+            "baseline_*/followup_* (pair), pet/ct (single scan) or manifest (batch)",
+        )
+    device = str(get("device") or "auto")
+    if device not in DEVICES:
+        raise PetflareInputError(None, f"device={device} is not one of {', '.join(DEVICES)}")
+    model = Path(str(get("model_dir"))) if get("model_dir") else default_model_dir()
+    common: dict[str, Any] = {
+        "out": Path(str(get("out"))),
+        "model": model,
+        "device": device,
+        "tta": bool(get("tta")),
+        "overwrite": bool(get("overwrite")),
+        "html": bool(get("html", True)),
+        "progress": bool(get("progress", True)),
+        "sw_batch_size": None if get("sw_batch_size") is None else int(get("sw_batch_size")),
+        "min_component_ml": None
+        if get("min_component_ml") is None
+        else float(get("min_component_ml")),
+    }
+    mode = modes[0]
+    if mode == "batch":
+        return InferRequest(mode="batch", manifest=Path(str(get("manifest"))), **common)
+    if mode == "single":
+        if get("pet") is None:
+            raise PetflareInputError(None, "single-scan mode needs pet=PATH")
+        return InferRequest(mode="single", scan=_scan(cfg, ""), **common)
+    for name in ("baseline", "followup"):
+        if get(f"{name}_pet") is None:
+            raise PetflareInputError(
+                None, f"pair mode needs both baseline_pet= and followup_pet= ({name}_pet missing)"
+            )
+    return InferRequest(
+        mode="pair", baseline=_scan(cfg, "baseline_"), followup=_scan(cfg, "followup_"), **common
+    )
+
+
+def _scan(cfg: DictConfig | dict[str, Any], prefix: str) -> ScanInput:
+    get = cfg.get
+    ct = get(f"{prefix}ct")
+    weight = get(f"{prefix}weight_kg")
+    dose = get(f"{prefix}injected_dose_bq")
+    return ScanInput(
+        pet=Path(str(get(f"{prefix}pet"))),
+        ct=None if ct is None else Path(str(ct)),
+        weight_kg=None if weight is None else float(weight),
+        injected_dose_bq=None if dose is None else float(dose),
+    )
+
+
+def check_inputs_exist(request: InferRequest) -> None:
+    """Fail fast (before the model loads) on input paths that do not exist."""
+    scans = [s for s in (request.scan, request.baseline, request.followup) if s is not None]
+    for scan in scans:
+        if not scan.pet.exists():
+            raise PetflareInputError(scan.pet, "PET file or DICOM folder not found")
+        if scan.ct is not None and not scan.ct.exists():
+            raise PetflareInputError(scan.ct, "CT file not found")
+    if request.manifest is not None and not request.manifest.is_file():
+        raise PetflareInputError(request.manifest, "manifest not found")
+    _check_model_dir(request.model)
+
+
+def _check_model_dir(model: Path) -> None:
+    if not model.is_dir():
+        shipped = model == default_model_dir()
+        hint = " (the shipped model: run `make weights`)" if shipped else ""
+        raise PetflareInputError(model, f"model folder not found{hint}; pass model=DIR")
+
+
+def check_output_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+    from petflare.errors import OutputExistsError
+
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(out, "exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(out, "exists and is not empty; pass overwrite=true to replace it")
+
+
+def load_predictor(request: InferRequest) -> Any:
+    """Load the segmentation model folder once (safe loading is the Predictor's job)."""
+    from petflare.inference.predictor import Predictor
+
+    _check_model_dir(request.model)
+    kwargs: dict[str, Any] = {"device": request.device, "tta": request.tta}
+    if request.sw_batch_size is not None:
+        kwargs["sw_batch_size"] = request.sw_batch_size
+    if request.min_component_ml is not None:
+        kwargs["min_component_ml"] = request.min_component_ml
+    return Predictor.from_folder(request.model, **kwargs)
+
+
+def run_request(request: InferRequest, predictor: Any | None = None) -> list[Path]:
+    """Run a request end to end and return the paths written.
+
+    Every input is read and validated before the model is loaded, so bad input is reported
+    in a second, not after the model has loaded.
+
+    Args:
+        request: the validated command line.
+        predictor: an already loaded segmentation model; loaded from ``request.model`` if None.
+    """
+    from petflare.inference import pipeline, writers
+
+    progress = pipeline.stderr_progress if request.progress else None
+    if request.mode == "batch":
+        from petflare.io import load_manifest
+
+        assert request.manifest is not None
+        rows = load_manifest(request.manifest)
+        predictor = predictor if predictor is not None else _load(request, progress)
+        items = pipeline.run_manifest(
+            rows,
+            predictor,
+            request.out,
+            overwrite=request.overwrite,
+            progress=progress,
+            html=request.html,
+        )
+        return [request.out / item.folder for item in items]
+    if request.mode == "single":
+        assert request.scan is not None
+        scan = _read(request.scan, pipeline.SINGLE_TIMEPOINT, progress)
+        predictor = predictor if predictor is not None else _load(request, progress)
+        result = pipeline.run_single(scan, predictor, progress=progress)
+    else:
+        assert request.baseline is not None and request.followup is not None
+        baseline = _read(request.baseline, "baseline", progress)
+        followup = _read(request.followup, "followup", progress)
+        predictor = predictor if predictor is not None else _load(request, progress)
+        result = pipeline.run_pair(baseline, followup, predictor, progress=progress)
+    written = writers.write_outputs(
+        result, request.out, overwrite=request.overwrite, html=request.html
+    )
+    return sorted(written.values())
+
+
+def _read(scan: ScanInput, name: str, progress: Any) -> Any:
+    from petflare.inference.pipeline import load_scan
+
+    if progress:
+        progress(f"read_{name} {scan.pet}")
+    return load_scan(scan, study_id=name)
+
+
+def _load(request: InferRequest, progress: Any) -> Any:
+    if progress:
+        progress(f"loading model {request.model} (device={request.device})")
+    return load_predictor(request)
+
+
+def _summary_line(request: InferRequest) -> str:
+    """Final message: where the outputs are, and the pattern for a pair."""
+    if request.mode == "batch":
+        return f"petflare: done; one folder per manifest row in {request.out}"
+    return f"petflare: done; outputs in {request.out} (open {request.out / 'report.html'})"
+
+
+@exit_on_bad_input
+def infer(cfg: DictConfig) -> None:
+    """The command body: validate, load the model, run, write; map internal errors to a log."""
+    request = request_from_config(cfg)
+    check_output_dir(request.out, request.overwrite)
+    check_inputs_exist(request)
+    try:
+        run_request(request)
+    except PetflareInputError:
+        raise
+    except Exception:
+        log = _write_error_log(request.out, traceback.format_exc())
+        print(
+            f"petflare: internal error: {sys.exc_info()[1]!r}; traceback in {log}",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)
+    print(_summary_line(request), file=sys.stderr)
+
+
+def _write_error_log(out: Path, text: str) -> Path:
+    """Write the traceback into ``out`` (created if needed) and return the log path."""
+    from petflare.io.atomic import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out / ERROR_LOG, text, overwrite=True)
+
+
+#: The documented option is ``model=DIR``, but ``model`` is also the training config group
+#: (configs/model/), so Hydra would read ``model=...`` as a group choice. The entry point passes
+#: it on as ``model_dir=`` (which may also be given directly).
+_MODEL_ALIAS = ("model=", "model_dir=")
+
+
+def alias_model_argument(argv: list[str]) -> list[str]:
+    """Rewrite ``model=DIR`` to ``model_dir=DIR`` (see :data:`_MODEL_ALIAS`)."""
+    old, new = _MODEL_ALIAS
+    return [new + arg[len(old) :] if arg.startswith(old) else arg for arg in argv]
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="infer")
+def _hydra_main(cfg: DictConfig) -> None:
+    infer(cfg)
+
+
+def main() -> None:
+    """Entry point of ``petflare-infer`` and ``scripts/infer.py`` (see ``--help``)."""
+    sys.argv = [sys.argv[0], *alias_model_argument(sys.argv[1:])]
+    _hydra_main()

@@ -1,0 +1,676 @@
+"""The inference product as a library: PET scans in; lesion masks, reports and a pattern out.
+
+``run_single`` segments and quantifies one scan, ``run_pair`` does both timepoints and compares
+them, ``run_manifest`` runs a whole longitudinal manifest with the model loaded once, reading the
+next pair in a background thread while the current one is computed. Each function takes typed
+inputs and an already loaded predictor (any object with ``predict(study) -> mask``), so it runs
+from a notebook as well as from ``scripts/infer.py``; every stage is timed.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+import petflare
+from petflare.constants import PATTERNS, Keys
+from petflare.errors import PetflareInputError
+from petflare.io.study import Study, StudyMeta
+
+#: Shown in report.json, report.html and the CLI: what the outputs may and may not be used for.
+RESEARCH_NOTICE = (
+    "Research use only; trained on synthetic phantoms unless stated otherwise. "
+    "Not a medical device: do not use for diagnosis or treatment decisions."
+)
+
+#: Version of the top-level layout of report.json written by the inference product (the
+#: quantitative sections inside follow petflare.quant's own ``schema_version``).
+INFERENCE_SCHEMA_VERSION = "1.0"
+
+#: Timepoint name used for single-scan runs.
+SINGLE_TIMEPOINT = "scan"
+
+ProgressFn = Callable[[str], None]
+
+
+def stderr_progress(message: str) -> None:
+    """Default progress display: one flushed line per stage event on stderr."""
+    print(f"[petflare] {message}", file=sys.stderr, flush=True)
+
+
+class SegmentationPredictor(Protocol):
+    """What the pipeline needs from a segmentation model (e.g. ``Predictor.from_folder``)."""
+
+    def predict(self, study: Study) -> np.ndarray:
+        """Binary (or instance) lesion mask on ``study``'s own grid."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScanInput:
+    """Where one PET scan lives and how to read it as SUV.
+
+    Attributes:
+        pet: NIfTI file in SUV (or Bq/mL with weight and dose) or a DICOM PET series folder.
+        ct: optional CT NIfTI (Hounsfield units), any grid overlapping the PET.
+        weight_kg: body weight, only to convert a Bq/mL NIfTI to SUVbw.
+        injected_dose_bq: injected activity decay-corrected to scan start, only with weight_kg.
+    """
+
+    pet: Path
+    ct: Path | None = None
+    weight_kg: float | None = None
+    injected_dose_bq: float | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        """True when ``pet`` is a folder (a DICOM series) rather than a NIfTI file."""
+        return Path(self.pet).is_dir()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description for the report's ``inputs`` section."""
+        return {
+            "pet": str(self.pet),
+            "ct": None if self.ct is None else str(self.ct),
+            "format": "dicom" if self.is_dicom else "nifti",
+            "weight_kg": self.weight_kg,
+            "injected_dose_bq": self.injected_dose_bq,
+        }
+
+
+def read_scan(scan: ScanInput, *, patient_id: str = "", study_id: str = "") -> Study:
+    """Read and validate one scan into a :class:`Study` in SUVbw (NIfTI or DICOM series).
+
+    Raises:
+        PetflareInputError: missing file, not 3D, NaN, Bq/mL without dose, CT missing the PET
+            field of view, DICOM lacking a tag needed for SUV, ...; the message names the file.
+    """
+    pet = Path(scan.pet)
+    if not pet.exists():
+        raise PetflareInputError(pet, "file or folder not found")
+    if scan.ct is not None and not Path(scan.ct).exists():
+        raise PetflareInputError(scan.ct, "CT file not found")
+    meta = StudyMeta(patient_id=patient_id, study_id=study_id)
+    if pet.is_dir():
+        return _read_dicom_scan(scan, meta)
+    from petflare.io import load_study
+
+    return load_study(
+        pet,
+        scan.ct,
+        weight_kg=scan.weight_kg,
+        injected_dose_bq=scan.injected_dose_bq,
+        meta=meta,
+    )
+
+
+@dataclass
+class LoadedScan:
+    """A scan already read and validated, with where it came from and how long reading took."""
+
+    study: Study
+    source: ScanInput
+    read_s: float = 0.0
+
+
+def load_scan(scan: ScanInput, *, patient_id: str = "", study_id: str = "") -> LoadedScan:
+    """:func:`read_scan`, timed: lets a caller validate every input before loading a model."""
+    start = time.perf_counter()
+    study = read_scan(scan, patient_id=patient_id, study_id=study_id)
+    return LoadedScan(study=study, source=scan, read_s=time.perf_counter() - start)
+
+
+def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
+    """Convert a DICOM PET series to an SUVbw Study, with the optional NIfTI CT on its grid."""
+    import dataclasses
+
+    from petflare.io.dicom import read_dicom_pet  # import at use: pydicom parsing is optional
+
+    if scan.weight_kg is not None or scan.injected_dose_bq is not None:
+        raise PetflareInputError(
+            scan.pet,
+            "weight_kg / injected_dose_bq apply to NIfTI in Bq/mL only; a DICOM series is "
+            "converted to SUV from its own headers",
+        )
+    study = read_dicom_pet(scan.pet)
+    source = dict(study.meta.source)
+    if study.meta.study_id:
+        source["dicom_study_id"] = study.meta.study_id
+    ct = None
+    if scan.ct is not None:
+        ct = _ct_on_grid(Path(scan.ct), study)
+        source["ct"] = str(scan.ct)
+    study_meta = dataclasses.replace(
+        study.meta,
+        patient_id=meta.patient_id or study.meta.patient_id,
+        study_id=meta.study_id or study.meta.study_id,
+        source=source,
+    )
+    return Study(pet=study.pet, affine=study.affine, ct=ct, meta=study_meta)
+
+
+def _ct_on_grid(ct_path: Path, study: Study) -> np.ndarray:
+    """A NIfTI CT (HU) on the grid of an already loaded PET study, air outside its field of view.
+
+    Raises:
+        PetflareInputError: unreadable CT, non-finite voxels, or no overlap with the PET.
+    """
+    from petflare.io.loading import AIR_HU, resample_to_grid, same_grid
+    from petflare.io.nifti import load_nifti
+
+    ct, ct_affine = load_nifti(ct_path)
+    if np.issubdtype(ct.dtype, np.floating) and not np.isfinite(ct).all():
+        raise PetflareInputError(ct_path, "CT has non-finite (NaN/Inf) voxels")
+    if same_grid(ct.shape, ct_affine, study.shape, study.affine):
+        return ct.astype(np.float32)
+    coverage = resample_to_grid(
+        np.ones(ct.shape, dtype=np.float32), ct_affine, study.shape, study.affine, order=0
+    )
+    if not coverage.any():
+        raise PetflareInputError(ct_path, "CT does not overlap the PET field of view")
+    return resample_to_grid(ct, ct_affine, study.shape, study.affine, fill_value=AIR_HU)
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, reported through a progress callback as it goes."""
+
+    def __init__(self, progress: ProgressFn | None = None, prefix: str = "") -> None:
+        self.progress = progress
+        self.prefix = prefix
+        self.timings_s: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the enclosed block as stage ``name`` (times add up if a name repeats)."""
+        if self.progress is not None:
+            self.progress(f"{self.prefix}{name} ...")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed_s = time.perf_counter() - start
+            self.timings_s[name] = self.timings_s.get(name, 0.0) + elapsed_s
+            if self.progress is not None:
+                self.progress(f"{self.prefix}{name} done in {elapsed_s:.2f} s")
+
+    def add(self, name: str, seconds: float) -> None:
+        """Record a stage measured elsewhere (e.g. in the batch read-ahead thread)."""
+        self.timings_s[name] = self.timings_s.get(name, 0.0) + float(seconds)
+
+
+@dataclass
+class PatternCall:
+    """The change pattern of a pair and who decided it.
+
+    ``probabilities`` is only ever set by a calibrated model (``source == "learned_head"``);
+    the rule-based classifier gives a label, the rule that fired and its evidence, no numbers
+    dressed up as probabilities.
+    """
+
+    label: str
+    source: Literal["rules", "learned_head"]
+    probabilities: dict[str, float] | None = None
+    rule: str | None = None
+    evidence: Any = None
+
+    def __post_init__(self) -> None:
+        if self.label not in PATTERNS:
+            raise ValueError(f"unknown pattern {self.label!r}; expected one of {PATTERNS}")
+        if self.source == "rules" and self.probabilities is not None:
+            raise ValueError("rule-based pattern calls carry no probabilities")
+        if self.probabilities is not None and set(self.probabilities) != set(PATTERNS):
+            raise ValueError(f"probabilities must cover exactly {PATTERNS}")
+
+    @property
+    def probability(self) -> float | None:
+        """Probability of the chosen label, or None for a rule-based call."""
+        return None if self.probabilities is None else float(self.probabilities[self.label])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (the report's ``pattern`` section)."""
+        return {
+            "label": self.label,
+            "source": self.source,
+            "probabilities": None
+            if self.probabilities is None
+            else {k: float(self.probabilities[k]) for k in PATTERNS},
+            "rule": self.rule,
+            "evidence": _jsonable(self.evidence),
+        }
+
+
+@dataclass
+class TimepointResult:
+    """One segmented and quantified scan."""
+
+    name: str
+    study: Study
+    instances: np.ndarray
+    scan_report: Any
+    source: ScanInput | None = None
+
+    @property
+    def lesion_ids(self) -> list[int]:
+        """Instance ids present in the mask, ascending."""
+        ids = np.unique(self.instances)
+        return [int(i) for i in ids if i != 0]
+
+
+#: A learned pattern classifier: (baseline, followup, pair report) -> PatternCall.
+PatternHead = Callable[[TimepointResult, TimepointResult, Any], PatternCall]
+
+
+@dataclass
+class InferenceResult:
+    """Everything one run produced, before it is written (see petflare.inference.writers)."""
+
+    timepoints: dict[str, TimepointResult]
+    model: dict[str, Any]
+    timer: StageTimer
+    pair_report: Any = None
+    pattern: PatternCall | None = None
+    patient_id: str = ""
+
+    @property
+    def is_pair(self) -> bool:
+        """True for a baseline/follow-up run."""
+        return self.pair_report is not None
+
+    @property
+    def timings_s(self) -> dict[str, float]:
+        """Seconds per stage so far (the writers add theirs before report.json is written)."""
+        return dict(self.timer.timings_s)
+
+    def report(self) -> dict[str, Any]:
+        """The report.json content: quantitative report plus pattern, model, inputs, timings.
+
+        The quantitative part (timepoints, matching, criteria, liver reference) is petflare.quant's
+        own JSON (``quant_schema_version``); this function adds the inference sections around it.
+        """
+        if self.is_pair:
+            quant = _report_json(self.pair_report)
+            # PairReport keeps the scans at its top level; report.json groups them by timepoint.
+            quant["timepoints"] = {name: quant.pop(name) for name in ("baseline", "followup")}
+        else:
+            tp = self.timepoints[SINGLE_TIMEPOINT]
+            quant = {"timepoints": {tp.name: _report_json(tp.scan_report)}}
+        out: dict[str, Any] = {
+            "schema_version": INFERENCE_SCHEMA_VERSION,
+            "quant_schema_version": quant.pop("schema_version", None),
+            "mode": "pair" if self.is_pair else "single",
+            "patient_id": self.patient_id,
+            "notice": RESEARCH_NOTICE,
+            "pattern": None if self.pattern is None else self.pattern.to_dict(),
+        }
+        out.update(quant)
+        out["masks"] = {
+            name: {
+                "file": mask_filename(name, self.is_pair),
+                "lesion_ids": tp.lesion_ids,
+                "shape": list(tp.study.shape),
+                "spacing_mm": [round(s, 6) for s in tp.study.spacing_mm],
+                "orientation": tp.study.orientation,
+            }
+            for name, tp in self.timepoints.items()
+        }
+        out["inputs"] = {
+            name: None if tp.source is None else tp.source.to_dict()
+            for name, tp in self.timepoints.items()
+        }
+        out["model"] = self.model
+        out["software"] = {"petflare": petflare.__version__}
+        out["timings_s"] = {k: round(v, 4) for k, v in self.timer.timings_s.items()}
+        return out
+
+
+def mask_filename(timepoint: str, is_pair: bool) -> str:
+    """Output file name of a timepoint's instance mask."""
+    return f"{timepoint}_lesions.nii.gz" if is_pair else "lesions.nii.gz"
+
+
+def model_info(predictor: Any) -> dict[str, Any]:
+    """Name, version and intended use of the model, from its ``metadata`` when it has one."""
+    metadata = getattr(predictor, "metadata", None) or {}
+    info = {
+        "name": metadata.get("name", type(predictor).__name__),
+        "version": metadata.get("version"),
+        "intended_use": metadata.get("intended_use"),
+        "training_data": metadata.get("training_data"),
+    }
+    folder = getattr(predictor, "model_dir", None)
+    if folder is not None:
+        info["folder"] = str(folder)
+    return _jsonable(info)
+
+
+def segment_and_quantify(
+    study: Study,
+    predictor: SegmentationPredictor,
+    timer: StageTimer,
+    name: str,
+    source: ScanInput | None = None,
+) -> TimepointResult:
+    """Segment one study, label its lesion instances and compute the per-scan report."""
+    from petflare.quant import analyze_study, lesion_instances
+
+    with timer.stage(f"segment_{name}"):
+        mask = np.asarray(predictor.predict(study))
+    if mask.shape != study.shape:
+        raise RuntimeError(
+            f"predictor returned a mask of shape {mask.shape} for a study of shape {study.shape}"
+        )
+    with timer.stage(f"quantify_{name}"):
+        instances = np.asarray(lesion_instances(mask > 0))
+        scan_report = analyze_study(study, mask=instances)
+    return TimepointResult(
+        name=name, study=study, instances=instances, scan_report=scan_report, source=source
+    )
+
+
+def run_single(
+    scan: ScanInput | LoadedScan | Study,
+    predictor: SegmentationPredictor,
+    *,
+    progress: ProgressFn | None = None,
+) -> InferenceResult:
+    """Segment and quantify one scan.
+
+    Args:
+        scan: where to read the PET (and CT), an already read scan, or a Study.
+        predictor: loaded segmentation model (``predict(study) -> mask``).
+        progress: called with one line per stage event (e.g. :func:`stderr_progress`).
+    """
+    timer = StageTimer(progress)
+    study, source = _as_study(scan, timer, SINGLE_TIMEPOINT)
+    tp = segment_and_quantify(study, predictor, timer, SINGLE_TIMEPOINT, source)
+    return InferenceResult(
+        timepoints={SINGLE_TIMEPOINT: tp},
+        model=model_info(predictor),
+        timer=timer,
+        patient_id=study.meta.patient_id,
+    )
+
+
+def run_pair(
+    baseline: ScanInput | LoadedScan | Study,
+    followup: ScanInput | LoadedScan | Study,
+    predictor: SegmentationPredictor,
+    *,
+    pattern_head: PatternHead | None = None,
+    progress: ProgressFn | None = None,
+    timer: StageTimer | None = None,
+    patient_id: str = "",
+) -> InferenceResult:
+    """Segment, quantify and compare a baseline and a follow-up scan, and call the pattern.
+
+    Both scans are read (and validated) before any computation, so a bad follow-up is reported
+    before minutes are spent on the baseline.
+
+    Args:
+        baseline: baseline scan location, or a loaded Study.
+        followup: follow-up scan location, or a loaded Study.
+        predictor: loaded segmentation model (``predict(study) -> mask``).
+        pattern_head: learned pattern classifier; None uses the rule-based classifier and says so
+            (``pattern.source == "rules"``, no probabilities).
+        progress: called with one line per stage event.
+        timer: an existing timer to add to (batch mode); a new one otherwise.
+        patient_id: written into the report.
+    """
+    timer = timer if timer is not None else StageTimer(progress)
+    base_study, base_src = _as_study(baseline, timer, "baseline")
+    follow_study, follow_src = _as_study(followup, timer, "followup")
+    return _compute_pair(
+        base_study, base_src, follow_study, follow_src, predictor, timer, pattern_head, patient_id
+    )
+
+
+def _compute_pair(
+    base_study: Study,
+    base_src: ScanInput | None,
+    follow_study: Study,
+    follow_src: ScanInput | None,
+    predictor: SegmentationPredictor,
+    timer: StageTimer,
+    pattern_head: PatternHead | None,
+    patient_id: str,
+) -> InferenceResult:
+    """Segmentation, quantification, comparison and pattern for two loaded studies."""
+    from petflare.quant import classify_pattern_rules, compare_studies
+
+    base = segment_and_quantify(base_study, predictor, timer, "baseline", base_src)
+    follow = segment_and_quantify(follow_study, predictor, timer, "followup", follow_src)
+    with timer.stage("compare"):
+        pair_report = compare_studies(
+            _with_mask(base.study, base.instances), _with_mask(follow.study, follow.instances)
+        )
+    with timer.stage("pattern"):
+        if pattern_head is not None:
+            pattern = pattern_head(base, follow, pair_report)
+        else:
+            decision = classify_pattern_rules(pair_report)
+            pattern = PatternCall(
+                label=str(decision.label),
+                source="rules",
+                probabilities=None,
+                rule=str(decision.rule),
+                evidence=decision.evidence,
+            )
+    return InferenceResult(
+        timepoints={"baseline": base, "followup": follow},
+        model=model_info(predictor),
+        timer=timer,
+        pair_report=pair_report,
+        pattern=pattern,
+        patient_id=patient_id or base_study.meta.patient_id,
+    )
+
+
+@dataclass
+class BatchItem:
+    """One manifest row's outcome in batch mode."""
+
+    patient_id: str
+    folder: str
+    true_pattern: str | None
+    pattern: PatternCall | None
+    n_lesions: dict[str, int]
+    seconds: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def run_manifest(
+    rows: Sequence[Mapping[str, Any]],
+    predictor: SegmentationPredictor,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    pattern_head: PatternHead | None = None,
+    progress: ProgressFn | None = None,
+    html: bool = True,
+) -> list[BatchItem]:
+    """Run every pair of a longitudinal manifest into ``out_dir/<patient>/``.
+
+    The model is used as given (loaded once by the caller). While pair *i* is computed, pair
+    *i + 1* is read in a background thread (file decompression and DICOM parsing release the
+    GIL), so reading overlaps computation. The whole batch folder is written atomically: a bad
+    row aborts the batch with that row's file named and leaves no output.
+
+    Args:
+        rows: manifest rows (``petflare.io.load_manifest``): ``patient_id``, ``baseline_pet``,
+            ``baseline_ct``, ``followup_pet``, ``followup_ct``, optional ``pattern`` (truth).
+        predictor: loaded segmentation model.
+        out_dir: batch output folder; an existing non-empty one needs ``overwrite``.
+        overwrite: replace an existing non-empty ``out_dir``.
+        pattern_head: learned pattern classifier, or None for the rules.
+        progress: called with one line per stage event.
+        html: also write report.html per row.
+
+    Returns:
+        One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv).
+    """
+    from petflare.inference.writers import write_batch_summary, write_outputs_into
+    from petflare.io.atomic import atomic_directory, check_can_write
+
+    if not rows:
+        raise PetflareInputError(None, "the manifest has no rows")
+    folders = _row_folders(rows)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        check_can_write(out_dir, overwrite)
+    items: list[BatchItem] = []
+    with (
+        atomic_directory(out_dir, overwrite) as tmp,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="petflare-read") as pool,
+    ):
+        pending: Future[_ReadPair] = pool.submit(_read_row, rows[0])
+        try:
+            for index, row in enumerate(rows):
+                started = time.perf_counter()
+                prefix = f"[{index + 1}/{len(rows)} {folders[index]}] "
+                timer = StageTimer(progress, prefix=prefix)
+                with timer.stage("wait_for_read"):
+                    read = pending.result()
+                if index + 1 < len(rows):
+                    pending = pool.submit(_read_row, rows[index + 1])
+                for name, seconds in read.timings_s.items():
+                    timer.add(name, seconds)
+                result = _compute_pair(
+                    read.baseline,
+                    read.baseline_src,
+                    read.followup,
+                    read.followup_src,
+                    predictor,
+                    timer,
+                    pattern_head,
+                    str(row.get(Keys.PATIENT_ID) or ""),
+                )
+                write_outputs_into(result, tmp / folders[index], html=html)
+                items.append(
+                    BatchItem(
+                        patient_id=result.patient_id,
+                        folder=folders[index],
+                        true_pattern=row.get(Keys.PATTERN) or None,
+                        pattern=result.pattern,
+                        n_lesions={k: len(v.lesion_ids) for k, v in result.timepoints.items()},
+                        seconds=time.perf_counter() - started,
+                        timings_s=result.timings_s,
+                    )
+                )
+        finally:
+            pending.cancel()
+        write_batch_summary(items, tmp / "batch_summary.csv")
+    return items
+
+
+@dataclass
+class _ReadPair:
+    baseline: Study
+    baseline_src: ScanInput
+    followup: Study
+    followup_src: ScanInput
+    timings_s: dict[str, float]
+
+
+def _read_row(row: Mapping[str, Any]) -> _ReadPair:
+    """Read both scans of one manifest row (runs in the read-ahead thread, so no printing)."""
+    timer = StageTimer(progress=None)
+    patient_id = str(row.get(Keys.PATIENT_ID) or "")
+    sources = {}
+    studies = {}
+    for name, pet_key, ct_key in (
+        ("baseline", Keys.BASELINE_PET, Keys.BASELINE_CT),
+        ("followup", Keys.FOLLOWUP_PET, Keys.FOLLOWUP_CT),
+    ):
+        pet = row.get(pet_key)
+        if not pet:
+            raise PetflareInputError(None, f"manifest row {patient_id!r} has no {pet_key}")
+        ct = row.get(ct_key)
+        src = ScanInput(pet=Path(pet), ct=Path(ct) if ct else None)
+        with timer.stage(f"read_{name}"):
+            studies[name] = read_scan(src, patient_id=patient_id, study_id=name)
+        sources[name] = src
+    return _ReadPair(
+        studies["baseline"],
+        sources["baseline"],
+        studies["followup"],
+        sources["followup"],
+        timer.timings_s,
+    )
+
+
+def _row_folders(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One safe, unique sub-folder name per manifest row (the patient id where possible)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for index, row in enumerate(rows):
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(row.get(Keys.PATIENT_ID) or "")).strip("._")
+        name = base or f"row{index + 1:03d}"
+        if name in seen:
+            name = f"{name}_row{index + 1:03d}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _as_study(
+    scan: ScanInput | LoadedScan | Study, timer: StageTimer, name: str
+) -> tuple[Study, ScanInput | None]:
+    """Return a loaded Study (reading it when given a location) and its source description."""
+    if isinstance(scan, Study):
+        return scan, None
+    if isinstance(scan, LoadedScan):
+        timer.add(f"read_{name}", scan.read_s)
+        return scan.study, scan.source
+    with timer.stage(f"read_{name}"):
+        study = read_scan(scan, study_id=name)
+    return study, scan
+
+
+def _with_mask(study: Study, instances: np.ndarray) -> Study:
+    """The same study carrying the predicted instance mask (arrays shared, not copied)."""
+    return Study(pet=study.pet, affine=study.affine, ct=study.ct, mask=instances, meta=study.meta)
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    """A quant report object as a plain dict (via its ``to_json()``)."""
+    import json
+
+    if isinstance(report, dict):
+        return dict(report)
+    if hasattr(report, "to_dict"):
+        return dict(report.to_dict())
+    return dict(json.loads(report.to_json()))
+
+
+def _jsonable(value: Any) -> Any:
+    """Recursively convert numpy scalars/arrays, dataclasses and paths to JSON types."""
+    import dataclasses
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, float) and not np.isfinite(value):
+            return None
+        return value
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "to_dict"):
+            return _jsonable(value.to_dict())
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    return str(value)
