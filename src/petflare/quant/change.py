@@ -1,0 +1,187 @@
+"""Per-lesion and whole-disease change between baseline and follow-up.
+
+For each persisting follow-up lesion the baseline side aggregates every matched baseline
+lesion. The follow-up lesion's focal hotspot (see :func:`petflare.quant.metrics.focal_hotspot`)
+is also measured at the same anatomical site on the baseline PET (its centre mapped through
+the registration), which tells a nodule that appeared inside a mass (hotspot up, rest of the
+mass flat or down) from a mass that lit up as a whole (everything up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from petflare.quant.matching import NEW, PERSISTING, RESOLVED, map_points_to_baseline
+from petflare.quant.metrics import ball_mean_at
+from petflare.quant.report import DiseaseChange, LesionChange, LesionMatch, ScanReport
+
+#: Default SUVpeak rise (%) for a lesion's uptake to count as "rose" (EORTC's PMD cut-off).
+RISE_THRESHOLD_PCT = 25.0
+
+
+def pct_change(baseline: float | None, followup: float | None) -> float | None:
+    """``100 * (followup - baseline) / baseline``; None when undefined."""
+    if baseline is None or followup is None or baseline == 0:
+        return None
+    return 100.0 * (followup - baseline) / abs(baseline)
+
+
+def lesion_changes(
+    baseline: ScanReport,
+    followup: ScanReport,
+    matches: list[LesionMatch],
+    baseline_pet: np.ndarray,
+    baseline_affine: np.ndarray,
+    matrix_ras: np.ndarray,
+    rise_threshold_pct: float = RISE_THRESHOLD_PCT,
+) -> list[LesionChange]:
+    """One :class:`LesionChange` per persisting follow-up lesion."""
+    out: list[LesionChange] = []
+    for m in matches:
+        if m.timepoint != "followup" or m.status != PERSISTING:
+            continue
+        fl = followup.lesion(m.lesion_id)
+        bls = [baseline.lesion(i) for i in m.matched_ids]
+        vol_b = sum(b.volume_ml for b in bls)
+        tlg_b = sum(b.tlg for b in bls)
+        mean_b = tlg_b / vol_b if vol_b > 0 else 0.0
+        hu_b = None
+        if all(b.hu_mean is not None for b in bls) and vol_b > 0:
+            hu_b = sum(b.hu_mean * b.volume_ml for b in bls) / vol_b  # type: ignore[operator]
+        focal_b = max(
+            (b.focality.ratio for b in bls if b.focality and b.focality.ratio is not None),
+            default=None,
+        )
+        hot = fl.focality
+        hot_same_site = None
+        if hot is not None:
+            site = map_points_to_baseline(matrix_ras, np.array(hot.centre_mm))[0]
+            hot_same_site = ball_mean_at(baseline_pet, baseline_affine, site, hot.radius_mm)
+        peak_b = max(b.suv_peak for b in bls)
+        peak_change = pct_change(peak_b, fl.suv_peak)
+        out.append(
+            LesionChange(
+                followup_id=fl.lesion_id,
+                baseline_ids=list(m.matched_ids),
+                suv_max_baseline=max(b.suv_max for b in bls),
+                suv_max_followup=fl.suv_max,
+                suv_max_change_pct=pct_change(max(b.suv_max for b in bls), fl.suv_max),
+                suv_peak_baseline=peak_b,
+                suv_peak_followup=fl.suv_peak,
+                suv_peak_change_pct=peak_change,
+                suv_mean_baseline=mean_b,
+                suv_mean_followup=fl.suv_mean,
+                suv_mean_change_pct=pct_change(mean_b, fl.suv_mean),
+                volume_ml_baseline=vol_b,
+                volume_ml_followup=fl.volume_ml,
+                volume_change_pct=pct_change(vol_b, fl.volume_ml),
+                tlg_baseline=tlg_b,
+                tlg_followup=fl.tlg,
+                tlg_change_pct=pct_change(tlg_b, fl.tlg),
+                longest_diameter_mm_baseline=max(b.longest_diameter_mm for b in bls),
+                longest_diameter_mm_followup=fl.longest_diameter_mm,
+                hu_mean_baseline=hu_b,
+                hu_mean_followup=fl.hu_mean,
+                hu_change_pct=pct_change(hu_b, fl.hu_mean),
+                focal_ratio_baseline=focal_b,
+                focal_ratio_followup=hot.ratio if hot else None,
+                hotspot_centre_mm=hot.centre_mm if hot else None,
+                hotspot_volume_ml=hot.hotspot_volume_ml if hot else None,
+                hotspot_suv_mean_followup=hot.hotspot_suv_mean if hot else None,
+                hotspot_suv_mean_baseline_same_site=hot_same_site,
+                hotspot_change_pct=pct_change(hot_same_site, hot.hotspot_suv_mean if hot else None),
+                rest_suv_mean_followup=hot.rest_suv_mean if hot else None,
+                rest_change_pct=pct_change(mean_b, hot.rest_suv_mean if hot else None),
+                uptake_rose=peak_change is not None and peak_change >= rise_threshold_pct,
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class NoduleCriteria:
+    """When a persisting lesion counts as carrying a new focal nodule (a resistant clone).
+
+    The hotspot must be clearly hotter than the rest of the same mass, hotter than the same
+    site at baseline, more focal than the baseline lesion was, while the rest of the mass has
+    not lit up as a whole (that would be a diffuse reactivation instead).
+    """
+
+    min_focal_ratio: float = 1.5
+    min_hotspot_rise_pct: float = 30.0
+    min_focality_gain: float = 1.25
+    max_rest_rise_pct: float = 25.0
+
+
+def nodule_evidence(change: LesionChange, criteria: NoduleCriteria) -> str | None:
+    """A one-line description if ``change`` shows a new focal nodule, else None."""
+    ratio = change.focal_ratio_followup
+    rise = change.hotspot_change_pct
+    if ratio is None or rise is None:
+        return None
+    gain_ok = (
+        change.focal_ratio_baseline is None
+        or ratio >= criteria.min_focality_gain * change.focal_ratio_baseline
+    )
+    rest_ok = change.rest_change_pct is None or change.rest_change_pct <= criteria.max_rest_rise_pct
+    if ratio >= criteria.min_focal_ratio and rise >= criteria.min_hotspot_rise_pct and gain_ok:
+        if rest_ok:
+            base_ratio = change.focal_ratio_baseline
+            base_txt = "n/a" if base_ratio is None else f"{base_ratio:.2f}"
+            rest_txt = (
+                "n/a" if change.rest_change_pct is None else f"{change.rest_change_pct:+.0f}%"
+            )
+            centre = ", ".join(f"{c:.0f}" for c in change.hotspot_centre_mm or [])
+            return (
+                f"follow-up lesion {change.followup_id}: hotspot/rest ratio {ratio:.2f} "
+                f"(baseline {base_txt}), hotspot {rise:+.0f}% vs same site at baseline, "
+                f"rest of mass {rest_txt}, hotspot {change.hotspot_volume_ml:.1f} ml at "
+                f"({centre}) mm"
+            )
+    return None
+
+
+def count_new_nodules(changes: list[LesionChange], criteria: NoduleCriteria) -> int:
+    """Number of persisting lesions with a new focal nodule."""
+    return sum(nodule_evidence(c, criteria) is not None for c in changes)
+
+
+def disease_change(
+    baseline: ScanReport,
+    followup: ScanReport,
+    matches: list[LesionMatch],
+    changes: list[LesionChange],
+    rise_threshold_pct: float = RISE_THRESHOLD_PCT,
+) -> DiseaseChange:
+    """Whole-disease change: how many lesions rose and how widely, what is new, totals."""
+    base_status = {m.lesion_id: m for m in matches if m.timepoint == "baseline"}
+    new_ids = [m.lesion_id for m in matches if m.timepoint == "followup" and m.status == NEW]
+    new = [followup.lesion(i) for i in new_ids]
+    rose_ids = {b for c in changes if c.uptake_rose for b in c.baseline_ids}
+    rose = [baseline.lesion(i) for i in sorted(rose_ids)]
+    spread = 0.0
+    if len(rose) > 1:
+        pts = np.array([les.centroid_mm for les in rose])
+        spread = float(np.linalg.norm(pts[:, None] - pts[None], axis=-1).max())
+    n_base = baseline.n_lesions
+    return DiseaseChange(
+        n_baseline_lesions=n_base,
+        n_followup_lesions=followup.n_lesions,
+        n_persisting_baseline=sum(m.status == PERSISTING for m in base_status.values()),
+        n_resolved=sum(m.status == RESOLVED for m in base_status.values()),
+        n_new=len(new),
+        new_volume_ml=float(sum(les.volume_ml for les in new)),
+        new_tlg=float(sum(les.tlg for les in new)),
+        new_max_suv_peak=max((les.suv_peak for les in new), default=None),
+        rise_threshold_pct=float(rise_threshold_pct),
+        n_baseline_rose=len(rose),
+        fraction_baseline_rose=len(rose) / n_base if n_base else None,
+        rise_spread_mm=spread,
+        total_mtv_ml_baseline=baseline.total_mtv_ml,
+        total_mtv_ml_followup=followup.total_mtv_ml,
+        total_tlg_baseline=baseline.total_tlg,
+        total_tlg_followup=followup.total_tlg,
+        total_tlg_change_pct=pct_change(baseline.total_tlg, followup.total_tlg),
+    )

@@ -1,0 +1,306 @@
+"""Liver reference region (PERCIST): SUVmean and SD in a 3 cm sphere in the right liver lobe.
+
+Three ways, in order of preference:
+
+1. ``mask``: a given liver mask. The sphere centre is the liver voxel deepest inside the mask
+   (largest distance to its border, in mm) among voxels on the patient's right half of the
+   liver, i.e. the right lobe.
+2. ``auto_ct``: the liver found on CT as the largest soft-tissue region (median-filtered HU in
+   ``liver_hu``) on the patient's right, just below the right lung base, that can hold the
+   sphere. PET must look like liver inside the sphere (SUV in ``pet_suv`` and homogeneous).
+3. ``auto_pet``: without CT, the largest homogeneous region of intermediate uptake
+   (Gaussian-smoothed SUV in ``pet_suv``, local coefficient of variation below ``max_cov``) on
+   the patient's right below the lungs (the lungs are the large low-uptake cavity inside the
+   body).
+
+When none succeeds the result has ``found=False`` and a reason; nothing is guessed.
+The patient's right is -x in the RAS world frame, superior is +z; both come from the affine,
+so any array orientation works. See docs/report.md for the validation on the phantom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from petflare.io.study import Study
+from petflare.quant.metrics import ball_kernel, voxel_to_world
+from petflare.quant.report import LiverReference
+
+#: PERCIST liver reference: a 3 cm diameter sphere.
+LIVER_SPHERE_RADIUS_MM = 15.0
+
+
+@dataclass(frozen=True)
+class LiverSearchConfig:
+    """Thresholds of the automatic liver search (defaults: adult FDG PET/CT)."""
+
+    radius_mm: float = LIVER_SPHERE_RADIUS_MM
+    liver_hu: tuple[float, float] = (30.0, 85.0)
+    pet_suv: tuple[float, float] = (1.0, 4.0)
+    max_cov: float = 0.25
+    body_hu: float = -300.0
+    lung_hu: float = -400.0
+    body_suv: float = 0.15
+    lung_suv: float = 0.6
+    min_lung_ml: float = 100.0
+    below_lung_mm: float = 250.0
+    above_lung_base_mm: float = 60.0
+    smooth_sigma_mm: float = 4.0
+
+
+def _world_grid(affine: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
+    """World coordinate ``axis`` (0=x, 1=y, 2=z RAS) of every voxel centre (float32)."""
+    ii = [np.arange(n, dtype=np.float32) for n in shape]
+    out = np.full(shape, affine[axis, 3], dtype=np.float32)
+    for ax in range(3):
+        coef = float(affine[axis, ax])
+        if coef != 0.0:
+            bshape = [1, 1, 1]
+            bshape[ax] = shape[ax]
+            out = out + coef * ii[ax].reshape(bshape)
+    return out
+
+
+def _sphere_stats(
+    pet: np.ndarray, affine: np.ndarray, centre: tuple[int, ...], radius_mm: float, within=None
+) -> tuple[float, float, int]:
+    """Mean, SD and voxel count of PET in the ball around voxel ``centre`` (∩ ``within``)."""
+    kernel = ball_kernel(affine, radius_mm)
+    half = [s // 2 for s in kernel.shape]
+    ball = np.zeros(pet.shape, dtype=bool)
+    src, dst = [], []
+    for ax in range(3):
+        lo = centre[ax] - half[ax]
+        d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], pet.shape[ax])
+        dst.append(slice(d0, d1))
+        src.append(slice(d0 - lo, d1 - lo))
+    ball[tuple(dst)] = kernel[tuple(src)]
+    if within is not None:
+        ball &= within
+    vals = pet[ball].astype(np.float64)
+    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0, int(vals.size)
+
+
+def _found(pet, affine, centre, radius_mm, method, reason, within=None) -> LiverReference:
+    mean, sd, n = _sphere_stats(pet, affine, centre, radius_mm, within)
+    return LiverReference(
+        found=True,
+        method=method,
+        reason=reason,
+        radius_mm=float(radius_mm),
+        suv_mean=mean,
+        suv_sd=sd,
+        centre_mm=voxel_to_world(affine, np.array(centre, dtype=float))[0].tolist(),
+        n_voxels=n,
+    )
+
+
+def _not_found(method: str, reason: str, radius_mm: float) -> LiverReference:
+    return LiverReference(found=False, method=method, reason=reason, radius_mm=float(radius_mm))
+
+
+def _deepest_point(
+    region: np.ndarray, spacing: tuple[float, float, float]
+) -> tuple[tuple[int, ...], float]:
+    """Voxel of ``region`` farthest from its border (mm) and that distance."""
+    edt = ndimage.distance_transform_edt(region, sampling=spacing)
+    idx = np.unravel_index(int(np.argmax(edt)), edt.shape)
+    return tuple(int(i) for i in idx), float(edt[idx])
+
+
+def liver_from_mask(study: Study, liver_mask: np.ndarray, radius_mm: float) -> LiverReference:
+    """Liver reference from a given liver mask (sphere in the right lobe, clipped to the mask)."""
+    liver = np.asarray(liver_mask) > 0
+    if liver.shape != study.shape:
+        return _not_found("mask", f"liver mask shape {liver.shape} != PET {study.shape}", radius_mm)
+    if not liver.any():
+        return _not_found("mask", "liver mask is empty", radius_mm)
+    x = _world_grid(study.affine, study.shape, 0)
+    right = liver & (x <= np.median(x[liver]))  # patient right = smaller RAS x
+    region = right if right.any() else liver
+    centre, depth = _deepest_point(region, study.spacing_mm)
+    reason = "sphere at the deepest point of the right half of the given liver mask"
+    if depth < radius_mm:
+        reason += f" (liver only {depth:.1f} mm deep there: sphere clipped to the mask)"
+    return _found(study.pet, study.affine, centre, radius_mm, "mask", reason, within=liver)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    if not mask.any():
+        return mask
+    labels = cc3d.connected_components(mask, connectivity=6)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(np.argmax(counts))
+
+
+def _lung_base_z(lungs: np.ndarray, affine: np.ndarray, right_of: float) -> float | None:
+    """Lowest world z of the lung voxels on the patient's right (the right hemidiaphragm)."""
+    if not lungs.any():
+        return None
+    ijk = np.argwhere(lungs)
+    world = voxel_to_world(affine, ijk.astype(float))
+    right = world[:, 0] <= right_of
+    pts = world[right] if right.any() else world
+    return float(np.percentile(pts[:, 2], 2.0))
+
+
+def _inner_cavities(low: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarray:
+    """Components of ``low`` that do not touch the array border and are at least ``min_ml``."""
+    labels = cc3d.connected_components(low, connectivity=6)
+    border = np.unique(
+        np.concatenate(
+            [
+                labels[0].ravel(),
+                labels[-1].ravel(),
+                labels[:, 0].ravel(),
+                labels[:, -1].ravel(),
+                labels[:, :, 0].ravel(),
+                labels[:, :, -1].ravel(),
+            ]
+        )
+    )
+    counts = np.bincount(labels.ravel())
+    keep = np.flatnonzero(counts * voxel_ml >= min_ml)
+    keep = np.setdiff1d(keep, np.append(border, 0))
+    return np.isin(labels, keep)
+
+
+def _pick_liver(
+    study: Study,
+    candidate: np.ndarray,
+    body: np.ndarray,
+    lungs: np.ndarray,
+    cfg: LiverSearchConfig,
+    method: str,
+) -> LiverReference:
+    """Restrict candidates to the right upper abdomen, place the sphere, check it is liver."""
+    affine = study.affine
+    x = _world_grid(affine, study.shape, 0)
+    z = _world_grid(affine, study.shape, 2)
+    body_x = float(np.mean(x[body]))
+    base_z = _lung_base_z(lungs, affine, body_x)
+    if base_z is None:
+        return _not_found(
+            method,
+            "no lungs in the field of view: the right upper abdomen cannot be located",
+            cfg.radius_mm,
+        )
+    region = (
+        candidate
+        & (x < body_x)
+        & (z <= base_z + cfg.above_lung_base_mm)
+        & (z >= base_z - cfg.below_lung_mm)
+        & ~lungs
+    )
+    if not region.any():
+        return _not_found(
+            method, "no liver-like tissue on the right below the lungs", cfg.radius_mm
+        )
+    edt = ndimage.distance_transform_edt(region, sampling=study.spacing_mm)
+    deep = edt >= cfg.radius_mm
+    if not deep.any():
+        return _not_found(
+            method,
+            f"no liver-like region on the right can hold a {2 * cfg.radius_mm:.0f} mm sphere",
+            cfg.radius_mm,
+        )
+    core = _largest_component(deep)
+    masked = np.where(core, edt, -1.0)
+    centre = tuple(int(i) for i in np.unravel_index(int(np.argmax(masked)), masked.shape))
+    ref = _found(study.pet, affine, centre, cfg.radius_mm, method, "")
+    assert ref.suv_mean is not None and ref.suv_sd is not None
+    cov = ref.suv_sd / ref.suv_mean if ref.suv_mean > 0 else np.inf
+    lo, hi = cfg.pet_suv
+    if not (lo <= ref.suv_mean <= hi) or cov > cfg.max_cov:
+        return _not_found(
+            method,
+            f"best candidate (SUVmean {ref.suv_mean:.2f}, CoV {cov:.2f}) does not look like liver",
+            cfg.radius_mm,
+        )
+    ref.reason = (
+        f"largest liver-like region on the patient's right within {cfg.below_lung_mm:.0f} mm "
+        f"below the right lung base (z={base_z:.0f} mm); sphere at its deepest point"
+    )
+    return ref
+
+
+def liver_from_ct(study: Study, cfg: LiverSearchConfig) -> LiverReference:
+    """Automatic liver reference from CT (with a PET plausibility check)."""
+    assert study.ct is not None
+    ct = study.ct.astype(np.float32)
+    body = _largest_component(ct > cfg.body_hu)
+    if not body.any():
+        return _not_found("auto_ct", "no body found on CT", cfg.radius_mm)
+    lungs = _inner_cavities(ct < cfg.lung_hu, study.voxel_volume_ml, cfg.min_lung_ml)
+    smooth_ct = ndimage.median_filter(ct, size=3)
+    lo, hi = cfg.liver_hu
+    sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
+    smooth_pet = ndimage.gaussian_filter(study.pet.astype(np.float32), sigma)
+    candidate = (
+        (smooth_ct >= lo)
+        & (smooth_ct <= hi)
+        & body
+        & (smooth_pet >= cfg.pet_suv[0])
+        & (smooth_pet <= cfg.pet_suv[1])
+    )
+    return _pick_liver(study, candidate, body, lungs, cfg, "auto_ct")
+
+
+def liver_from_pet(study: Study, cfg: LiverSearchConfig) -> LiverReference:
+    """Automatic liver reference from PET alone."""
+    pet = study.pet.astype(np.float32)
+    sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
+    smooth = ndimage.gaussian_filter(pet, sigma)
+    body = _largest_component(smooth > cfg.body_suv)
+    if not body.any():
+        return _not_found("auto_pet", "no body found on PET", cfg.radius_mm)
+    # Lungs: low-uptake cavities enclosed by the body (the body is filled slice by slice).
+    filled = body.copy()
+    zaxis = int(np.argmax(np.abs(study.affine[2, :3])))
+    for k in range(study.shape[zaxis]):
+        sl = [slice(None)] * 3
+        sl[zaxis] = k  # type: ignore[call-overload]
+        filled[tuple(sl)] = ndimage.binary_fill_holes(body[tuple(sl)])
+    low = filled & (smooth < cfg.lung_suv)
+    lungs = _inner_cavities(low, study.voxel_volume_ml, cfg.min_lung_ml)
+    # Homogeneity: local coefficient of variation in a ~1 cm box.
+    size = [max(3, int(round(10.0 / s)) | 1) for s in study.spacing_mm]
+    m1 = ndimage.uniform_filter(smooth, size)
+    m2 = ndimage.uniform_filter(smooth * smooth, size)
+    local_cov = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / np.maximum(m1, 1e-6)
+    lo, hi = cfg.pet_suv
+    candidate = body & (smooth >= lo) & (smooth <= hi) & (local_cov <= cfg.max_cov / 2)
+    return _pick_liver(study, candidate, body, lungs, cfg, "auto_pet")
+
+
+def liver_reference(
+    study: Study,
+    liver_mask: np.ndarray | None = None,
+    config: LiverSearchConfig | None = None,
+) -> LiverReference:
+    """Liver SUVmean/SD in a 3 cm sphere in the right lobe, or ``found=False`` with a reason.
+
+    Args:
+        study: the scan (PET in SUV, optional CT in HU on the PET grid).
+        liver_mask: optional liver segmentation on the PET grid; used when given.
+        config: thresholds of the automatic search.
+    """
+    cfg = config or LiverSearchConfig()
+    if liver_mask is not None:
+        return liver_from_mask(study, liver_mask, cfg.radius_mm)
+    if study.ct is not None:
+        ref = liver_from_ct(study, cfg)
+        if ref.found:
+            return ref
+        pet_ref = liver_from_pet(study, cfg)
+        if pet_ref.found:
+            pet_ref.reason += f" (CT search failed: {ref.reason})"
+            return pet_ref
+        ref.reason += f"; PET search failed too: {pet_ref.reason}"
+        return ref
+    return liver_from_pet(study, cfg)
