@@ -198,3 +198,34 @@ def test_manifest_layout_and_segmenter(tmp_path: Path) -> None:
     assert ev.summary["oracle"]["mean_fpv_ml"] == 0.0
     assert ev.cases[0].seconds["oracle"] >= 0.0
     assert ev.cases[1].metrics["oracle"].is_negative
+
+
+def test_benchmark_script_scores_baselines_without_model(
+    autopet_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """scripts/benchmark_seg.py runs its baseline parts when no model folder exists yet."""
+    root, _ = autopet_dataset
+    report = tmp_path / "bench.md"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "benchmark_seg.py"),
+        "--model",
+        str(tmp_path / "no-model"),
+        "--phantom-dataset",
+        str(root),
+        "--real-dir",
+        str(tmp_path / "no-real"),
+        "--out-dir",
+        str(tmp_path / "bench"),
+        "--report",
+        str(report),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text()
+    assert "| suv_ge_4 | 0.871 |" in text  # 2*27/(35+27) on the one positive scan
+    assert "| suvmax_41pct | 1.000 |" in text
+    assert "model folder not found" in text and "Skipped" in text
+    assert (tmp_path / "bench" / "phantom_eval" / "metrics.json").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert again.returncode == 2 and "already exists" in again.stderr

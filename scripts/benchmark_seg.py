@@ -1,0 +1,472 @@
+"""Segmentation benchmark: shipped model vs classical baselines, real tumour crops, CPU speed.
+
+Writes docs/bench_seg.md (numbers plus the exact command) and the full per-scan evaluations
+(metrics.json / metrics.md) under the output folder. Parts:
+
+1. a held-out phantom test set (a seed never used for training) generated with
+   ``petflare.synth.generate_dataset``; the model folder and the two classical baselines are
+   scored with the autoPET metrics (``petflare.cli.evaluate.evaluate_entries``);
+2. the real FDG-PET soft-tissue-sarcoma crops (IBSI, TCIA STS) with their GTV masks: Dice of the
+   model beside the baselines;
+3. speed on a few CPU threads: seconds per whole-body scan and peak memory (each measured in a
+   fresh process) of ``Predictor.predict`` against MONAI's plain ``sliding_window_inference``
+   (default overlap 0.25 and constant blending) on the same network and preprocessed volume.
+
+Without a model folder, parts 1 and 2 score the baselines only and part 3 is skipped.
+
+Usage::
+
+    python scripts/benchmark_seg.py --overwrite
+    python scripts/benchmark_seg.py --n-pairs 2 --skip-speed --report /tmp/b.md  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from petflare.cli.evaluate import (
+    Evaluation,
+    dataset_entries,
+    evaluate_entries,
+    summary_markdown_table,
+    write_evaluation,
+)
+from petflare.errors import PetflareInputError
+from petflare.inference.baselines import CLASSICAL_BASELINES
+from petflare.io import atomic_write_text, check_can_write, load_study, study_entry
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "models" / "phantom-unet"
+DEFAULT_REAL = REPO.parent / "shared" / "data" / "real" / "ibsi_sts_crops"
+DEFAULT_OUT = REPO / "outputs" / "bench_seg"
+DEFAULT_REPORT = REPO / "docs" / "bench_seg.md"
+#: Seed of the held-out phantom test set; refused if the model's metadata lists it as a
+#: training seed.
+HELD_OUT_SEED = 90_210_731
+#: Issue targets on the phantom test set.
+TARGET_DICE = 0.85
+TARGET_SENSITIVITY_LARGE = 0.90
+TARGET_SECONDS_PER_SCAN = 30.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when inside it (portable report), else absolute."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _training_seeds(metadata: Any) -> set[int]:
+    """Every integer stored under a key containing 'seed' in the model metadata."""
+    seeds: set[int] = set()
+    if isinstance(metadata, dict):
+        for key, value in metadata.items():
+            if "seed" in str(key).lower():
+                values = value if isinstance(value, list) else [value]
+                seeds.update(int(v) for v in values if isinstance(v, int))
+            seeds |= _training_seeds(value)
+    elif isinstance(metadata, list):
+        for value in metadata:
+            seeds |= _training_seeds(value)
+    return seeds
+
+
+def _load_predictor(model_dir: Path, threads: int) -> Any:
+    import torch
+
+    from petflare.inference.predictor import Predictor
+
+    torch.set_num_threads(threads)
+    return Predictor.from_folder(model_dir, device="cpu")
+
+
+# --------------------------------------------------------------------------- parts 1 and 2
+
+
+def phantom_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation:
+    """Generate the held-out phantom set and score the model and baselines on every scan."""
+    if args.phantom_dataset is not None:
+        manifest = args.phantom_dataset
+        print(f"using the existing test set {manifest}", flush=True)
+    else:
+        from petflare.synth import generate_dataset
+
+        data_dir = args.out_dir / "phantom_test"
+        print(f"generating {args.n_pairs} phantom pairs (seed {args.seed}) in {data_dir}")
+        start = time.perf_counter()
+        manifest = generate_dataset(data_dir, args.n_pairs, args.seed, overwrite=True)
+        print(f"  generated in {time.perf_counter() - start:.0f} s", flush=True)
+    entries, _ = dataset_entries(manifest)
+    segmenters = {} if predictor is None else {"model": predictor.predict}
+    evaluation = evaluate_entries(
+        entries,
+        segmenters=segmenters,
+        baselines=list(CLASSICAL_BASELINES),
+        load_ct=predictor is not None and "ct" in predictor.preprocessing.channels,
+        method_descriptions={"model": f"model folder {args.model}"},
+    )
+    write_evaluation(
+        evaluation,
+        args.out_dir / "phantom_eval",
+        overwrite=True,
+        provenance={"dataset": str(manifest), "seed": args.seed},
+    )
+    return evaluation
+
+
+def real_entries(real_dir: Path) -> list[dict[str, Any]]:
+    """Datalist of the IBSI STS crops: ``STS_XXX/PET_image.nii.gz`` (SUV) + ``PET_mask``."""
+    entries = []
+    for case_dir in sorted(real_dir.glob("STS_*")):
+        pet, mask = case_dir / "PET_image.nii.gz", case_dir / "PET_mask.nii.gz"
+        if pet.is_file() and mask.is_file():
+            entry = study_entry(case_dir.name, "crop", pet, None, mask)
+            entries.append({**entry, "case": case_dir.name})
+    return entries
+
+
+def real_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation | None:
+    """Score the model and baselines on the real sarcoma crops (None if the data is absent)."""
+    entries = real_entries(args.real_dir)
+    if not entries:
+        print(f"real crops not found in {args.real_dir}; skipping", flush=True)
+        return None
+    segmenters = {} if predictor is None else {"model": predictor.predict}
+    if predictor is not None and "ct" in predictor.preprocessing.channels:
+        print("model needs CT, the real crops have none; scoring baselines only", flush=True)
+        segmenters = {}
+    evaluation = evaluate_entries(
+        entries,
+        segmenters=segmenters,
+        baselines=list(CLASSICAL_BASELINES),
+        method_descriptions={"model": f"model folder {args.model}"},
+    )
+    write_evaluation(
+        evaluation,
+        args.out_dir / "real_eval",
+        overwrite=True,
+        provenance={"dataset": str(args.real_dir)},
+    )
+    return evaluation
+
+
+# --------------------------------------------------------------------------- part 3: speed
+
+
+def speed_worker(mode: str, model_dir: Path, pet_path: Path, threads: int) -> dict[str, Any]:
+    """Time one whole-body inference in this (fresh) process; print and return the numbers.
+
+    ``mode`` is ``predictor`` (``Predictor.predict``: preprocessing, Gaussian sliding window,
+    resampling back to the input grid, post-processing) or ``monai`` (MONAI's
+    ``sliding_window_inference`` with its defaults on the same network and the same
+    preprocessed volume; only the network pass is timed).
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Compose
+
+    from petflare.constants import Keys
+    from petflare.data.transforms import preprocessing_transforms
+
+    predictor = _load_predictor(model_dir, threads)
+    channels = tuple(predictor.preprocessing.channels)
+    ct_path = pet_path.parent / "CTres.nii.gz"  # autoPET layout written by generate_dataset
+    study = load_study(pet_path, ct_path if Keys.CT in channels else None)
+    rss_loaded = _peak_rss_mb()
+    roi = tuple(int(s) for s in predictor.inference.roi_size_vox)
+    result: dict[str, Any] = {
+        "mode": mode,
+        "threads": threads,
+        "input_shape": list(study.shape),
+        "input_spacing_mm": [round(s, 3) for s in study.spacing_mm],
+        "roi_size_vox": list(roi),
+        "rss_after_load_mb": rss_loaded,
+    }
+    n_channels = len(channels)
+    # One untimed warm-up on a single window so both modes pay the same one-off costs.
+    with torch.no_grad():
+        predictor.net(torch.zeros((1, n_channels, *roi)))
+    start = time.perf_counter()
+    if mode == "predictor":
+        mask = predictor.predict(study)
+        result["n_lesion_voxels"] = int(mask.sum())
+    else:
+        # The same preprocessed volume the Predictor feeds its network (untimed).
+        prep = Compose(preprocessing_transforms(predictor.preprocessing, with_label=False))
+        affine = torch.as_tensor(study.affine, dtype=torch.float64)
+        arrays = {Keys.PET: study.pet, Keys.CT: study.ct}
+        inputs = {
+            c: MetaTensor(torch.as_tensor(np.asarray(arrays[c])[None]).float(), affine=affine)
+            for c in channels
+        }
+        image = prep(inputs)[Keys.IMAGE][None].as_tensor()
+        result["model_grid_shape"] = list(image.shape[2:])
+        start = time.perf_counter()
+        with torch.no_grad():
+            # MONAI defaults (overlap 0.25, constant blending); sw_batch_size as the Predictor.
+            logits = sliding_window_inference(image, roi, 2, predictor.net)
+        assert isinstance(logits, torch.Tensor)
+        result["n_lesion_voxels_model_grid"] = int((logits.argmax(1) == 1).sum())
+    result["seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(result))
+    return result
+
+
+def speed_benchmark(args: argparse.Namespace, pet_path: Path) -> list[dict[str, Any]]:
+    """Run each speed mode in a fresh subprocess (clean peak-memory reading)."""
+    results = []
+    for mode in ("predictor", "monai"):
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--speed-worker",
+            mode,
+            "--model",
+            str(args.model),
+            "--speed-pet",
+            str(pet_path),
+            "--threads",
+            str(args.threads),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"speed worker {mode} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"  {mode}: {results[-1]['seconds']:.1f} s", flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _targets(evaluation: Evaluation) -> list[str]:
+    s = evaluation.summary
+    if "model" not in s:
+        return ["- model folder not found: targets not assessed."]
+    m = s["model"]
+    base = [s[b] for b in CLASSICAL_BASELINES]
+
+    def ok(flag: bool) -> str:
+        return "met" if flag else "NOT met"
+
+    dice, sens = m["mean_dice"], m["sensitivity_large"]
+
+    def lower(key: str) -> bool:  # strictly lower, or both zero (nothing left to improve)
+        return all(m[key] < b[key] or m[key] == b[key] == 0.0 for b in base)
+
+    fpv_ok, fnv_ok = lower("mean_fpv_ml"), lower("mean_fnv_ml")
+    return [
+        f"- mean per-scan Dice >= {TARGET_DICE}: {_fmt(dice)} ({ok(dice >= TARGET_DICE)})",
+        f"- sensitivity for lesions >= 2 cm >= {TARGET_SENSITIVITY_LARGE}: {_fmt(sens)} "
+        f"({ok(sens >= TARGET_SENSITIVITY_LARGE)})",
+        f"- FPV below both baselines: {ok(fpv_ok)}",
+        f"- FNV below both baselines: {ok(fnv_ok)}",
+    ]
+
+
+def _real_table(evaluation: Evaluation) -> list[str]:
+    names = list(evaluation.methods)
+    lines = [
+        "| case | GTV (ml) | " + " | ".join(f"Dice {n}" for n in names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for c in evaluation.cases:
+        gtv = next(iter(c.metrics.values())).gt_volume_ml
+        dices = [_fmt(c.metrics[n].dice) for n in names]
+        lines.append(f"| {c.case} | {gtv:.1f} | " + " | ".join(dices) + " |")
+    means = [_fmt(evaluation.summary[n]["mean_dice"]) for n in names]
+    lines.append("| **mean** | | " + " | ".join(means) + " |")
+    return lines
+
+
+def _speed_table(results: list[dict[str, Any]]) -> list[str]:
+    first = results[0]
+    grid = next((r["model_grid_shape"] for r in results if "model_grid_shape" in r), "?")
+    lines = [
+        f"Volume: phantom whole-body scan {first['input_shape']} voxels at "
+        f"{first['input_spacing_mm']} mm, {grid} at the model spacing (body crop); "
+        f"window {first['roi_size_vox']}; {first['threads']} CPU threads. Peak memory is the "
+        "peak resident set of a fresh process (Python, torch and the model included; "
+        f"{first['rss_after_load_mb']:.0f} MB after loading).",
+        "",
+        "| method | seconds per scan | peak memory (MB) |",
+        "|---|---|---|",
+    ]
+    names = {
+        "predictor": "petflare `Predictor.predict` (preprocess, Gaussian window, resample "
+        "back, post-process)",
+        "monai": "MONAI `sliding_window_inference`, defaults (overlap 0.25, constant), "
+        "network only",
+    }
+    for r in results:
+        lines.append(f"| {names[r['mode']]} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+    pred = next(r for r in results if r["mode"] == "predictor")
+    verdict = "met" if pred["seconds"] < TARGET_SECONDS_PER_SCAN else "NOT met"
+    lines += ["", f"Target < {TARGET_SECONDS_PER_SCAN:.0f} s per scan on 2 CPU cores: {verdict}."]
+    return lines
+
+
+def write_report(
+    args: argparse.Namespace,
+    command: str,
+    phantom: Evaluation,
+    real: Evaluation | None,
+    speed: list[dict[str, Any]] | None,
+    elapsed_s: float,
+) -> Path:
+    """Write docs/bench_seg.md atomically."""
+    import torch
+
+    lines = [
+        "# Segmentation benchmark",
+        "",
+        "Generated by `scripts/benchmark_seg.py`; numbers below are measured, not copied.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs visible, {args.threads} torch "
+        f"threads; Python {platform.python_version()}, torch {torch.__version__}. "
+        f"Total run time {elapsed_s / 60:.1f} min.",
+        f"Model folder: `{_shown(args.model)}` "
+        f"({'found' if 'model' in phantom.methods else 'absent'}).",
+        "",
+        "## Held-out phantom test set",
+        "",
+        (
+            f"{args.n_pairs} longitudinal pairs = {len(phantom.cases)} scans, seed {args.seed} "
+            "(never used for training), generated by `petflare.synth.generate_dataset`."
+            if args.phantom_dataset is None
+            else f"{len(phantom.cases)} scans of `{args.phantom_dataset}`."
+        )
+        + " autoPET metrics, 18-connectivity: mean Dice and FNV over scans with lesions, FPV "
+        "over all scans, detection pooled over lesions; lesion size = equivalent-sphere "
+        "diameter.",
+        "",
+        summary_markdown_table(phantom),
+        "",
+        "Targets (issue 3):",
+        *_targets(phantom),
+        "",
+        f"Per-scan results: `{_shown(args.out_dir / 'phantom_eval' / 'metrics.md')}`.",
+        "",
+        "## Real FDG-PET: soft-tissue sarcoma crops",
+        "",
+    ]
+    if real is None:
+        lines.append(f"Skipped: `{args.real_dir}` not found.")
+    else:
+        lines += [
+            "Five IBSI crops (TCIA Soft-tissue-Sarcoma, CC BY 3.0; PET in SUV, 5 cm around the "
+            "tumour, `GTV_Mass`). The crops hold one tumour each, so Dice is the meaningful "
+            "number; the gap between phantom and real Dice measures how realistic the phantom "
+            "is.",
+            "",
+            *_real_table(real),
+        ]
+    lines += ["", "## Speed on CPU", ""]
+    if speed is None:
+        lines.append("Skipped (no model folder, or `--skip-speed`).")
+    else:
+        lines += _speed_table(speed)
+    text = "\n".join(lines) + "\n"
+    return atomic_write_text(args.report, text, overwrite=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder")
+    parser.add_argument("--n-pairs", type=int, default=10, help="phantom pairs (2 scans each)")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out phantom seed")
+    parser.add_argument(
+        "--phantom-dataset",
+        type=Path,
+        help="score this existing labelled dataset (any evaluate layout) instead of generating",
+    )
+    parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL, help="IBSI STS crops")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="work/output folder")
+    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the speed part")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    parser.add_argument("--speed-worker", choices=("predictor", "monai"), help=argparse.SUPPRESS)
+    parser.add_argument("--speed-pet", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns the exit status (2 on bad input)."""
+    args = parse_args(argv)
+    if args.speed_worker:
+        speed_worker(args.speed_worker, args.model, args.speed_pet, args.threads)
+        return 0
+    command = "python scripts/benchmark_seg.py " + shlex.join(argv or sys.argv[1:])
+    try:
+        check_can_write(args.report, args.overwrite)
+        start = time.perf_counter()
+        predictor = None
+        if (args.model / "metadata.json").is_file():
+            predictor = _load_predictor(args.model, args.threads)
+            if args.seed in _training_seeds(predictor.metadata):
+                raise PetflareInputError(
+                    args.model / "metadata.json",
+                    f"seed {args.seed} was used for training; pick another --seed",
+                )
+        else:
+            print(f"no model folder at {args.model}: scoring the baselines only", flush=True)
+        phantom = phantom_evaluation(args, predictor)
+        real = real_evaluation(args, predictor)
+        speed = None
+        if predictor is not None and not args.skip_speed:
+            print("speed benchmark (fresh processes)", flush=True)
+            pet_path = Path(phantom.cases[0].pet)
+            speed = speed_benchmark(args, pet_path)
+        report = write_report(
+            args, command.strip(), phantom, real, speed, time.perf_counter() - start
+        )
+    except PetflareInputError as exc:
+        print(f"benchmark_seg: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary_markdown_table(phantom))
+    print(f"wrote {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
