@@ -1,0 +1,19 @@
+"""Plain PyTorch networks (MONAI builders); no Hydra inside."""
+
+from __future__ import annotations
+
+from petflare.networks.segmentation import (
+    NETWORK_BUILDERS,
+    build_dynunet,
+    build_network,
+    build_segresnet,
+    build_unet,
+)
+
+__all__ = [
+    "NETWORK_BUILDERS",
+    "build_dynunet",
+    "build_network",
+    "build_segresnet",
+    "build_unet",
+]

@@ -1,0 +1,90 @@
+"""``petflare-train``: compose the Hydra config, build the objects, fit the segmentation model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.errors import PetflareInputError
+
+#: Resolver used by net configs: ``in_channels: ${len:${data.preprocessing.channels}}``.
+OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
+
+#: Resolved config written into every run folder (and copied into an exported model folder).
+RUN_CONFIG_FILE = "config.yaml"
+
+
+def build_training(cfg: DictConfig) -> dict[str, Any]:
+    """Instantiate the DataModule, network, LightningModule, callbacks, loggers and Trainer."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    net = instantiate(cfg.net, _convert_="all")
+    module = instantiate(cfg.model, net=net, _convert_="all")
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return {"datamodule": datamodule, "net": net, "module": module, "trainer": trainer}
+
+
+def check_run_folder(output_dir: Path, ckpt_path: str | None, overwrite: bool) -> None:
+    """Refuse to start afresh over an existing run (its checkpoints would be replaced)."""
+    if ckpt_path is not None:
+        if not Path(ckpt_path).is_file():
+            raise PetflareInputError(ckpt_path, "checkpoint to resume from not found")
+        return
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.exists() and not overwrite:
+        raise PetflareInputError(
+            output_dir,
+            f"run folder already has checkpoints; resume with ckpt_path={last} "
+            "or start afresh with overwrite=true (or choose another run_name)",
+        )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns the best-checkpoint record."""
+    import lightning.pytorch as pl
+
+    from petflare.io.atomic import atomic_write_text
+    from petflare.training.fit import fit_segmentation
+
+    output_dir = Path(cfg.paths.output_dir)
+    check_run_folder(output_dir, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
+    pl.seed_everything(int(cfg.seed), workers=True)
+    objects = build_training(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        output_dir / RUN_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True), overwrite=True
+    )
+    record = fit_segmentation(
+        objects["trainer"],
+        objects["module"],
+        objects["datamodule"],
+        run_dir=output_dir,
+        ckpt_path=cfg.get("ckpt_path"),
+    )
+    print(f"petflare-train: best checkpoint {record['checkpoint']}")
+    print(f"petflare-train: validation {record['summary']}")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> None:
+    """Console entry point ``petflare-train``."""
+    logging.getLogger("petflare").setLevel(logging.INFO)
+
+    @exit_on_bad_input
+    def run() -> None:
+        train(cfg)
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Single-scan lesion segmentation with a model folder: load once, predict many studies.
+
+Each study goes through the training preprocessing (RAS orientation, model spacing, SUV/CT
+scaling, body crop); the network runs as a Gaussian-blended sliding window; the lesion
+probability is then resampled with the study's own affine back onto the study's grid, so the
+output lines up voxel for voxel with the input whatever its orientation and spacing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose, SpatialResample
+from torch import nn
+
+from petflare.constants import Keys
+from petflare.data.transforms import PreprocessingConfig, preprocessing_transforms
+from petflare.errors import PetflareInputError
+from petflare.inference.model_folder import InferenceSettings, load_model_folder
+from petflare.inference.postprocess import remove_small_components
+from petflare.io.study import Study
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Predictor:
+    """Segment FDG-avid lesions in single studies with one loaded network.
+
+    Args:
+        net: network returning (background, lesion) logits.
+        preprocessing: the preprocessing the network was trained with.
+        inference: sliding-window and post-processing settings.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        tta: average the probabilities over the 8 axis-flip combinations (8x slower).
+        sw_batch_size: windows per forward pass.
+        min_component_ml: overrides ``inference.min_component_ml`` when given.
+        metadata: the model folder's metadata (exposed as ``predictor.metadata``).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        preprocessing: PreprocessingConfig,
+        inference: InferenceSettings,
+        device: str | torch.device = "auto",
+        tta: bool = False,
+        sw_batch_size: int = 2,
+        min_component_ml: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.preprocessing = preprocessing
+        self.inference = inference
+        self.tta = bool(tta)
+        self.min_component_ml = (
+            inference.min_component_ml if min_component_ml is None else float(min_component_ml)
+        )
+        self.metadata = dict(metadata or {})
+        self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
+        self._inferer = SlidingWindowInferer(
+            roi_size=inference.roi_size_vox,
+            sw_batch_size=int(sw_batch_size),
+            overlap=inference.overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=0.0,
+        )
+
+    @classmethod
+    def from_folder(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device = "auto",
+        tta: bool = False,
+        sw_batch_size: int = 2,
+        min_component_ml: float | None = None,
+    ) -> Predictor:
+        """Load a model folder once (weights read with ``weights_only=True``)."""
+        loaded = load_model_folder(model_dir)
+        return cls(
+            loaded.net,
+            loaded.preprocessing,
+            loaded.inference,
+            device=device,
+            tta=tta,
+            sw_batch_size=sw_batch_size,
+            min_component_ml=min_component_ml,
+            metadata=loaded.metadata,
+        )
+
+    def _inputs(self, study: Study) -> dict[str, MetaTensor]:
+        affine = torch.as_tensor(study.affine, dtype=torch.float64)
+        items = {
+            Keys.PET: MetaTensor(
+                torch.as_tensor(study.pet[None], dtype=torch.float32), affine=affine
+            )
+        }
+        if Keys.CT in self.preprocessing.channels:
+            if study.ct is None:
+                source = study.meta.source.get(Keys.PET) if study.meta.source else None
+                raise PetflareInputError(source, "this model needs the CT, but the study has none")
+            items[Keys.CT] = MetaTensor(
+                torch.as_tensor(np.asarray(study.ct)[None], dtype=torch.float32), affine=affine
+            )
+        return items
+
+    @torch.no_grad()
+    def _lesion_probability(self, image: torch.Tensor) -> torch.Tensor:
+        """Lesion probability (1, X, Y, Z) on the preprocessed grid, with optional flip TTA."""
+        batch = image[None].to(self.device)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else nullcontext()
+        )
+        flips = (
+            [axes for r in range(4) for axes in itertools.combinations((2, 3, 4), r)]
+            if self.tta
+            else [()]
+        )
+        total = torch.zeros_like(batch[:, :1], dtype=torch.float32)
+        with autocast:
+            for axes in flips:
+                x = torch.flip(batch, axes) if axes else batch
+                logits = self._inferer(x, self.net)
+                assert isinstance(logits, torch.Tensor)
+                logits = logits.float()
+                prob = torch.softmax(logits, dim=1)[:, 1:2]
+                total += torch.flip(prob, axes) if axes else prob
+        return (total / len(flips))[0].cpu()
+
+    def predict_proba(self, study: Study) -> np.ndarray:
+        """Float32 lesion probability on the study's own grid (same shape and affine)."""
+        data = self._transform(self._inputs(study))
+        image: MetaTensor = data[Keys.IMAGE]
+        if min(image.shape[1:]) == 0:  # nothing above the body threshold: no lesion possible
+            return np.zeros(study.shape, dtype=np.float32)
+        prob = MetaTensor(self._lesion_probability(image.as_tensor()), affine=image.affine)
+        back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float64)(
+            prob,
+            dst_affine=torch.as_tensor(study.affine, dtype=torch.float64),
+            spatial_size=study.shape,
+        )
+        return np.clip(np.asarray(back[0].detach().cpu().numpy(), dtype=np.float32), 0.0, 1.0)
+
+    def predict(self, study: Study) -> np.ndarray:
+        """Binary uint8 lesion mask on the study's grid, small components removed."""
+        mask = (self.predict_proba(study) > self.inference.threshold).astype(np.uint8)
+        return remove_small_components(
+            mask, study.voxel_volume_ml, self.min_component_ml, connectivity=18
+        )

@@ -1,0 +1,147 @@
+"""LightningModule for lesion segmentation: injected network, loss, optimizer and schedule.
+
+Validation runs sliding-window inference on whole preprocessed volumes and reports the
+autoPET metrics (Dice, false-positive and false-negative volume, lesion detection), computed
+on the model's resampled grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from petflare.constants import Keys
+from petflare.training.metrics import ScanMetrics, scan_metrics, summarize
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+#: Names under which validation metrics are logged (``val/<name>``); ``dice`` is monitored.
+VAL_METRIC_KEYS = {
+    "dice": "mean_dice",
+    "fpv_ml": "mean_fpv_ml",
+    "fnv_ml": "mean_fnv_ml",
+    "sensitivity": "sensitivity",
+    "precision": "precision",
+}
+
+
+def voxel_volume_ml_of(tensor: torch.Tensor) -> float:
+    """Voxel volume in ml from a MetaTensor's affine (|det| of the 3x3 part / 1000)."""
+    affine = getattr(tensor, "affine", None)
+    if affine is None:
+        raise ValueError("validation images must be MetaTensors carrying an affine")
+    affine = torch.as_tensor(affine, dtype=torch.float64)
+    if affine.ndim == 3:  # batched
+        affine = affine[0]
+    return float(abs(torch.linalg.det(affine[:3, :3])) / 1000.0)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """Drop MONAI metadata (faster forward passes, no affine bookkeeping in the network)."""
+    return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
+
+
+class SegmentationModule(pl.LightningModule):
+    """Train a lesion segmentation network on patches; validate on whole volumes.
+
+    Args:
+        net: network returning logits with 2 channels (background, lesion).
+        loss: loss on (logits, integer label of shape (B, 1, ...)), e.g. MONAI ``DiceCELoss``
+            with ``to_onehot_y=True, softmax=True``.
+        optimizer: partial optimizer, called with ``params=``.
+        scheduler: partial scheduler called with ``optimizer=``, stepped every training step;
+            None for a constant learning rate.
+        roi_size: sliding-window size (voxels) for validation; usually the patch size.
+        sw_batch_size: windows per forward pass in validation.
+        sw_overlap: window overlap in validation.
+        connectivity: connectivity of lesion components in the metrics (autoPET: 18).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        loss: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        roi_size: Sequence[int] = (64, 64, 64),
+        sw_batch_size: int = 2,
+        sw_overlap: float = 0.25,
+        connectivity: int = 18,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.roi_size = tuple(int(s) for s in roi_size)
+        self.inferer = SlidingWindowInferer(
+            roi_size=self.roi_size,
+            sw_batch_size=int(sw_batch_size),
+            overlap=float(sw_overlap),
+            mode="gaussian",
+        )
+        self.connectivity = int(connectivity)
+        self._val_scans: list[ScanMetrics] = []
+        self.last_val_summary: dict[str, Any] = {}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits of the network."""
+        return self.net(image)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """Dice+CE (or the injected loss) on a batch of patches."""
+        image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
+        loss = self.loss_fn(self.net(_plain(image)), _plain(label))
+        self.log(
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=image.shape[0],
+        )
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_scans = []
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Sliding-window prediction of one whole volume and its autoPET metrics."""
+        image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
+        voxel_ml = voxel_volume_ml_of(image)
+        logits = self.inferer(_plain(image), self.net)
+        assert isinstance(logits, torch.Tensor)
+        pred = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
+        gt = (label[0, 0] > 0).cpu().numpy().astype(np.uint8)
+        self._val_scans.append(scan_metrics(pred, gt, voxel_ml, connectivity=self.connectivity))
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the summary; an undefined Dice (no positive scan) is logged as 0 to keep the
+        checkpoint monitor finite."""
+        summary = summarize(self._val_scans) if self._val_scans else {}
+        self.last_val_summary = summary
+        for name, key in VAL_METRIC_KEYS.items():
+            value = float(summary.get(key, float("nan")))
+            if name == "dice" and not math.isfinite(value):
+                value = 0.0
+            self.log(f"val/{name}", value, prog_bar=name == "dice", sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        """Optimizer from the partial; scheduler stepped per training step."""
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

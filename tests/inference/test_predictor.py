@@ -1,0 +1,203 @@
+"""Predictor geometry (non-RAS, anisotropic, flipped inputs), model folders and safe loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_non_ras_affine
+from petflare.data.transforms import PreprocessingConfig
+from petflare.errors import PetflareInputError
+from petflare.inference.model_folder import (
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    InferenceSettings,
+    export_model_folder,
+    load_model_folder,
+)
+from petflare.inference.postprocess import remove_small_components
+from petflare.inference.predictor import Predictor
+from petflare.io.study import Study
+from petflare.networks import build_unet
+
+SHAPE = (26, 20, 14)
+LESION_SUV = 8.0
+THRESHOLD_SUV = 4.0
+
+
+class ThresholdNet(nn.Module):
+    """Lesion logit = k * (scaled SUV - scaled threshold): a known, smooth 'network'."""
+
+    def __init__(self, threshold_scaled: float, gain: float = 20.0) -> None:
+        super().__init__()
+        self.threshold_scaled = threshold_scaled
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = self.gain * (x[:, :1] - self.threshold_scaled)
+        return torch.cat([torch.zeros_like(lesion), lesion], dim=1)
+
+
+def off_centre_study(affine: np.ndarray) -> Study:
+    """Body of SUV 1 with one off-centre sphere lesion (SUV 8, radius 10 mm in world space)."""
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), axis=-1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    centre = affine[:3, :3] @ np.array([7.0, 6.0, 4.0]) + affine[:3, 3]
+    inside = np.linalg.norm(world - centre, axis=-1) <= 10.0
+    pet = np.full(SHAPE, 1.0, dtype=np.float32)
+    pet[inside] = LESION_SUV
+    pet[:2] = 0.0  # some air, so the body crop does something
+    return Study(pet=pet, affine=affine, mask=inside.astype(np.uint8))
+
+
+def flipped(study: Study, axis: int) -> Study:
+    """Same world content: the array is flipped along ``axis`` and the affine compensates."""
+    n = study.shape[axis]
+    flip = np.eye(4)
+    flip[axis, axis] = -1.0
+    flip[axis, 3] = n - 1
+    return Study(
+        pet=np.flip(study.pet, axis).copy(),
+        affine=study.affine @ flip,
+        mask=np.flip(study.mask, axis).copy() if study.mask is not None else None,
+    )
+
+
+def threshold_predictor(**kwargs: object) -> Predictor:
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    net = ThresholdNet(prep.scaled_suv(THRESHOLD_SUV))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    return Predictor(net, prep, settings, device="cpu", **kwargs)  # type: ignore[arg-type]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float(np.logical_and(a, b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [
+        make_non_ras_affine(),
+        make_non_ras_affine(spacing_mm=(4.0, 2.5, 3.5), rotation_deg=-12.0),
+        np.diag([2.5, 2.5, 4.0, 1.0]),
+    ],
+    ids=["lps_rotated", "lps_other_spacing", "ras_anisotropic"],
+)
+def test_prediction_is_on_the_input_grid(affine: np.ndarray) -> None:
+    study = off_centre_study(affine)
+    predictor = threshold_predictor()
+    prob = predictor.predict_proba(study)
+    mask = predictor.predict(study)
+    assert prob.shape == study.shape and prob.dtype == np.float32
+    assert mask.shape == study.shape and mask.dtype == np.uint8
+    # the off-centre lesion lands where it is in the input: a misplaced/mirrored mask would miss
+    assert study.mask is not None
+    truth = study.mask > 0
+    assert dice(mask > 0, truth) > 0.75
+    assert prob[~truth].mean() < 0.05
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_flipped_input_gives_flipped_prediction(axis: int) -> None:
+    study = off_centre_study(make_non_ras_affine())
+    predictor = threshold_predictor()
+    prob = predictor.predict_proba(study)
+    prob_flipped = predictor.predict_proba(flipped(study, axis))
+    np.testing.assert_allclose(prob_flipped, np.flip(prob, axis), atol=1e-4)
+    np.testing.assert_array_equal(
+        predictor.predict(flipped(study, axis)), np.flip(predictor.predict(study), axis)
+    )
+
+
+def test_tta_matches_plain_for_a_flip_symmetric_net() -> None:
+    study = off_centre_study(make_non_ras_affine())
+    plain = threshold_predictor().predict_proba(study)
+    tta = threshold_predictor(tta=True).predict_proba(study)
+    np.testing.assert_allclose(tta, plain, atol=1e-4)
+
+
+def test_empty_scan_gives_empty_mask() -> None:
+    study = Study(pet=np.zeros(SHAPE, dtype=np.float32), affine=make_non_ras_affine())
+    assert threshold_predictor().predict(study).sum() == 0
+
+
+def tiny_folder(tmp_path: Path) -> Path:
+    kwargs = {"in_channels": 1, "out_channels": 2, "channels": (4, 8), "strides": (2,)}
+    torch.manual_seed(0)
+    net = build_unet(**kwargs)  # type: ignore[arg-type]
+    return export_model_folder(
+        tmp_path / "model",
+        net.state_dict(),
+        network_target="petflare.networks.build_unet",
+        network_kwargs=kwargs,
+        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0)),
+        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
+        config_yaml="seed: 0\n",
+        metadata={"intended_use": "tests"},
+    )
+
+
+def test_model_folder_round_trip(tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path)
+    loaded = load_model_folder(folder)
+    assert loaded.metadata["intended_use"] == "tests"
+    assert loaded.metadata["spacing_mm"] == [4.0, 4.0, 4.0]
+    saved = torch.load(folder / WEIGHTS_FILE, weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in saved.values() if v.is_floating_point())
+    predictor = Predictor.from_folder(folder, device="cpu")
+    study = off_centre_study(make_non_ras_affine())
+    assert predictor.predict(study).shape == study.shape
+    assert predictor.metadata["channels"] == ["pet"]
+
+
+def test_existing_folder_is_not_overwritten(tmp_path: Path) -> None:
+    tiny_folder(tmp_path)
+    with pytest.raises(PetflareInputError, match="overwrite"):
+        tiny_folder(tmp_path)
+
+
+class Payload:
+    """An arbitrary Python object: unpickling it could run code, so loading must refuse."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (print, ("pickled code ran",))
+
+
+def test_pickled_object_checkpoint_is_rejected(tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path)
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, folder / WEIGHTS_FILE)
+    with pytest.raises(PetflareInputError, match="refused"):
+        load_model_folder(folder)
+
+
+def test_mismatched_weights_are_rejected(tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path)
+    torch.save({"state_dict": {"x": torch.zeros(1)}}, folder / WEIGHTS_FILE)
+    with pytest.raises(PetflareInputError, match="do not match"):
+        load_model_folder(folder)
+
+
+def test_missing_metadata_names_the_file(tmp_path: Path) -> None:
+    folder = tiny_folder(tmp_path)
+    (folder / METADATA_FILE).unlink()
+    with pytest.raises(PetflareInputError, match="metadata.json"):
+        Predictor.from_folder(folder)
+
+
+@pytest.mark.parametrize(
+    ("min_ml", "expected_kept"),
+    [(0.0, 2), (0.002, 1), (0.1, 0)],
+)
+def test_remove_small_components(min_ml: float, expected_kept: int) -> None:
+    mask = np.zeros((12, 12, 12), dtype=np.uint8)
+    mask[1, 1, 1] = 1  # 1 voxel = 0.001 ml at 1 mm^3
+    mask[5:8, 5:8, 5:8] = 1  # 27 voxels = 0.027 ml
+    out = remove_small_components(mask, voxel_volume_ml=0.001, min_volume_ml=min_ml)
+    import cc3d
+
+    assert cc3d.connected_components(out, connectivity=18).max() == expected_kept
+    assert out.dtype == np.uint8

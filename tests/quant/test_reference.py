@@ -1,0 +1,84 @@
+"""Liver reference: from a mask, automatically from CT, from PET, and refusing to guess."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from quant_phantoms import centred_affine, world_coords
+
+from petflare.io.study import Study
+from petflare.quant import liver_reference
+
+LIVER_SUV = 2.2
+SPLEEN_SUV = 2.0
+# Patient right is -x in RAS. Liver under the right lung, spleen under the left one.
+LIVER = (np.array([-45.0, 0.0, -20.0]), np.array([65.0, 55.0, 45.0]))
+SPLEEN = (np.array([70.0, -10.0, -10.0]), np.array([30.0, 30.0, 35.0]))
+LUNGS = [(np.array([s * 55.0, 0.0, 75.0]), np.array([45.0, 55.0, 55.0])) for s in (-1, 1)]
+HEART = (np.array([10.0, 15.0, 45.0]), np.array([30.0, 30.0, 30.0]))
+
+
+def _inside(xyz, ell):
+    c, r = ell
+    return (((xyz - c) / r) ** 2).sum(-1) <= 1.0
+
+
+def _torso(shape=(52, 36, 56), spacing=(5.0, 5.0, 6.0), noise=0.08, z_shift=0.0, seed=0):
+    aff = centred_affine(shape, spacing, axes=(0, 1, 2), signs=(-1, 1, -1))
+    aff[2, 3] += z_shift
+    xyz = world_coords(shape, aff)
+    body = (((xyz[..., :2]) / [125.0, 85.0]) ** 2).sum(-1) <= 1.0
+    pet = np.where(body, 0.8, 0.0)  # muscle / soft tissue
+    ct = np.where(body, 40.0, -1000.0)
+    for lung in LUNGS:
+        m = _inside(xyz, lung) & body
+        pet[m], ct[m] = 0.4, -850.0
+    for ell, suv, hu in ((LIVER, LIVER_SUV, 60.0), (SPLEEN, SPLEEN_SUV, 50.0), (HEART, 6.0, 45.0)):
+        m = _inside(xyz, ell) & body
+        pet[m], ct[m] = suv, hu
+    rng = np.random.default_rng(seed)
+    pet = pet * (1.0 + noise * rng.standard_normal(pet.shape))
+    ct = ct + 10.0 * rng.standard_normal(ct.shape)
+    liver = _inside(xyz, LIVER) & body
+    return Study(pet.astype(np.float32), aff, ct=ct.astype(np.float32)), liver, xyz
+
+
+@pytest.mark.parametrize("use_ct", [True, False])
+def test_automatic_liver_reference(use_ct):
+    study, liver, _ = _torso()
+    if not use_ct:
+        study.ct = None
+    ref = liver_reference(study)
+    assert ref.found, ref.reason
+    assert ref.method == ("auto_ct" if use_ct else "auto_pet")
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+    assert ref.suv_sd == pytest.approx(0.08 * LIVER_SUV, rel=0.4)
+    centre = np.array(ref.centre_mm)
+    assert _inside(centre, LIVER) and centre[0] < 0  # in the liver, on the patient's right
+
+
+def test_liver_from_mask_is_exact_and_in_the_right_lobe():
+    study, liver, xyz = _torso(noise=0.0)
+    left_lobe_hotter = liver & (xyz[..., 0] > -20.0)
+    study.pet[left_lobe_hotter] = 3.0  # a different left lobe must not be sampled
+    ref = liver_reference(study, liver_mask=liver)
+    assert ref.found and ref.method == "mask"
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, abs=1e-6)
+    assert ref.suv_sd == pytest.approx(0.0, abs=1e-6)
+    assert ref.centre_mm[0] < -20.0
+
+
+def test_no_lungs_in_view_means_no_reference():
+    # Abdomen/pelvis only: the field of view starts 150 mm below the lung bases.
+    study, _, _ = _torso(shape=(52, 36, 20), z_shift=-160.0)
+    ref = liver_reference(study)
+    assert not ref.found and ref.suv_mean is None
+    assert "lung" in ref.reason
+
+
+def test_lesion_crop_has_no_reference():
+    aff = centred_affine((20, 20, 20), (4.0, 4.0, 3.0))
+    xyz = world_coords((20, 20, 20), aff)
+    pet = np.where(np.linalg.norm(xyz, axis=-1) < 20, 6.0, 1.0).astype(np.float32)
+    ref = liver_reference(Study(pet, aff))
+    assert not ref.found and ref.reason
