@@ -1,0 +1,217 @@
+"""Where training scans come from: each source returns ``{"train": [...], "val": [...]}``.
+
+A source turns one of the supported layouts (synthetic phantom, autoPET tree, nnU-Net raw
+folder, longitudinal manifest) into single-study datalist entries (``patient_id``,
+``study_id``, ``pet``, ``ct``, ``label``) split by patient, so the DataModule does not care
+where the data lives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from petflare.constants import Keys
+from petflare.errors import PetflareInputError
+from petflare.io.layouts import load_autopet, load_manifest, load_nnunet_raw, manifest_to_studies
+from petflare.io.splits import split_by_patient
+
+log = logging.getLogger(__name__)
+
+Datalist = list[dict[str, Any]]
+
+
+class DataSource(Protocol):
+    """Anything that yields the train and validation datalists."""
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Return ``{"train": [...], "val": [...]}`` single-study entries."""
+        ...
+
+
+def _split(
+    entries: Datalist, fractions: Mapping[str, float] | None, seed: int, what: str
+) -> dict[str, Datalist]:
+    splits = split_by_patient(entries, fractions=fractions, seed=seed)
+    if not splits.get("train"):
+        raise PetflareInputError(what, "no training studies after the patient split")
+    return {"train": splits["train"], "val": splits.get("val", [])}
+
+
+class AutopetSource:
+    """autoPET / TCIA ``Patient/Study/{SUV,CTres,SEG}.nii.gz`` tree, split by patient."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.fractions = None if fractions is None else dict(fractions)
+        self.split_seed = int(split_seed)
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Train/val datalists (the test split is left out of training)."""
+        return _split(load_autopet(self.root), self.fractions, self.split_seed, str(self.root))
+
+
+class NnunetRawSource:
+    """nnU-Net v2 raw dataset folder; channel roles from ``dataset.json`` (or given)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        channel_roles: Mapping[str | int, str] | None = None,
+        fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.channel_roles = None if channel_roles is None else dict(channel_roles)
+        self.fractions = None if fractions is None else dict(fractions)
+        self.split_seed = int(split_seed)
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Train/val datalists from ``imagesTr``/``labelsTr``."""
+        entries = load_nnunet_raw(self.root, channel_roles=self.channel_roles, include_test=False)
+        return _split(entries, self.fractions, self.split_seed, str(self.root))
+
+
+class ManifestSource:
+    """Longitudinal manifest CSV; both timepoints become training scans, ``split`` is kept."""
+
+    def __init__(
+        self,
+        csv_path: str | Path,
+        fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+    ) -> None:
+        self.csv_path = Path(csv_path)
+        self.fractions = None if fractions is None else dict(fractions)
+        self.split_seed = int(split_seed)
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Train/val datalists; rows without a split are assigned by patient."""
+        entries = manifest_to_studies(load_manifest(self.csv_path))
+        return _split(entries, self.fractions, self.split_seed, str(self.csv_path))
+
+
+class SyntheticSource:
+    """Phantom studies generated on first use into ``cache_dir`` (reused afterwards).
+
+    Training and validation sets come from separate generator seeds, so no phantom is in both
+    (keep these seeds different from any test seed too).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        n_train_pairs: int = 8,
+        n_val_pairs: int = 2,
+        train_seed: int = 1000,
+        val_seed: int = 2000,
+        phantom: Mapping[str, Any] | None = None,
+    ) -> None:
+        if train_seed == val_seed:
+            raise ValueError("train_seed and val_seed must differ (no phantom in both splits)")
+        self.cache_dir = Path(cache_dir)
+        self.n_train_pairs = int(n_train_pairs)
+        self.n_val_pairs = int(n_val_pairs)
+        self.train_seed = int(train_seed)
+        self.val_seed = int(val_seed)
+        self.phantom = dict(phantom or {})
+
+    def _folder(self, split: str, n_pairs: int, seed: int) -> Path:
+        tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
+        name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")
+        return self.cache_dir / name
+
+    def _generate(self, split: str, n_pairs: int, seed: int) -> Datalist:
+        from petflare.synth import PhantomConfig, generate_dataset
+
+        folder = self._folder(split, n_pairs, seed)
+        manifest = folder / "manifest.csv"
+        if not manifest.is_file():
+            log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
+            config = PhantomConfig(**self.phantom)
+            manifest = generate_dataset(folder, n_pairs, seed, config=config, overwrite=True)
+        entries = manifest_to_studies(load_manifest(manifest))
+        for entry in entries:
+            entry[Keys.SPLIT] = split
+        return entries
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Generate (once) and list the train and val phantom studies."""
+        out = {"train": self._generate("train", self.n_train_pairs, self.train_seed)}
+        out["val"] = (
+            self._generate("val", self.n_val_pairs, self.val_seed) if self.n_val_pairs > 0 else []
+        )
+        return out
+
+
+class BlobSource:
+    """Tiny studies with hot spherical lesions, for debug runs and tests (seconds to make).
+
+    Each study is a box of "body" (SUV ~1 with noise, surrounded by air) holding 1-3 spheres of
+    SUV 5-12, on a randomly oriented (LPS/RAS/flipped) anisotropic grid, so the pipeline's
+    geometry handling is exercised. Not a realistic phantom: use :class:`SyntheticSource`.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        n_train: int = 4,
+        n_val: int = 2,
+        shape: tuple[int, int, int] = (32, 32, 24),
+        seed: int = 0,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.n_train = int(n_train)
+        self.n_val = int(n_val)
+        self.shape = tuple(int(s) for s in shape)
+        self.seed = int(seed)
+
+    def _study(self, folder: Path, rng: np.random.Generator) -> dict[str, Any]:
+        from petflare.io.layouts import study_entry
+        from petflare.io.nifti import save_nifti
+
+        spacing = rng.uniform(2.0, 4.0, size=3)
+        signs = rng.choice([-1.0, 1.0], size=3)
+        affine = np.diag([*(spacing * signs), 1.0])
+        affine[:3, 3] = rng.uniform(-100.0, 100.0, size=3)
+        shape = self.shape
+        idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+        world = idx @ affine[:3, :3].T + affine[:3, 3]
+        pet = 1.0 + 0.1 * rng.standard_normal(shape)
+        pet[:2], pet[-2:] = 0.0, 0.0  # air at two borders
+        label = np.zeros(shape, dtype=np.uint8)
+        extent_mm = np.asarray(shape) * spacing
+        for lesion in range(int(rng.integers(1, 4))):
+            centre_vox = rng.uniform(0.3, 0.7, size=3) * (np.asarray(shape) - 1)
+            centre = affine[:3, :3] @ centre_vox + affine[:3, 3]
+            radius = rng.uniform(0.08, 0.15) * float(extent_mm.min())
+            inside = np.linalg.norm(world - centre, axis=-1) <= radius
+            pet[inside] = rng.uniform(5.0, 12.0)
+            label[inside] = lesion + 1
+        pet = np.clip(pet, 0.0, None).astype(np.float32)
+        folder.mkdir(parents=True, exist_ok=True)
+        pet_path = save_nifti(pet, affine, folder / "SUV.nii.gz", overwrite=True)
+        ct = np.where(pet > 0.5, 40.0, -1000.0).astype(np.float32)
+        ct_path = save_nifti(ct, affine, folder / "CTres.nii.gz", overwrite=True)
+        seg_path = save_nifti(label, affine, folder / "SEG.nii.gz", overwrite=True)
+        return study_entry(folder.parent.name, folder.name, pet_path, ct_path, seg_path)
+
+    def datalists(self) -> dict[str, Datalist]:
+        """Write (once per call; files are tiny) and list the train and val studies."""
+        rng = np.random.default_rng(self.seed)
+        out: dict[str, Datalist] = {"train": [], "val": []}
+        for split, n in (("train", self.n_train), ("val", self.n_val)):
+            for i in range(n):
+                entry = self._study(self.cache_dir / f"{split}{i:03d}" / "scan", rng)
+                entry[Keys.SPLIT] = split
+                out[split].append(entry)
+        return out

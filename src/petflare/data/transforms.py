@@ -1,0 +1,317 @@
+"""MONAI transform pipelines for PET(/CT) lesion segmentation, shared by training and inference.
+
+The deterministic part (orientation, spacing, intensity scaling, body crop) is identical for
+training, validation and the Predictor, so a model sees the same inputs everywhere. SUV is not
+z-scored like CT: it is a calibrated physical quantity, so it is clipped and compressed (log1p)
+with fixed constants that do not depend on the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ResampleToMatchd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+
+from petflare.constants import Keys
+
+#: Channel names a model may be trained on, in the order they are stacked.
+CHANNEL_NAMES = (Keys.PET, Keys.CT)
+
+#: Canonical orientation every volume is brought to before resampling (NIfTI RAS+).
+CANONICAL_AXCODES = "RAS"
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Deterministic preprocessing shared by training and inference.
+
+    Attributes:
+        channels: input channels in stacking order, ``("pet",)`` or ``("pet", "ct")``.
+        spacing_mm: target voxel size (RAS axes) in mm.
+        suv_max: SUV values above this are clipped (keeps very hot bladder/brain from dominating).
+        suv_log: compress SUV with ``log1p`` (True) or scale linearly by ``suv_max`` (False).
+        ct_window_hu: CT window mapped to [-1, 1] (clipped).
+        body_suv_threshold: voxels with SUV above this define the body for cropping.
+        crop_margin_vox: margin kept around the body bounding box, in voxels.
+    """
+
+    channels: tuple[str, ...] = (Keys.PET,)
+    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0)
+    suv_max: float = 30.0
+    suv_log: bool = True
+    ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
+    body_suv_threshold: float = 0.05
+    crop_margin_vox: int = 4
+
+    def __post_init__(self) -> None:
+        channels = tuple(str(c) for c in self.channels)
+        if not channels or channels[0] != Keys.PET or any(c not in CHANNEL_NAMES for c in channels):
+            raise ValueError(f"channels must be ('pet',) or ('pet', 'ct'), got {channels}")
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"duplicate channel in {channels}")
+        spacing = tuple(float(s) for s in self.spacing_mm)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing_mm must be three positive values, got {self.spacing_mm}")
+        if self.suv_max <= 0:
+            raise ValueError(f"suv_max must be positive, got {self.suv_max}")
+        object.__setattr__(self, "channels", channels)
+        object.__setattr__(self, "spacing_mm", spacing)
+        object.__setattr__(self, "ct_window_hu", tuple(float(v) for v in self.ct_window_hu))
+
+    @property
+    def in_channels(self) -> int:
+        """Number of network input channels."""
+        return len(self.channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly representation (stored in a model folder's metadata)."""
+        return {
+            "channels": list(self.channels),
+            "spacing_mm": list(self.spacing_mm),
+            "suv_max": self.suv_max,
+            "suv_log": self.suv_log,
+            "ct_window_hu": list(self.ct_window_hu),
+            "body_suv_threshold": self.body_suv_threshold,
+            "crop_margin_vox": self.crop_margin_vox,
+        }
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PreprocessingConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are rejected so a typo is not ignored."""
+        known = {
+            "channels",
+            "spacing_mm",
+            "suv_max",
+            "suv_log",
+            "ct_window_hu",
+            "body_suv_threshold",
+            "crop_margin_vox",
+        }
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        return cls(**dict(values))
+
+    def scaled_suv(self, suv: float) -> float:
+        """The network-input value of a given SUV (used for thresholds on scaled images)."""
+        clipped = min(max(suv, 0.0), self.suv_max)
+        return float(np.log1p(clipped)) if self.suv_log else clipped / self.suv_max
+
+
+class ScaleSuv(Transform):
+    """Clip SUV to ``[0, suv_max]`` then apply ``log1p`` (or divide by ``suv_max``).
+
+    Fixed constants rather than per-scan statistics keep SUV's physical meaning: the same SUV
+    maps to the same input value in every scan.
+    """
+
+    def __init__(self, suv_max: float = 30.0, log: bool = True) -> None:
+        self.suv_max = float(suv_max)
+        self.log = bool(log)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        out = torch.clamp(img, 0.0, self.suv_max)
+        return torch.log1p(out) if self.log else out / self.suv_max
+
+
+class ScaleSuvd(MapTransform):
+    """Dictionary wrapper of :class:`ScaleSuv`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        suv_max: float = 30.0,
+        log: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.scaler = ScaleSuv(suv_max, log)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d
+
+
+class Binarized(MapTransform):
+    """Turn an instance-labelled lesion mask into a binary (0/1) float mask."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (
+                (d[key] > 0).to(torch.float32)
+                if isinstance(d[key], torch.Tensor)
+                else (np.asarray(d[key]) > 0).astype(np.float32)
+            )
+        return d
+
+
+class AboveThreshold:
+    """Picklable foreground selector for ``CropForegroundd`` (a lambda is not picklable)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return img > self.threshold
+
+
+def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> list[Transform]:
+    """Deterministic transforms on a dict of channel-first MetaTensors (no file loading).
+
+    Input keys: ``pet`` (SUV), optionally ``ct`` (HU) and ``label``. Output keys: ``image``
+    (stacked, scaled channels, RAS, ``spacing_mm``, cropped to the body) and ``label``.
+    """
+    image_keys = list(config.channels)
+    keys = image_keys + ([Keys.LABEL] if with_label else [])
+    modes = ["bilinear"] * len(image_keys) + (["nearest"] if with_label else [])
+    steps: list[Transform] = [EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True)]
+    if Keys.CT in image_keys:
+        # CT may come on its own grid; bring it onto the PET grid before anything else.
+        steps.append(ResampleToMatchd(keys=Keys.CT, key_dst=Keys.PET, mode="bilinear"))
+    steps += [
+        Orientationd(keys=keys, axcodes=CANONICAL_AXCODES),
+        Spacingd(
+            keys=keys,
+            pixdim=config.spacing_mm,
+            mode=modes,
+            padding_mode="zeros",
+            dtype=np.float32,
+        ),
+        ScaleSuvd(keys=Keys.PET, suv_max=config.suv_max, log=config.suv_log),
+    ]
+    if Keys.CT in image_keys:
+        low, high = config.ct_window_hu
+        steps.append(
+            ScaleIntensityRanged(
+                keys=Keys.CT, a_min=low, a_max=high, b_min=-1.0, b_max=1.0, clip=True
+            )
+        )
+    if with_label:
+        steps.append(Binarized(keys=Keys.LABEL))
+    steps += [
+        ConcatItemsd(keys=image_keys, name=Keys.IMAGE, dim=0),
+        DeleteItemsd(keys=image_keys),
+        CropForegroundd(
+            keys=[Keys.IMAGE] + ([Keys.LABEL] if with_label else []),
+            source_key=Keys.IMAGE,
+            channel_indices=0,  # the PET channel defines the body
+            select_fn=AboveThreshold(config.scaled_suv(config.body_suv_threshold)),
+            margin=config.crop_margin_vox,
+            allow_smaller=True,
+        ),
+    ]
+    return steps
+
+
+def load_transforms(config: PreprocessingConfig, with_label: bool) -> list[Transform]:
+    """File loading (nibabel, affine kept, channel first) followed by the deterministic steps."""
+    keys = list(config.channels) + ([Keys.LABEL] if with_label else [])
+    loader = LoadImaged(
+        keys=keys,
+        reader="NibabelReader",
+        ensure_channel_first=True,
+        image_only=True,
+        squeeze_non_spatial_dims=True,
+    )
+    return [loader, *preprocessing_transforms(config, with_label)]
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Random patch sampling and augmentation for training.
+
+    Attributes:
+        patch_size_vox: training patch size in voxels at the model spacing.
+        num_samples: patches drawn per volume per visit.
+        pos_fraction: fraction of patches centred on lesion voxels (the rest on body voxels).
+        flip_prob: probability of a flip along each axis.
+        affine_prob: probability of a small random rotation/scaling.
+        rotate_deg: maximum rotation per axis in degrees.
+        scale_fraction: maximum relative zoom.
+        intensity_prob: probability of each intensity augmentation.
+    """
+
+    patch_size_vox: tuple[int, int, int] = (64, 64, 64)
+    num_samples: int = 2
+    pos_fraction: float = 0.5
+    flip_prob: float = 0.5
+    affine_prob: float = 0.2
+    rotate_deg: float = 10.0
+    scale_fraction: float = 0.1
+    intensity_prob: float = 0.3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
+        if not 0.0 <= self.pos_fraction <= 1.0:
+            raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+
+
+def augmentation_transforms(aug: AugmentationConfig) -> list[Transform]:
+    """Random transforms applied after caching: balanced patch sampling, spatial, intensity."""
+    keys = [Keys.IMAGE, Keys.LABEL]
+    rot = float(np.deg2rad(aug.rotate_deg))
+    return [
+        SpatialPadd(keys=keys, spatial_size=aug.patch_size_vox, mode="constant"),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=Keys.LABEL,
+            spatial_size=aug.patch_size_vox,
+            pos=aug.pos_fraction,
+            neg=1.0 - aug.pos_fraction,
+            num_samples=aug.num_samples,
+            image_key=Keys.IMAGE,
+            image_threshold=0.0,  # negative patches inside the body, not in the air
+        ),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
+        RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=2),
+        RandAffined(
+            keys=keys,
+            prob=aug.affine_prob,
+            rotate_range=(rot, rot, rot),
+            scale_range=(aug.scale_fraction,) * 3,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandScaleIntensityd(keys=Keys.IMAGE, factors=0.1, prob=aug.intensity_prob),
+        RandShiftIntensityd(keys=Keys.IMAGE, offsets=0.05, prob=aug.intensity_prob),
+        RandGaussianNoised(keys=Keys.IMAGE, std=0.02, prob=aug.intensity_prob),
+    ]
+
+
+def training_transforms(config: PreprocessingConfig, aug: AugmentationConfig) -> Compose:
+    """Full training pipeline (CacheDataset caches up to the first random transform)."""
+    return Compose([*load_transforms(config, True), *augmentation_transforms(aug)])
+
+
+def validation_transforms(config: PreprocessingConfig) -> Compose:
+    """Whole-volume validation pipeline (deterministic)."""
+    return Compose(load_transforms(config, True))
