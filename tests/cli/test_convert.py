@@ -1,0 +1,171 @@
+"""petflare-convert as a subprocess on tiny synthetic DICOM series (and STS_001 if present)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "convert.py"
+
+
+def _load_factory() -> ModuleType:
+    """The synthetic DICOM writer shared with tests/io (loaded by path: tests are not a package)."""
+    name = "petflare_test_dicom_factory"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "io" / "dicom_factory.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+factory = _load_factory()
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd or REPO,
+    )
+
+
+def _square_contour(series: object, slice_index: int, lo: float, hi: float) -> np.ndarray:
+    corners = np.array([[lo, lo], [hi, lo], [hi, hi], [lo, hi]])
+    ijk = np.column_stack([corners, np.full(4, slice_index), np.ones(4)])
+    return (ijk @ series.pixel_to_lps_matrix().T)[:, :3]  # type: ignore[attr-defined]
+
+
+def test_convert_writes_suv_and_mask(tmp_path: Path) -> None:
+    series = factory.write_pet_series(tmp_path / "dicom", orientation=factory.AXIAL_FLIPPED)
+    rt = factory.write_rtstruct(
+        tmp_path / "rt.dcm", series, {"GTV": [_square_contour(series, 2, 0.5, 2.5)]}
+    )
+    out, mask_out = tmp_path / "out" / "suv.nii.gz", tmp_path / "out" / "gtv.nii.gz"
+    result = _run(
+        f"dicom={tmp_path / 'dicom'}",
+        f"out={out}",
+        f"rtstruct={rt}",
+        "roi=GTV",
+        f"mask_out={mask_out}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SUVbw" in result.stdout and str(out) in result.stdout
+
+    img = nib.load(str(out))
+    assert img.get_data_dtype() == np.float32
+    suv = np.asarray(img.dataobj)
+    # Voxel centres -> LPS -> the factory's stored activity at that position.
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in suv.shape], indexing="ij"), -1)
+    ras = idx.reshape(-1, 3) @ img.affine[:3, :3].T + img.affine[:3, 3]
+    expected = series.activity_at_lps(ras * [-1.0, -1.0, 1.0]).reshape(suv.shape)
+    np.testing.assert_allclose(suv, expected * factory.expected_suv_scale(), rtol=1e-6)
+
+    mask_img = nib.load(str(mask_out))
+    np.testing.assert_allclose(mask_img.affine, img.affine)
+    assert mask_img.get_data_dtype() == np.uint8
+    assert int(np.asarray(mask_img.dataobj).sum()) == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gtv.nii.gz", "suv.nii.gz"]
+
+
+def test_convert_refuses_existing_output(tmp_path: Path) -> None:
+    factory.write_pet_series(tmp_path / "dicom")
+    out = tmp_path / "suv.nii.gz"
+    out.write_bytes(b"precious")
+    result = _run(f"dicom={tmp_path / 'dicom'}", f"out={out}")
+    assert result.returncode == 2
+    assert out.read_bytes() == b"precious"
+    assert "already exists" in result.stderr and str(out) in result.stderr
+    assert _run(f"dicom={tmp_path / 'dicom'}", f"out={out}", "overwrite=true").returncode == 0
+    assert nib.load(str(out)).shape == (5, 4, 6)
+
+
+@pytest.mark.parametrize(
+    ("case", "fragment"),
+    [
+        ("missing_tag", "PatientWeight"),
+        ("wrong_units", "CNTS"),
+        ("missing_folder", "DICOM folder not found"),
+        ("bad_roi", "available ROIs: GTV"),
+        ("no_args", "dicom=DIR and out=FILE.nii.gz are required"),
+        ("not_nifti", "must name a .nii.gz or .nii file"),
+        ("partial_mask", "must be given together"),
+    ],
+)
+def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> None:
+    dicom = tmp_path / "dicom"
+    tags = {"missing_tag": {"PatientWeight": None}, "wrong_units": {"Units": "CNTS"}}
+    series = factory.write_pet_series(dicom, tags=tags.get(case))
+    out = tmp_path / "out" / "suv.nii.gz"
+    args = [f"dicom={dicom}", f"out={out}"]
+    if case == "missing_folder":
+        args[0] = f"dicom={tmp_path / 'nowhere'}"
+    elif case == "bad_roi":
+        rt = factory.write_rtstruct(
+            tmp_path / "rt.dcm", series, {"GTV": [_square_contour(series, 1, 0.5, 2.5)]}
+        )
+        args += [f"rtstruct={rt}", "roi=Liver", f"mask_out={tmp_path / 'out' / 'm.nii.gz'}"]
+    elif case == "no_args":
+        args = []
+    elif case == "not_nifti":
+        args[1] = f"out={tmp_path / 'out' / 'suv.nrrd'}"
+    elif case == "partial_mask":
+        args.append("roi=GTV")
+    result = _run(*args)
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert fragment in message
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_convert_help_documents_options() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for option in ("dicom=", "out=", "overwrite=", "series_uid=", "rtstruct=", "roi=", "mask_out="):
+        assert option in result.stdout
+
+
+def _real_data_root() -> Path:
+    env = os.environ.get("PETFLARE_REAL_DATA")
+    return Path(env) if env else REPO / ".." / "shared" / "data" / "real"
+
+
+STS_DICOM = _real_data_root() / "sts001_wholebody_fdg_dicom"
+
+
+@pytest.mark.skipif(
+    not (STS_DICOM / "image").is_dir(),
+    reason=f"real STS_001 DICOM not found under {_real_data_root()} (set PETFLARE_REAL_DATA)",
+)
+def test_convert_sts001_whole_body(tmp_path: Path) -> None:
+    out, mask_out = tmp_path / "sts001_suv.nii.gz", tmp_path / "sts001_gtv.nii.gz"
+    start = time.perf_counter()
+    result = _run(
+        f"dicom={STS_DICOM / 'image'}",
+        f"out={out}",
+        f"rtstruct={STS_DICOM / 'mask' / '1-1.dcm'}",
+        "roi=GTV_Mass",
+        f"mask_out={mask_out}",
+    )
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    img = nib.load(str(out))
+    assert img.shape == (128, 128, 267)
+    assert "".join(nib.aff2axcodes(img.affine)) == "LPS"
+    assert 0 < np.asarray(nib.load(str(mask_out)).dataobj).sum() < 10_000
+    assert seconds < 60.0
