@@ -1,0 +1,1035 @@
+"""Baseline/follow-up pairs for the change-pattern head: features, caching and a DataModule.
+
+Per pair, the expensive work is done once and cached to disk (``.npz``):
+
+1. quantification and matching with :func:`petflare.quant.compare_studies` (which registers the
+   follow-up to the baseline; the registration is reused for every mask variant of a pair),
+2. lesion units: every follow-up lesion with the baseline lesions it matches (persisting or
+   new) and every resolved baseline lesion; a unit's region is the union of its lesions' masks
+   at both time points, on the baseline grid,
+3. the baseline and the aligned follow-up resampled onto the segmentation model's grid (RAS,
+   the model's spacing, SUV scaled as in training), cropped around the lesions with a margin,
+4. encoder features of both scans pooled inside every unit region and the global regions.
+
+Training pairs get extra *mask variants*: the ground-truth masks randomly dilated, eroded or
+with small lesions dropped, so the head learns from masks that look like predictions. Because
+the pooling is cheap and the encoder runs once per scan, each variant costs one quantification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
+from petflare.data.transforms import PreprocessingConfig, ScaleSuv
+from petflare.errors import PetflareInputError
+from petflare.io.atomic import atomic_path
+from petflare.io.loading import resample_to_grid
+from petflare.io.study import Study
+from petflare.networks.change_head import global_regions, pool_regions
+from petflare.networks.encoder import EncoderFeatures
+
+log = logging.getLogger(__name__)
+
+#: Version of the cached per-pair feature layout; bump when features change.
+FEATURE_VERSION = "1"
+
+
+class HeadKeys:
+    """Batch keys of the change-pattern head's data."""
+
+    LESION_POOLED = "lesion_pooled"
+    LESION_FEATURES = "lesion_features"
+    LESION_VALID = "lesion_valid"
+    GLOBAL_POOLED = "global_pooled"
+    PAIR_FEATURES = "pair_features"
+    LABEL = "label"
+    BASELINE_IMAGE = "baseline_image"
+    FOLLOWUP_IMAGE = "followup_image"
+    LESION_MASKS = "lesion_masks"
+    BASELINE_SEG = "baseline_seg"
+    FOLLOWUP_SEG = "followup_seg"
+
+
+#: Per-lesion-unit quantitative change features (log1p of SUVs and volumes keeps scales tame).
+LESION_FEATURE_NAMES = (
+    "present_baseline",
+    "present_followup",
+    "log_volume_ml_baseline",
+    "log_volume_ml_followup",
+    "log_suv_max_baseline",
+    "log_suv_max_followup",
+    "log_suv_max_ratio",
+    "log_suv_peak_ratio",
+    "log_suv_mean_ratio",
+    "log_volume_ratio",
+    "focal_ratio_baseline",
+    "focal_ratio_followup",
+    "hotspot_change",
+    "rest_change",
+    "uptake_rose",
+    "suv_peak_followup_over_liver",
+    "suv_peak_baseline_over_liver",
+)
+
+#: Per-pair quantitative change features.
+PAIR_FEATURE_NAMES = (
+    "log_n_baseline",
+    "log_n_followup",
+    "log_n_new",
+    "log_n_resolved",
+    "fraction_baseline_rose",
+    "log_new_volume_ml",
+    "log_new_max_suv_peak",
+    "total_tlg_change",
+    "rise_spread_cm",
+    "max_focal_ratio_followup",
+    "max_hotspot_change",
+    "median_suv_peak_change",
+    "fraction_units_rose",
+    "liver_ratio_followup_baseline",
+)
+
+
+def _f(value: float | None, default: float = 0.0) -> float:
+    return default if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _pct(value: float | None, clip: float = 5.0) -> float:
+    """Percent change as a clipped fraction (``+30 %`` -> ``0.3``)."""
+    return float(np.clip(_f(value) / 100.0, -clip, clip))
+
+
+# ----------------------------------------------------------------------------- lesion units
+
+
+@dataclass
+class LesionUnit:
+    """One matched lesion across time points and its quantitative change.
+
+    Attributes:
+        kind: ``persisting``, ``new`` or ``resolved``.
+        followup_ids: follow-up instance ids (empty for a resolved lesion).
+        baseline_ids: baseline instance ids (empty for a new lesion).
+        centre_mm: world (RAS mm) position used in explanations: the follow-up hotspot, else
+            the follow-up centroid, else the baseline centroid.
+        features: vector in ``LESION_FEATURE_NAMES`` order.
+        info: readable values for explanations (SUVs, volumes, focal ratios).
+    """
+
+    kind: str
+    followup_ids: list[int]
+    baseline_ids: list[int]
+    centre_mm: list[float]
+    features: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (features omitted; they are stored as arrays)."""
+        return {
+            "kind": self.kind,
+            "followup_ids": self.followup_ids,
+            "baseline_ids": self.baseline_ids,
+            "centre_mm": [float(c) for c in self.centre_mm],
+            "info": self.info,
+        }
+
+
+def lesion_units(report: Any) -> list[LesionUnit]:
+    """Lesion units of a :class:`petflare.quant.PairReport` (follow-up lesions, then resolved)."""
+    liver_b = _f(report.baseline.liver.suv_mean, 0.0) or None
+    liver_f = _f(report.followup.liver.suv_mean, 0.0) or None
+    changes = {c.followup_id: c for c in report.changes}
+    units: list[LesionUnit] = []
+    for match in report.matches:
+        if match.timepoint == "followup":
+            fol = report.followup.lesion(match.lesion_id)
+            change = changes.get(match.lesion_id)
+            base_ids = list(match.matched_ids)
+            bases = [report.baseline.lesion(i) for i in base_ids]
+            units.append(
+                _unit(
+                    "persisting" if bases else "new",
+                    [match.lesion_id],
+                    base_ids,
+                    fol,
+                    bases,
+                    change,
+                    liver_b,
+                    liver_f,
+                )
+            )
+        elif match.status == "resolved":
+            base = report.baseline.lesion(match.lesion_id)
+            units.append(
+                _unit("resolved", [], [match.lesion_id], None, [base], None, liver_b, liver_f)
+            )
+    return units
+
+
+def _unit(
+    kind: str,
+    followup_ids: list[int],
+    baseline_ids: list[int],
+    fol: Any,
+    bases: list[Any],
+    change: Any,
+    liver_b: float | None,
+    liver_f: float | None,
+) -> LesionUnit:
+    vol_b = sum(b.volume_ml for b in bases)
+    vol_f = fol.volume_ml if fol is not None else 0.0
+    max_b = max((b.suv_max for b in bases), default=0.0)
+    max_f = fol.suv_max if fol is not None else 0.0
+    peak_b = max((b.suv_peak for b in bases), default=0.0)
+    peak_f = fol.suv_peak if fol is not None else 0.0
+    mean_b = (sum(b.suv_mean * b.volume_ml for b in bases) / vol_b) if vol_b > 0 else 0.0
+    mean_f = fol.suv_mean if fol is not None else 0.0
+    focal_b = max((_f(b.focality.ratio, 1.0) for b in bases if b.focality), default=1.0)
+    focal_f = _f(fol.focality.ratio, 1.0) if fol is not None and fol.focality else 1.0
+    hot_change = _pct(change.hotspot_change_pct) if change is not None else 0.0
+    rest_change = _pct(change.rest_change_pct) if change is not None else 0.0
+    rose = float(bool(change.uptake_rose)) if change is not None else 0.0
+    features = np.array(
+        [
+            float(bool(bases)),
+            float(fol is not None),
+            np.log1p(vol_b),
+            np.log1p(vol_f),
+            np.log1p(max_b),
+            np.log1p(max_f),
+            np.log1p(max_f) - np.log1p(max_b),
+            np.log1p(peak_f) - np.log1p(peak_b),
+            np.log1p(mean_f) - np.log1p(mean_b),
+            np.log1p(vol_f) - np.log1p(vol_b),
+            min(focal_b, 10.0),
+            min(focal_f, 10.0),
+            hot_change,
+            rest_change,
+            rose,
+            peak_f / liver_f if liver_f else 0.0,
+            peak_b / liver_b if liver_b else 0.0,
+        ],
+        dtype=np.float32,
+    )
+    if fol is not None and fol.focality is not None:
+        centre = list(fol.focality.centre_mm)
+    elif fol is not None:
+        centre = list(fol.centroid_mm)
+    else:
+        centre = list(bases[0].centroid_mm)
+    info = {
+        "suv_max_baseline": float(max_b),
+        "suv_max_followup": float(max_f),
+        "suv_peak_baseline": float(peak_b),
+        "suv_peak_followup": float(peak_f),
+        "suv_mean_followup": float(mean_f),
+        "volume_ml_baseline": float(vol_b),
+        "volume_ml_followup": float(vol_f),
+        "focal_ratio_followup": float(focal_f),
+        "hotspot_suv_mean_followup": None if change is None else change.hotspot_suv_mean_followup,
+        "rest_suv_mean_followup": None if change is None else change.rest_suv_mean_followup,
+        "suv_peak_change_pct": None if change is None else change.suv_peak_change_pct,
+        "uptake_rose": bool(rose),
+    }
+    return LesionUnit(kind, followup_ids, baseline_ids, centre, features, info)
+
+
+def pair_feature_vector(report: Any, units: Sequence[LesionUnit]) -> np.ndarray:
+    """Whole-pair change features in ``PAIR_FEATURE_NAMES`` order."""
+    d = report.disease
+    persisting = [u for u in units if u.kind == "persisting"]
+    peak_changes = [float(u.features[7]) for u in persisting]
+    liver_b = _f(report.baseline.liver.suv_mean)
+    liver_f = _f(report.followup.liver.suv_mean)
+    return np.array(
+        [
+            np.log1p(d.n_baseline_lesions),
+            np.log1p(d.n_followup_lesions),
+            np.log1p(d.n_new),
+            np.log1p(d.n_resolved),
+            _f(d.fraction_baseline_rose),
+            np.log1p(_f(d.new_volume_ml)),
+            np.log1p(_f(d.new_max_suv_peak)),
+            _pct(d.total_tlg_change_pct),
+            _f(d.rise_spread_mm) / 10.0,
+            max((float(u.features[11]) for u in units if u.kind != "resolved"), default=1.0),
+            max((float(u.features[12]) for u in persisting), default=0.0),
+            float(np.median(peak_changes)) if peak_changes else 0.0,
+            float(np.mean([u.features[14] for u in persisting])) if persisting else 0.0,
+            np.log(liver_f / liver_b) if liver_b > 0 and liver_f > 0 else 0.0,
+        ],
+        dtype=np.float32,
+    )
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def registration_matrix(report: Any) -> np.ndarray:
+    """Baseline-world -> follow-up-world 4x4 matrix of a pair report."""
+    return np.asarray(report.registration.matrix_ras, dtype=np.float64)
+
+
+def followup_on_baseline(
+    followup_array: np.ndarray,
+    followup_affine: np.ndarray,
+    target_shape: Sequence[int],
+    target_affine: np.ndarray,
+    matrix_ras: np.ndarray,
+    order: int = 1,
+) -> np.ndarray:
+    """Resample a follow-up array onto a grid in baseline world coordinates.
+
+    The follow-up voxel-to-baseline-world matrix is ``inv(matrix_ras) @ followup_affine``.
+    """
+    affine_in_baseline = np.linalg.inv(matrix_ras) @ np.asarray(followup_affine, np.float64)
+    return resample_to_grid(
+        followup_array, affine_in_baseline, tuple(target_shape), target_affine, order=order
+    )
+
+
+def crop_grid(
+    points_mm: np.ndarray,
+    spacing_mm: Sequence[float],
+    margin_mm: float,
+    multiple: int,
+    max_extent_mm: float = 1200.0,
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """A RAS grid at ``spacing_mm`` covering ``points_mm`` plus a margin, shape a ``multiple``.
+
+    Returns:
+        (shape, affine): the affine is diagonal (RAS+) so the encoder sees the orientation the
+        segmentation model was trained in.
+    """
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    lo = points_mm.min(0) - margin_mm
+    hi = points_mm.max(0) + margin_mm
+    extent = np.minimum(hi - lo, max_extent_mm)
+    n = np.ceil(extent / spacing).astype(int) + 1
+    n = (np.ceil(n / multiple) * multiple).astype(int)
+    centre = (lo + hi) / 2.0
+    origin = centre - (n - 1) / 2.0 * spacing
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag(spacing)
+    affine[:3, 3] = origin
+    return (int(n[0]), int(n[1]), int(n[2])), affine
+
+
+def _world_points(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    idx = np.argwhere(mask)
+    return idx @ affine[:3, :3].T + affine[:3, 3]
+
+
+def scale_channels(
+    pet: np.ndarray, ct: np.ndarray | None, preprocessing: PreprocessingConfig
+) -> np.ndarray:
+    """Stack and scale the network input channels exactly as the segmentation model does."""
+    chans = [ScaleSuv(preprocessing.suv_max, preprocessing.suv_log)(torch.from_numpy(pet)).numpy()]
+    if Keys.CT in preprocessing.channels:
+        if ct is None:
+            raise ValueError("this segmentation model needs CT, but a scan has none")
+        low, high = preprocessing.ct_window_hu
+        chans.append(np.clip((ct - low) / (high - low) * 2.0 - 1.0, -1.0, 1.0))
+    return np.stack(chans).astype(np.float32)
+
+
+@dataclass
+class PairImages:
+    """Both scans and the unit regions on one crop grid (RAS, the model's spacing)."""
+
+    baseline_image: np.ndarray  # [C, X, Y, Z] scaled network input
+    followup_image: np.ndarray  # [C, X, Y, Z], the follow-up aligned to the baseline
+    lesion_masks: np.ndarray  # [L, X, Y, Z] uint8
+    baseline_seg: np.ndarray  # [X, Y, Z] uint8 lesion mask (for the joint segmentation loss)
+    followup_seg: np.ndarray  # [X, Y, Z] uint8
+    affine: np.ndarray  # 4x4 of the crop grid
+
+
+def pair_images(
+    baseline: Study,
+    followup: Study,
+    baseline_labels: np.ndarray,
+    followup_labels: np.ndarray,
+    units: Sequence[LesionUnit],
+    matrix_ras: np.ndarray,
+    preprocessing: PreprocessingConfig,
+    margin_mm: float = 32.0,
+    multiple: int = 16,
+) -> PairImages:
+    """Resample both scans and the unit regions onto a crop grid around the lesions."""
+    f_on_b = followup_on_baseline(
+        followup_labels, followup.affine, baseline.shape, baseline.affine, matrix_ras, order=0
+    ).astype(np.int64)
+    any_lesion = (baseline_labels > 0) | (f_on_b > 0)
+    if any_lesion.any():
+        points = _world_points(any_lesion, baseline.affine)
+    else:  # no lesion anywhere: a small box at the body's centre of uptake
+        body = baseline.pet > np.percentile(baseline.pet, 75)
+        com = np.array(ndimage.center_of_mass(body if body.any() else np.ones_like(body)))
+        points = (baseline.affine[:3, :3] @ com + baseline.affine[:3, 3])[None]
+    shape, affine = crop_grid(points, preprocessing.spacing_mm, margin_mm, multiple)
+
+    def on_grid_b(arr: np.ndarray, order: int) -> np.ndarray:
+        return resample_to_grid(arr, baseline.affine, shape, affine, order=order)
+
+    def on_grid_f(arr: np.ndarray, order: int) -> np.ndarray:
+        return followup_on_baseline(arr, followup.affine, shape, affine, matrix_ras, order)
+
+    b_ct = on_grid_b(baseline.ct, 1) if baseline.ct is not None else None
+    f_ct = on_grid_f(followup.ct, 1) if followup.ct is not None else None
+    base_img = scale_channels(on_grid_b(baseline.pet, 1), b_ct, preprocessing)
+    fol_img = scale_channels(on_grid_f(followup.pet, 1), f_ct, preprocessing)
+    b_lab = on_grid_b(baseline_labels.astype(np.float32), 0).astype(np.int64)
+    f_lab = on_grid_f(followup_labels.astype(np.float32), 0).astype(np.int64)
+    masks = np.zeros((len(units), *shape), dtype=np.uint8)
+    for i, unit in enumerate(units):
+        region = np.isin(b_lab, unit.baseline_ids) | np.isin(f_lab, unit.followup_ids)
+        masks[i] = region
+    return PairImages(
+        baseline_image=base_img,
+        followup_image=fol_img,
+        lesion_masks=masks,
+        baseline_seg=(b_lab > 0).astype(np.uint8),
+        followup_seg=(f_lab > 0).astype(np.uint8),
+        affine=affine,
+    )
+
+
+# ----------------------------------------------------------------------------- mask variants
+
+
+def perturb_labels(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    p_dilate: float = 0.3,
+    p_erode: float = 0.3,
+    p_drop_small: float = 0.3,
+    small_voxels: int = 30,
+) -> np.ndarray:
+    """Make a ground-truth instance mask look like a prediction, keeping the pattern valid.
+
+    Each lesion is independently dilated or eroded by one voxel (an erosion that would remove
+    it is skipped); lesions smaller than ``small_voxels`` are dropped with ``p_drop_small``
+    unless that would drop the only lesion. Labels stay instance labels.
+    """
+    out = np.zeros_like(labels)
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    struct = ndimage.generate_binary_structure(3, 1)
+    kept = 0
+    for lid in ids:
+        lesion = labels == lid
+        size = int(lesion.sum())
+        if (
+            size < small_voxels
+            and len(ids) > 1
+            and rng.random() < p_drop_small
+            and kept + 1 < len(ids)
+        ):
+            continue
+        r = rng.random()
+        if r < p_dilate:
+            grown = ndimage.binary_dilation(lesion, struct)
+            lesion = grown & ((labels == 0) | lesion) & (out == 0)
+        elif r < p_dilate + p_erode:
+            shrunk = ndimage.binary_erosion(lesion, struct)
+            if shrunk.any():
+                lesion = shrunk
+        out[lesion] = lid
+    return out
+
+
+# ----------------------------------------------------------------------------- per-pair sample
+
+
+@dataclass
+class PairSample:
+    """Precomputed head inputs of one pair (one mask variant), plus what explains them.
+
+    ``label`` is the class index in ``PATTERNS`` (-1 when unknown); ``rule_label`` is the
+    rule-based classifier's call on the same masks, kept for side-by-side evaluation.
+    """
+
+    lesion_pooled: np.ndarray  # [L, P]
+    lesion_features: np.ndarray  # [L, F_lesion]
+    global_pooled: np.ndarray  # [2, P]
+    pair_features: np.ndarray  # [F_pair]
+    label: int
+    rule_label: str
+    units: list[dict[str, Any]]
+    patient_id: str = ""
+
+    def save(self, path: Path) -> None:
+        """Write atomically as ``.npz`` (numbers) with the JSON metadata inside."""
+        meta = json.dumps(
+            {
+                "label": self.label,
+                "rule_label": self.rule_label,
+                "units": self.units,
+                "patient_id": self.patient_id,
+                "version": FEATURE_VERSION,
+            }
+        )
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(
+                    fh,
+                    lesion_pooled=self.lesion_pooled,
+                    lesion_features=self.lesion_features,
+                    global_pooled=self.global_pooled,
+                    pair_features=self.pair_features,
+                    meta=np.frombuffer(meta.encode(), dtype=np.uint8),
+                )
+
+        with atomic_path(path, overwrite=True) as tmp:
+            write(tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> PairSample:
+        """Read a sample written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            return cls(
+                lesion_pooled=data["lesion_pooled"],
+                lesion_features=data["lesion_features"],
+                global_pooled=data["global_pooled"],
+                pair_features=data["pair_features"],
+                label=int(meta["label"]),
+                rule_label=str(meta["rule_label"]),
+                units=list(meta["units"]),
+                patient_id=str(meta.get("patient_id", "")),
+            )
+
+
+def compare_pair(baseline: Study, followup: Study, registration: Any | None = None) -> Any:
+    """``petflare.quant.compare_studies`` on two studies carrying instance masks.
+
+    With a known ``registration`` (a ``RegistrationResult`` of the same pair), the follow-up
+    is re-expressed in baseline world coordinates (its affine composed with the inverse
+    transform) and compared without registering again, so mask variants of one pair cost one
+    registration in all. Follow-up coordinates in that report are then baseline-world ones.
+    """
+    from petflare.quant import RegistrationConfig, compare_studies
+
+    if registration is None:
+        return compare_studies(baseline, followup)
+    inv = np.linalg.inv(np.asarray(registration.matrix_ras, dtype=np.float64))
+    moved = Study(
+        pet=followup.pet,
+        affine=inv @ followup.affine,
+        ct=followup.ct,
+        mask=followup.mask,
+        meta=followup.meta,
+    )
+    return compare_studies(baseline, moved, registration=RegistrationConfig(modality="none"))
+
+
+@torch.no_grad()
+def encode_pair(
+    encoder: EncoderFeatures, images: PairImages, device: torch.device | str = "cpu"
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Encoder levels of the baseline and the aligned follow-up (one batch of two)."""
+    x = torch.from_numpy(np.stack([images.baseline_image, images.followup_image])).to(device)
+    feats = encoder(x)
+    return [f[:1].float().cpu() for f in feats], [f[1:].float().cpu() for f in feats]
+
+
+def sample_from_features(
+    feats_b: Sequence[torch.Tensor],
+    feats_f: Sequence[torch.Tensor],
+    lesion_masks: np.ndarray,
+    units: Sequence[LesionUnit],
+    report: Any,
+    label: int,
+    rule_label: str,
+    patient_id: str = "",
+) -> PairSample:
+    """Pool encoder features in the unit regions and attach the quantitative features."""
+    masks = torch.from_numpy(lesion_masks[None].astype(np.float32))
+    valid = torch.ones((1, masks.shape[1]), dtype=torch.bool)
+    lesion_pooled = pool_regions(feats_b, feats_f, masks)[0].numpy()
+    global_pooled = pool_regions(feats_b, feats_f, global_regions(masks, valid))[0].numpy()
+    n_lf = len(LESION_FEATURE_NAMES)
+    lesion_features = (
+        np.stack([u.features for u in units]) if units else np.zeros((0, n_lf), np.float32)
+    )
+    return PairSample(
+        lesion_pooled=lesion_pooled.astype(np.float32),
+        lesion_features=lesion_features.astype(np.float32),
+        global_pooled=global_pooled.astype(np.float32),
+        pair_features=pair_feature_vector(report, units),
+        label=label,
+        rule_label=rule_label,
+        units=[u.to_dict() for u in units],
+        patient_id=patient_id,
+    )
+
+
+def pair_samples(
+    baseline: Study,
+    followup: Study,
+    encoder: EncoderFeatures,
+    preprocessing: PreprocessingConfig,
+    label: int = -1,
+    label_variants: Sequence[tuple[np.ndarray, np.ndarray]] = (),
+    device: torch.device | str = "cpu",
+    margin_mm: float = 32.0,
+) -> list[PairSample]:
+    """Samples of one pair: its own masks first, then each (baseline, follow-up) mask variant.
+
+    ``baseline.mask`` and ``followup.mask`` are the masks of the first sample (ground truth or
+    predicted). The encoder runs once per scan on a crop covering every variant's lesions.
+    """
+    from petflare.quant import classify_pattern_rules, lesion_instances
+
+    if baseline.mask is None or followup.mask is None:
+        raise ValueError("both studies need a lesion mask")
+    variants = [(np.asarray(baseline.mask), np.asarray(followup.mask)), *label_variants]
+    variants = [(lesion_instances(b), lesion_instances(f)) for b, f in variants]
+    reports, unit_lists = [], []
+    registration = None
+    for b_lab, f_lab in variants:
+        rep = compare_pair(_with_mask(baseline, b_lab), _with_mask(followup, f_lab), registration)
+        registration = rep.registration
+        reports.append(rep)
+        unit_lists.append(lesion_units(rep))
+    matrix = registration_matrix(reports[0])
+    # one crop that holds the lesions of all variants (dilations reach one voxel further)
+    union_b = np.maximum.reduce([b for b, _ in variants])
+    union_f = np.maximum.reduce([f for _, f in variants])
+    images = pair_images(baseline, followup, union_b, union_f, [], matrix, preprocessing, margin_mm)
+    feats_b, feats_f = encode_pair(encoder, images, device)
+    out = []
+    for (b_lab, f_lab), rep, units in zip(variants, reports, unit_lists, strict=True):
+        masks = _unit_masks_on(
+            images.affine,
+            images.lesion_masks.shape[1:],
+            baseline,
+            followup,
+            b_lab,
+            f_lab,
+            units,
+            matrix,
+        )
+        out.append(
+            sample_from_features(
+                feats_b,
+                feats_f,
+                masks,
+                units,
+                rep,
+                label,
+                classify_pattern_rules(rep).label,
+                baseline.meta.patient_id,
+            )
+        )
+    return out
+
+
+def _unit_masks_on(
+    affine: np.ndarray,
+    shape: Sequence[int],
+    baseline: Study,
+    followup: Study,
+    b_lab: np.ndarray,
+    f_lab: np.ndarray,
+    units: Sequence[LesionUnit],
+    matrix: np.ndarray,
+) -> np.ndarray:
+    b = resample_to_grid(b_lab.astype(np.float32), baseline.affine, tuple(shape), affine, order=0)
+    f = followup_on_baseline(f_lab.astype(np.float32), followup.affine, shape, affine, matrix, 0)
+    masks = np.zeros((len(units), *shape), dtype=np.uint8)
+    for i, unit in enumerate(units):
+        masks[i] = np.isin(b.astype(np.int64), unit.baseline_ids) | np.isin(
+            f.astype(np.int64), unit.followup_ids
+        )
+    return masks
+
+
+def _with_mask(study: Study, mask: np.ndarray) -> Study:
+    return Study(pet=study.pet, affine=study.affine, ct=study.ct, mask=mask, meta=study.meta)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def collate_samples(samples: Sequence[PairSample]) -> dict[str, torch.Tensor]:
+    """Pad a list of samples to the largest lesion count; ``lesion_valid`` marks real lesions."""
+    n = max((s.lesion_pooled.shape[0] for s in samples), default=0)
+    b = len(samples)
+    p = samples[0].global_pooled.shape[1]
+    fl = samples[0].lesion_features.shape[1]
+    lesion_pooled = torch.zeros(b, n, p)
+    lesion_features = torch.zeros(b, n, fl)
+    valid = torch.zeros(b, n, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        k = s.lesion_pooled.shape[0]
+        lesion_pooled[i, :k] = torch.from_numpy(s.lesion_pooled)
+        lesion_features[i, :k] = torch.from_numpy(s.lesion_features)
+        valid[i, :k] = True
+    return {
+        HeadKeys.LESION_POOLED: lesion_pooled,
+        HeadKeys.LESION_FEATURES: lesion_features,
+        HeadKeys.LESION_VALID: valid,
+        HeadKeys.GLOBAL_POOLED: torch.from_numpy(np.stack([s.global_pooled for s in samples])),
+        HeadKeys.PAIR_FEATURES: torch.from_numpy(np.stack([s.pair_features for s in samples])),
+        HeadKeys.LABEL: torch.tensor([s.label for s in samples], dtype=torch.long),
+    }
+
+
+class PairSampleDataset(Dataset):
+    """Pairs, each with one or more precomputed mask variants; a random variant per access.
+
+    Args:
+        variants: per pair, its samples (variant 0 = the pair's own masks).
+        random_variant: draw a variant at random (training) or always take variant 0.
+        seed: seed of the variant draws.
+    """
+
+    def __init__(
+        self, variants: Sequence[Sequence[PairSample]], random_variant: bool, seed: int = 0
+    ) -> None:
+        self.variants = [list(v) for v in variants]
+        self.random_variant = random_variant
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def __getitem__(self, index: int) -> PairSample:
+        options = self.variants[index]
+        if self.random_variant and len(options) > 1:
+            return options[int(self.rng.integers(len(options)))]
+        return options[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every pair."""
+        return np.array([v[0].label for v in self.variants], dtype=np.int64)
+
+
+def class_weights(labels: np.ndarray, n_classes: int = len(PATTERNS)) -> np.ndarray:
+    """Inverse-frequency class weights normalised to mean 1 (absent classes get weight 1)."""
+    counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 1.0)
+    return (w / w.mean()).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- data module
+
+
+def _cache_key(parts: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_stamp(path: str | None) -> list[Any] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    return [str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)]
+
+
+def weights_digest(net: nn.Module) -> str:
+    """Short hash of a network's weights (part of the feature cache key)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+MaskSource = Callable[[Study], np.ndarray]
+
+
+class LongitudinalDataModule(pl.LightningDataModule):
+    """Labelled baseline/follow-up pairs for the change-pattern head (precomputed features).
+
+    Reads a longitudinal manifest (``patient_id, baseline_pet, baseline_ct, baseline_mask,
+    followup_pet, followup_ct, followup_mask, pattern, split``). Without a manifest, phantom
+    pairs are generated with :func:`petflare.synth.generate_dataset` into ``data_dir`` (train
+    and val from different seeds). Each pair is quantified, aligned and encoded once; the
+    results are cached under ``cache_dir`` keyed by the files, the encoder weights and the
+    settings, so a second run reads them back.
+
+    Args:
+        segmentation_net: the (frozen) segmentation network whose encoder is used.
+        preprocessing: the segmentation model's preprocessing (spacing, SUV scaling, channels).
+        cache_dir: folder for the per-pair feature cache.
+        manifest: manifest CSV; None generates phantom pairs.
+        data_dir: where phantom pairs are generated (when ``manifest`` is None).
+        n_train_pairs, n_val_pairs: phantom pairs per split.
+        train_seed, val_seed: phantom generator seeds (must differ).
+        phantom: keyword arguments of ``petflare.synth.PhantomConfig``.
+        n_mask_variants: perturbed ground-truth mask variants per training pair.
+        val_mask_source: ``"ground_truth"``, or a callable ``study -> mask`` (e.g. a
+            ``Predictor.predict``) used for validation pairs.
+        batch_size: pairs per batch.
+        balance: ``"sampler"`` (class-balanced sampling), ``"weights"`` (expose
+            ``class_weights`` for the loss) or ``"none"``.
+        encoder_scales: encoder levels pooled (None: all).
+        margin_mm: margin of the encoder crop around the lesions.
+        seed: seed of the mask perturbations and variant draws.
+        device: device of the encoder during precomputation.
+    """
+
+    def __init__(
+        self,
+        segmentation_net: nn.Module,
+        preprocessing: PreprocessingConfig,
+        cache_dir: str | Path,
+        manifest: str | Path | None = None,
+        data_dir: str | Path = "data/phantom_pairs",
+        n_train_pairs: int = 40,
+        n_val_pairs: int = 20,
+        train_seed: int = 3100,
+        val_seed: int = 3200,
+        phantom: Mapping[str, Any] | None = None,
+        n_mask_variants: int = 3,
+        val_mask_source: str | MaskSource = "ground_truth",
+        batch_size: int = 16,
+        balance: str = "weights",
+        encoder_scales: Sequence[int] | None = None,
+        margin_mm: float = 32.0,
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__()
+        if balance not in ("sampler", "weights", "none"):
+            raise ValueError(f"balance must be sampler, weights or none, got {balance!r}")
+        if manifest is None and train_seed == val_seed:
+            raise ValueError("train_seed and val_seed must differ")
+        self.net = segmentation_net.eval()
+        self.encoder = EncoderFeatures(segmentation_net, encoder_scales).eval()
+        self.preprocessing = preprocessing
+        self.cache_dir = Path(cache_dir)
+        self.manifest = None if manifest is None else Path(manifest)
+        self.data_dir = Path(data_dir)
+        self.n_train_pairs = int(n_train_pairs)
+        self.n_val_pairs = int(n_val_pairs)
+        self.train_seed = int(train_seed)
+        self.val_seed = int(val_seed)
+        self.phantom = dict(phantom or {})
+        self.n_mask_variants = int(n_mask_variants)
+        self.val_mask_source = val_mask_source
+        self.batch_size = int(batch_size)
+        self.balance = balance
+        self.encoder_scales = None if encoder_scales is None else list(encoder_scales)
+        self.margin_mm = float(margin_mm)
+        self.seed = int(seed)
+        self.device = device
+        self.datasets: dict[str, PairSampleDataset] = {}
+
+    # -- rows
+    def _phantom_rows(self) -> dict[str, list[dict[str, Any]]]:
+        from petflare.io import load_manifest
+        from petflare.synth import PhantomConfig, generate_dataset
+
+        out: dict[str, list[dict[str, Any]]] = {}
+        for split, n, seed in (
+            ("train", self.n_train_pairs, self.train_seed),
+            ("val", self.n_val_pairs, self.val_seed),
+        ):
+            if n <= 0:
+                out[split] = []
+                continue
+            tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
+            folder = self.data_dir / (f"{split}_n{n}_seed{seed}" + (f"_{tag}" if tag else ""))
+            manifest = folder / "manifest.csv"
+            if not manifest.is_file():
+                log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
+                manifest = generate_dataset(
+                    folder, n, seed, config=PhantomConfig(**self.phantom), overwrite=True
+                )
+            out[split] = load_manifest(manifest)
+        return out
+
+    def rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Manifest rows per split (``train``, ``val``; ``test`` rows are not used here)."""
+        if self.manifest is None:
+            return self._phantom_rows()
+        from petflare.io import load_manifest, split_by_patient
+
+        rows = load_manifest(self.manifest)
+        for row in rows:
+            if row.get(Keys.PATTERN) is None:
+                raise PetflareInputError(
+                    self.manifest, f"patient {row[Keys.PATIENT_ID]}: no pattern label"
+                )
+        return split_by_patient(rows, {"train": 0.8, "val": 0.2, "test": 0.0}, seed=self.seed)
+
+    # -- features
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "version": FEATURE_VERSION,
+            "weights": weights_digest(self.net),
+            "preprocessing": self.preprocessing.to_dict(),
+            "scales": self.encoder_scales,
+            "margin_mm": self.margin_mm,
+        }
+
+    def samples_for_row(
+        self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
+    ) -> list[PairSample]:
+        """Cached samples of one manifest row (variant 0, then ``n_variants`` perturbed)."""
+        files = [
+            row.get(k)
+            for k in (
+                Keys.BASELINE_PET,
+                Keys.BASELINE_CT,
+                Keys.BASELINE_MASK,
+                Keys.FOLLOWUP_PET,
+                Keys.FOLLOWUP_CT,
+                Keys.FOLLOWUP_MASK,
+            )
+        ]
+        source = (
+            mask_source
+            if isinstance(mask_source, str)
+            else getattr(mask_source, "cache_tag", repr(mask_source))
+        )
+        key = _cache_key(
+            {
+                "files": [_file_stamp(f) for f in files],
+                "settings": self._settings(),
+                "n_variants": n_variants,
+                "mask_source": source,
+                "seed": seed,
+                "pattern": row.get(Keys.PATTERN),
+            }
+        )
+        folder = self.cache_dir / key
+        paths = [folder / f"variant{i}.npz" for i in range(n_variants + 1)]
+        if all(p.is_file() for p in paths):
+            return [PairSample.load(p) for p in paths]
+        samples = compute_row_samples(
+            row,
+            self.encoder,
+            self.preprocessing,
+            n_variants,
+            mask_source,
+            seed,
+            self.device,
+            self.margin_mm,
+        )
+        for sample, path in zip(samples, paths, strict=True):
+            sample.save(path)
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        """Compute (or read from the cache) the samples of every pair."""
+        if self.datasets:
+            return
+        rows = self.rows()
+        train = [
+            self.samples_for_row(r, self.n_mask_variants, "ground_truth", self.seed + i)
+            for i, r in enumerate(rows.get("train", []))
+        ]
+        val = [self.samples_for_row(r, 0, self.val_mask_source, 0) for r in rows.get("val", [])]
+        self.datasets = {
+            "train": PairSampleDataset(train, random_variant=True, seed=self.seed),
+            "val": PairSampleDataset(val, random_variant=False),
+        }
+
+    @property
+    def class_weights(self) -> np.ndarray | None:
+        """Loss weights for ``balance="weights"`` (None otherwise); needs :meth:`setup`."""
+        if self.balance != "weights":
+            return None
+        return class_weights(self.datasets["train"].labels)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        if self.balance == "sampler":
+            w = class_weights(ds.labels)[ds.labels]
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(w, dtype=torch.double),
+                num_samples=len(ds),
+                replacement=True,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+            return DataLoader(
+                ds, batch_size=self.batch_size, sampler=sampler, collate_fn=collate_samples
+            )
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=collate_samples,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader | list[Any]:
+        ds = self.datasets.get("val")
+        if ds is None or len(ds) == 0:
+            return []
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
+
+    def all_train_samples(self) -> list[PairSample]:
+        """Every training sample (all variants), e.g. to fit the head's input normalisation."""
+        return [s for v in self.datasets["train"].variants for s in v]
+
+
+def load_row_studies(row: Mapping[str, Any]) -> tuple[Study, Study]:
+    """Load both studies (PET, CT, mask) of a manifest row with :func:`petflare.io.load_study`."""
+    from petflare.io import load_study
+    from petflare.io.study import StudyMeta
+
+    pid = str(row.get(Keys.PATIENT_ID) or "")
+    base = load_study(
+        row[Keys.BASELINE_PET],
+        row.get(Keys.BASELINE_CT),
+        row.get(Keys.BASELINE_MASK),
+        meta=StudyMeta(patient_id=pid, study_id="baseline"),
+    )
+    fol = load_study(
+        row[Keys.FOLLOWUP_PET],
+        row.get(Keys.FOLLOWUP_CT),
+        row.get(Keys.FOLLOWUP_MASK),
+        meta=StudyMeta(patient_id=pid, study_id="followup"),
+    )
+    return base, fol
+
+
+def compute_row_samples(
+    row: Mapping[str, Any],
+    encoder: EncoderFeatures,
+    preprocessing: PreprocessingConfig,
+    n_variants: int,
+    mask_source: str | MaskSource,
+    seed: int,
+    device: str = "cpu",
+    margin_mm: float = 32.0,
+) -> list[PairSample]:
+    """Samples of one manifest row (no cache): its masks, then perturbed variants."""
+    base, fol = load_row_studies(row)
+    pattern = row.get(Keys.PATTERN)
+    label = PATTERN_TO_INDEX[pattern] if pattern in PATTERN_TO_INDEX else -1
+    if not isinstance(mask_source, str):
+        base = _with_mask(base, np.asarray(mask_source(base)))
+        fol = _with_mask(fol, np.asarray(mask_source(fol)))
+    elif mask_source != "ground_truth":
+        raise ValueError(f"unknown mask source {mask_source!r}")
+    for study, col in ((base, Keys.BASELINE_MASK), (fol, Keys.FOLLOWUP_MASK)):
+        if study.mask is None:
+            raise PetflareInputError(row.get(Keys.BASELINE_PET), f"no {col} for this pair")
+    rng = np.random.default_rng(seed)
+    variants = [
+        (perturb_labels(np.asarray(base.mask), rng), perturb_labels(np.asarray(fol.mask), rng))
+        for _ in range(n_variants)
+    ]
+    return pair_samples(base, fol, encoder, preprocessing, label, variants, device, margin_mm)

@@ -1,0 +1,249 @@
+"""Longitudinal pairs: lesion units, geometry, mask perturbation, caching and batching.
+
+Tiny pairs are drawn here (a body block with spherical masses on a non-RAS anisotropic grid, the
+follow-up shifted and on a different grid) so the tests do not depend on the phantom generator.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_non_ras_affine
+from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
+from petflare.data.longitudinal import (
+    LESION_FEATURE_NAMES,
+    PAIR_FEATURE_NAMES,
+    HeadKeys,
+    LongitudinalDataModule,
+    PairSample,
+    class_weights,
+    collate_samples,
+    crop_grid,
+    pair_samples,
+    perturb_labels,
+)
+from petflare.data.transforms import PreprocessingConfig
+from petflare.io.nifti import save_nifti
+from petflare.io.study import Study, StudyMeta
+from petflare.networks import build_unet
+from petflare.networks.encoder import EncoderFeatures
+
+SHAPE = (26, 22, 16)
+#: Mass centres (mm, relative to the body centre) and their radius (mm).
+CENTRES_MM = ((-22.0, -14.0, -12.0), (24.0, -8.0, 8.0), (-6.0, 18.0, 10.0))
+RADIUS_MM = 9.0
+BODY_RADII_MM = (50.0, 40.0, 34.0)
+
+
+def _inside(shape: tuple[int, ...], affine: np.ndarray, centre_mm: np.ndarray, radii: Any) -> Any:
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    return (((world - centre_mm) / np.asarray(radii, float)) ** 2).sum(-1) <= 1.0
+
+
+def make_pair(pattern: str, seed: int = 0, shift_mm: Any = (6.0, -5.0, 4.0)) -> tuple[Study, Study]:
+    """A tiny baseline/follow-up pair showing ``pattern`` (instance masks included).
+
+    Both grids are non-RAS, anisotropic and rotated differently; the patient moved by
+    ``shift_mm`` between the scans.
+    """
+    rng = np.random.default_rng(seed)
+    aff_b = make_non_ras_affine((4.0, 4.5, 5.0), rotation_deg=5.0)
+    aff_f = make_non_ras_affine((4.2, 4.0, 5.0), rotation_deg=-4.0)
+    body_b = aff_b[:3, :3] @ ((np.array(SHAPE) - 1) / 2.0) + aff_b[:3, 3]
+    offsets = [np.array(c) + rng.normal(0, 1.5, 3) for c in CENTRES_MM]
+
+    def scan(affine: np.ndarray, body: np.ndarray, suvs: list[float], extra: list[tuple]) -> Study:
+        pet = np.zeros(SHAPE) + 0.02 * rng.standard_normal(SHAPE)
+        ct = np.full(SHAPE, -1000.0)
+        inside = _inside(SHAPE, affine, body, BODY_RADII_MM)
+        pet[inside] += 1.0
+        ct[inside] = 40.0
+        bone = _inside(SHAPE, affine, body + np.array([0.0, 25.0, -5.0]), (8.0, 8.0, 30.0))
+        ct[bone] = 500.0
+        mask = np.zeros(SHAPE, np.uint8)
+        for i, (off, suv) in enumerate(zip(offsets, suvs, strict=True), start=1):
+            ball = _inside(SHAPE, affine, body + off, RADIUS_MM)
+            pet[ball], ct[ball], mask[ball] = suv, 20.0, i
+        for j, (off, r, suv, in_mask) in enumerate(extra):
+            ball = _inside(SHAPE, affine, body + off, r)
+            pet[ball] = suv
+            if in_mask:
+                mask[ball & (mask == 0)] = len(suvs) + 1 + j
+        meta = StudyMeta(patient_id=f"{pattern}-{seed}")
+        return Study(pet.clip(0).astype(np.float32), affine, ct.astype(np.float32), mask, meta)
+
+    base_suv = list(rng.uniform(6, 9, 3))
+    base = scan(aff_b, body_b, base_suv, [])
+    body_f = body_b + np.asarray(shift_mm, float)
+    lower = [s * 0.5 for s in base_suv]
+    if pattern == "controlled":
+        fol = scan(aff_f, body_f, lower, [])
+    elif pattern == "diffuse_flare":
+        fol = scan(aff_f, body_f, [s * 1.8 for s in base_suv], [])
+    elif pattern == "nodule_within_mass":
+        fol = scan(aff_f, body_f, lower, [(offsets[0] + np.array([3.0, 0, 0]), 5.0, 14.0, False)])
+    else:
+        fol = scan(aff_f, body_f, lower, [(np.array([20.0, 16.0, -14.0]), 7.0, 9.0, True)])
+    return base, fol
+
+
+@pytest.fixture(scope="module")
+def encoder() -> EncoderFeatures:
+    torch.manual_seed(0)
+    return EncoderFeatures(build_unet(channels=(4, 8, 16), strides=(2, 2))).eval()
+
+
+PRE = PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0))
+
+
+def test_pair_samples_units_and_shapes(encoder: EncoderFeatures) -> None:
+    base, fol = make_pair("new_lesions")
+    samples = pair_samples(base, fol, encoder, PRE, label=3)
+    s = samples[0]
+    kinds = sorted(u["kind"] for u in s.units)
+    assert kinds == ["new", "persisting", "persisting", "persisting"]
+    p = 4 * sum(encoder.channels())
+    assert s.lesion_pooled.shape == (4, p)
+    assert s.lesion_features.shape == (4, len(LESION_FEATURE_NAMES))
+    assert s.global_pooled.shape == (2, p)
+    assert s.pair_features.shape == (len(PAIR_FEATURE_NAMES),)
+    assert np.isfinite(s.lesion_pooled).all() and np.isfinite(s.pair_features).all()
+    new = next(i for i, u in enumerate(s.units) if u["kind"] == "new")
+    feats = dict(zip(LESION_FEATURE_NAMES, s.lesion_features[new], strict=True))
+    assert feats["present_baseline"] == 0 and feats["present_followup"] == 1
+    assert s.rule_label == "new_lesions" and s.label == 3
+
+
+def test_flare_raises_uptake_features(encoder: EncoderFeatures) -> None:
+    flare = pair_samples(*make_pair("diffuse_flare"), encoder, PRE)[0]
+    ctrl = pair_samples(*make_pair("controlled"), encoder, PRE)[0]
+    i = LESION_FEATURE_NAMES.index("log_suv_max_ratio")
+    assert (flare.lesion_features[:, i] > 0.3).all()
+    assert (ctrl.lesion_features[:, i] < -0.3).all()
+
+
+def test_zero_lesions_at_both_timepoints(encoder: EncoderFeatures) -> None:
+    base, fol = make_pair("controlled")
+    base.mask = np.zeros_like(base.mask)
+    fol.mask = np.zeros_like(fol.mask)
+    s = pair_samples(base, fol, encoder, PRE)[0]
+    assert s.lesion_pooled.shape[0] == 0 and s.units == []
+    batch = collate_samples([s, s])
+    assert batch[HeadKeys.LESION_VALID].shape == (2, 0)
+
+
+def test_zero_lesions_at_baseline_only(encoder: EncoderFeatures) -> None:
+    base, fol = make_pair("new_lesions")
+    base.mask = np.zeros_like(base.mask)
+    s = pair_samples(base, fol, encoder, PRE)[0]
+    assert {u["kind"] for u in s.units} == {"new"}
+
+
+def test_crop_grid_is_ras_at_model_spacing_and_covers_points() -> None:
+    pts = np.array([[10.0, -50.0, 3.0], [40.0, -20.0, 60.0]])
+    shape, affine = crop_grid(pts, (4.0, 3.0, 5.0), margin_mm=8.0, multiple=8)
+    assert all(s % 8 == 0 for s in shape)
+    np.testing.assert_allclose(affine[:3, :3], np.diag([4.0, 3.0, 5.0]))
+    far = affine[:3, :3] @ (np.array(shape) - 1) + affine[:3, 3]
+    assert (affine[:3, 3] <= pts.min(0) - 8.0 + 1e-6).all() and (far >= pts.max(0) + 8.0).all()
+
+
+def test_perturb_labels_keeps_lesions_and_changes_borders() -> None:
+    labels = np.zeros((20, 20, 20), np.int64)
+    labels[3:9, 3:9, 3:9] = 1
+    labels[12:17, 12:17, 12:17] = 2
+    labels[1, 18, 18] = 3  # a one-voxel lesion
+    changed = 0
+    for seed in range(10):
+        out = perturb_labels(labels, np.random.default_rng(seed), p_drop_small=0.5)
+        assert {1, 2} <= set(np.unique(out).tolist())
+        assert np.all((out == 0) | (out == 1) | (out == 2) | (out == 3))
+        changed += int((out != labels).any())
+    assert changed >= 8
+    single = np.zeros_like(labels)
+    single[1, 1, 1] = 1  # the only lesion is never dropped
+    for seed in range(5):
+        out = perturb_labels(single, np.random.default_rng(seed), p_drop_small=1.0)
+        assert out.any()
+
+
+def test_class_weights_balance() -> None:
+    w = class_weights(np.array([0, 0, 0, 1, 2, 3]))
+    assert w[0] < w[1] == w[2] == w[3]
+    assert np.isclose(w.mean(), 1.0)
+
+
+def _write_manifest(root: Path, patterns: list[str], split: str) -> Path:
+    rows = []
+    for i, pattern in enumerate(patterns):
+        base, fol = make_pair(pattern, seed=i)
+        pid = f"p{split}{i}"
+        entry = {Keys.PATIENT_ID: pid, Keys.PATTERN: pattern, Keys.SPLIT: split}
+        for name, study in (("baseline", base), ("followup", fol)):
+            folder = root / pid / name
+            save_nifti(study.pet, study.affine, folder / "SUV.nii.gz")
+            save_nifti(study.ct, study.affine, folder / "CTres.nii.gz")
+            save_nifti(study.mask, study.affine, folder / "SEG.nii.gz")
+            entry[f"{name}_pet"] = f"{pid}/{name}/SUV.nii.gz"
+            entry[f"{name}_ct"] = f"{pid}/{name}/CTres.nii.gz"
+            entry[f"{name}_mask"] = f"{pid}/{name}/SEG.nii.gz"
+        rows.append(entry)
+    path = root / "manifest.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(
+            fh,
+            fieldnames=[
+                Keys.PATIENT_ID,
+                Keys.BASELINE_PET,
+                Keys.BASELINE_CT,
+                Keys.BASELINE_MASK,
+                Keys.FOLLOWUP_PET,
+                Keys.FOLLOWUP_CT,
+                Keys.FOLLOWUP_MASK,
+                Keys.PATTERN,
+                Keys.SPLIT,
+            ],
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
+    manifest = _write_manifest(tmp_path / "data", list(PATTERNS), "train")
+    torch.manual_seed(0)
+    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
+    dm = LongitudinalDataModule(
+        net,
+        PRE,
+        tmp_path / "cache",
+        manifest=manifest,
+        n_mask_variants=1,
+        batch_size=3,
+        balance="sampler",
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert len(train) == 4 and all(len(v) == 2 for v in train.variants)
+    assert sorted(train.labels.tolist()) == sorted(PATTERN_TO_INDEX[p] for p in PATTERNS)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch[HeadKeys.LESION_POOLED].shape[0] == 3
+    assert batch[HeadKeys.LESION_VALID].dtype == torch.bool
+    cached = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(cached) == 8
+    again = PairSample.load(cached[0])
+    assert again.lesion_pooled.dtype == np.float32
+    # a second module reads the cache instead of recomputing
+    stamp = [p.stat().st_mtime_ns for p in cached]
+    dm2 = LongitudinalDataModule(
+        net, PRE, tmp_path / "cache", manifest=manifest, n_mask_variants=1, batch_size=3
+    )
+    dm2.setup("fit")
+    assert [p.stat().st_mtime_ns for p in cached] == stamp
