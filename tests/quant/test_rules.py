@@ -36,6 +36,8 @@ def _change(fid, *, peak=(4.0, 4.0), mean=(2.5, 2.5), focal=(1.1, 1.1), hot=(3.0
         hu_mean_baseline=None,
         hu_mean_followup=None,
         hu_change_pct=None,
+        mass_volume_ml_followup=20.0,
+        lesion_fraction_of_mass=1.0,
         focal_ratio_baseline=focal[0],
         focal_ratio_followup=focal[1],
         hotspot_centre_mm=[1.0, 2.0, 3.0],

@@ -8,6 +8,8 @@ from petflare.io.study import Study
 from petflare.quant.change import (
     RISE_THRESHOLD_PCT,
     NoduleCriteria,
+    PairGeometry,
+    annotate_new_sites,
     count_new_nodules,
     disease_change,
     lesion_changes,
@@ -162,10 +164,18 @@ def compare_studies(
     f_on_b = resample_to(
         f_labels, followup.affine, baseline.shape, baseline.affine, matrix, nearest=True
     )
-    matches = match_lesions(b_labels, f_on_b, b_rep.lesions, f_rep.lesions, matrix, matching)
-    changes = lesion_changes(
-        b_rep, f_rep, matches, baseline.pet, baseline.affine, matrix, rise_threshold_pct
+    b_on_f = resample_to(
+        b_labels,
+        baseline.affine,
+        followup.shape,
+        followup.affine,
+        np.linalg.inv(matrix),
+        nearest=True,
     )
+    geometry = PairGeometry(baseline, followup, b_labels, f_labels, b_on_f, f_on_b, matrix)
+    matches = match_lesions(b_labels, f_on_b, b_rep.lesions, f_rep.lesions, matrix, matching)
+    annotate_new_sites(matches, geometry, f_rep)
+    changes = lesion_changes(b_rep, f_rep, matches, geometry, rise_threshold_pct)
     disease = disease_change(b_rep, f_rep, matches, changes, rise_threshold_pct)
     n_nodules = count_new_nodules(changes, nodules)
     report = PairReport(

@@ -2,9 +2,10 @@
 
 For each persisting follow-up lesion the baseline side aggregates every matched baseline
 lesion. The follow-up lesion's focal hotspot (see :func:`petflare.quant.metrics.focal_hotspot`)
-is also measured at the same anatomical site on the baseline PET (its centre mapped through
-the registration), which tells a nodule that appeared inside a mass (hotspot up, rest of the
-mass flat or down) from a mass that lit up as a whole (everything up).
+is measured over the whole mass (follow-up lesion plus the mapped baseline footprint) on both
+scans, and the hotspot is also measured at the same anatomical site on the baseline PET. This
+tells a nodule that appeared inside a responding mass (focal, the rest of the mass down) from a
+mass that lit up as a whole (everything up, uptake evened out).
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
+from petflare.io.study import Study
 from petflare.quant.matching import NEW, PERSISTING, RESOLVED, map_points_to_baseline
-from petflare.quant.metrics import ball_mean_at
-from petflare.quant.report import DiseaseChange, LesionChange, LesionMatch, ScanReport
+from petflare.quant.metrics import (
+    FOCAL_RADIUS_MM,
+    ball_mean_at,
+    crop_slices,
+    focal_hotspot,
+    world_to_voxel,
+)
+from petflare.quant.report import (
+    DiseaseChange,
+    FocalHotspot,
+    LesionChange,
+    LesionMatch,
+    ScanReport,
+)
 
 #: Default SUVpeak rise (%) for a lesion's uptake to count as "rose" (EORTC's PMD cut-off).
 RISE_THRESHOLD_PCT = 25.0
@@ -28,16 +43,41 @@ def pct_change(baseline: float | None, followup: float | None) -> float | None:
     return 100.0 * (followup - baseline) / abs(baseline)
 
 
+@dataclass
+class PairGeometry:
+    """Both studies, their instance labels, and each mapped onto the other's grid."""
+
+    baseline: Study
+    followup: Study
+    baseline_labels: np.ndarray
+    followup_labels: np.ndarray
+    baseline_on_followup: np.ndarray
+    followup_on_baseline: np.ndarray
+    matrix_ras: np.ndarray
+
+
+def _mass_focality(
+    pet: np.ndarray, affine: np.ndarray, region: np.ndarray, radius_mm: float
+) -> FocalHotspot | None:
+    return focal_hotspot(pet, region, affine, radius_mm) if region.any() else None
+
+
 def lesion_changes(
     baseline: ScanReport,
     followup: ScanReport,
     matches: list[LesionMatch],
-    baseline_pet: np.ndarray,
-    baseline_affine: np.ndarray,
-    matrix_ras: np.ndarray,
+    geometry: PairGeometry,
     rise_threshold_pct: float = RISE_THRESHOLD_PCT,
+    focal_radius_mm: float = FOCAL_RADIUS_MM,
 ) -> list[LesionChange]:
-    """One :class:`LesionChange` per persisting follow-up lesion."""
+    """One :class:`LesionChange` per persisting follow-up lesion.
+
+    Focality is measured over the *mass*: the follow-up lesion together with the footprint of
+    its matched baseline lesion(s) (mapped through the registration), on each scan. A nodule
+    that is the only avid part of a responding mass is thus compared with the rest of that
+    mass, not just with itself.
+    """
+    g = geometry
     out: list[LesionChange] = []
     for m in matches:
         if m.timepoint != "followup" or m.status != PERSISTING:
@@ -50,17 +90,22 @@ def lesion_changes(
         hu_b = None
         if all(b.hu_mean is not None for b in bls) and vol_b > 0:
             hu_b = sum(b.hu_mean * b.volume_ml for b in bls) / vol_b  # type: ignore[operator]
-        focal_b = max(
-            (b.focality.ratio for b in bls if b.focality and b.focality.ratio is not None),
-            default=None,
+        region_f = (g.followup_labels == fl.lesion_id) | np.isin(
+            g.baseline_on_followup, m.matched_ids
         )
-        hot = fl.focality
+        region_b = np.isin(g.baseline_labels, m.matched_ids) | (
+            g.followup_on_baseline == fl.lesion_id
+        )
+        hot = _mass_focality(g.followup.pet, g.followup.affine, region_f, focal_radius_mm)
+        hot_b = _mass_focality(g.baseline.pet, g.baseline.affine, region_b, focal_radius_mm)
+        region_b_mean = float(g.baseline.pet[region_b].mean()) if region_b.any() else None
         hot_same_site = None
         if hot is not None:
-            site = map_points_to_baseline(matrix_ras, np.array(hot.centre_mm))[0]
-            hot_same_site = ball_mean_at(baseline_pet, baseline_affine, site, hot.radius_mm)
+            site = map_points_to_baseline(g.matrix_ras, np.array(hot.centre_mm))[0]
+            hot_same_site = ball_mean_at(g.baseline.pet, g.baseline.affine, site, hot.radius_mm)
         peak_b = max(b.suv_peak for b in bls)
         peak_change = pct_change(peak_b, fl.suv_peak)
+        mass_ml = float(region_f.sum()) * g.followup.voxel_volume_ml
         out.append(
             LesionChange(
                 followup_id=fl.lesion_id,
@@ -85,7 +130,9 @@ def lesion_changes(
                 hu_mean_baseline=hu_b,
                 hu_mean_followup=fl.hu_mean,
                 hu_change_pct=pct_change(hu_b, fl.hu_mean),
-                focal_ratio_baseline=focal_b,
+                mass_volume_ml_followup=mass_ml,
+                lesion_fraction_of_mass=fl.volume_ml / mass_ml if mass_ml > 0 else None,
+                focal_ratio_baseline=hot_b.ratio if hot_b else None,
                 focal_ratio_followup=hot.ratio if hot else None,
                 hotspot_centre_mm=hot.centre_mm if hot else None,
                 hotspot_volume_ml=hot.hotspot_volume_ml if hot else None,
@@ -93,11 +140,46 @@ def lesion_changes(
                 hotspot_suv_mean_baseline_same_site=hot_same_site,
                 hotspot_change_pct=pct_change(hot_same_site, hot.hotspot_suv_mean if hot else None),
                 rest_suv_mean_followup=hot.rest_suv_mean if hot else None,
-                rest_change_pct=pct_change(mean_b, hot.rest_suv_mean if hot else None),
+                rest_change_pct=pct_change(region_b_mean, hot.rest_suv_mean if hot else None),
                 uptake_rose=peak_change is not None and peak_change >= rise_threshold_pct,
             )
         )
     return out
+
+
+def annotate_new_sites(
+    matches: list[LesionMatch], geometry: PairGeometry, followup: ScanReport
+) -> None:
+    """Fill the ``baseline_site_*`` evidence of every new follow-up lesion (in place)."""
+    g = geometry
+    spacing = g.baseline.spacing_mm
+    for m in matches:
+        if m.timepoint != "followup" or m.status != NEW:
+            continue
+        site = g.followup_on_baseline == m.lesion_id
+        if not site.any():  # too small to survive resampling: a ball at the mapped centroid
+            les = followup.lesion(m.lesion_id)
+            c = map_points_to_baseline(g.matrix_ras, np.array(les.centroid_mm))
+            ijk = np.rint(world_to_voxel(g.baseline.affine, c)[0]).astype(int)
+            if np.any(ijk < 0) or np.any(ijk >= np.array(g.baseline.shape)):
+                continue
+            site[tuple(ijk)] = True
+        sl, _ = crop_slices(site, tuple(int(np.ceil(14.0 / s)) for s in spacing))
+        inner = site[sl]
+        dist = ndimage.distance_transform_edt(~inner, sampling=spacing)
+        shell = (dist > 3.0) & (dist <= 12.0)
+        pet = g.baseline.pet[sl]
+        body = pet > 0.1 if g.baseline.ct is None else g.baseline.ct[sl] > -500.0
+        shell &= body
+        if not shell.any():
+            continue
+        site_suv = float(pet[inner].mean())
+        shell_suv = float(pet[shell].mean())
+        m.baseline_site_suv_mean = site_suv
+        m.baseline_site_suv_contrast = site_suv / shell_suv if shell_suv > 0 else None
+        if g.baseline.ct is not None:
+            ct = g.baseline.ct[sl]
+            m.baseline_site_hu_contrast = float(ct[inner].mean() - ct[shell].mean())
 
 
 @dataclass(frozen=True)

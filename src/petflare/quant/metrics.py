@@ -51,7 +51,7 @@ def ball_kernel(affine: np.ndarray, radius_mm: float) -> np.ndarray:
     return kernel
 
 
-def _crop_slices(
+def crop_slices(
     mask: np.ndarray, pad: tuple[int, int, int]
 ) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
     """Bounding box of ``mask`` grown by ``pad`` voxels, clipped to the array, plus the pad
@@ -98,7 +98,7 @@ def suv_peak(
     """
     kernel = ball_kernel(affine, radius_mm)
     pad = tuple(s // 2 for s in kernel.shape)
-    sl, _ = _crop_slices(lesion, pad)  # type: ignore[arg-type]
+    sl, _ = crop_slices(lesion, pad)  # type: ignore[arg-type]
     means, _ = ball_mean_map(pet[sl], kernel)
     inside = lesion[sl]
     masked = np.where(inside, means, -np.inf)
@@ -124,7 +124,7 @@ def focal_hotspot(
     """
     kernel = ball_kernel(affine, radius_mm)
     pad = tuple(s // 2 for s in kernel.shape)
-    sl, _ = _crop_slices(lesion, pad)  # type: ignore[arg-type]
+    sl, _ = crop_slices(lesion, pad)  # type: ignore[arg-type]
     les = lesion[sl]
     vals = pet[sl]
     means, counts = ball_mean_map(vals, kernel, weight=les)
@@ -217,7 +217,7 @@ def measure_lesion(ctx: LesionContext, labels: np.ndarray, lesion_id: int) -> Le
     affine = ctx.affine
     kernel = ball_kernel(affine, max(ctx.peak_radius_mm, ctx.focal_radius_mm))
     pad = tuple(s // 2 + 1 for s in kernel.shape)
-    sl, _ = _crop_slices(labels == lesion_id, pad)  # type: ignore[arg-type]
+    sl, _ = crop_slices(labels == lesion_id, pad)  # type: ignore[arg-type]
     lesion = labels[sl] == lesion_id
     pet = ctx.pet[sl].astype(np.float64)
     offset = np.array([s.start for s in sl], dtype=float)

@@ -150,7 +150,14 @@ class RegistrationResult:
 
 @dataclass
 class LesionMatch:
-    """Status of one lesion across time points (``persisting`` / ``new`` / ``resolved``)."""
+    """Status of one lesion across time points (``persisting`` / ``new`` / ``resolved``).
+
+    For a ``new`` follow-up lesion the ``baseline_site_*`` fields describe the same site on the
+    baseline (footprint mapped through the registration) against a 3-12 mm shell around it:
+    SUV mean, SUV ratio site/shell and HU difference site - shell. A clear contrast means a
+    structure (e.g. a non-avid responding mass) was already there: a reactivated site rather
+    than disease at a previously uninvolved site.
+    """
 
     timepoint: str
     lesion_id: int
@@ -158,6 +165,9 @@ class LesionMatch:
     matched_ids: list[int]
     overlap_voxels: int
     distance_mm: float | None
+    baseline_site_suv_mean: float | None = None
+    baseline_site_suv_contrast: float | None = None
+    baseline_site_hu_contrast: float | None = None
 
 
 @dataclass
@@ -167,6 +177,9 @@ class LesionChange:
     Baseline values aggregate all matched baseline lesions (max of SUVmax/SUVpeak, sums of
     volume and TLG, volume-weighted means), so a merge or split is handled consistently.
     Percent changes are ``100 * (followup - baseline) / baseline`` (None if baseline is 0).
+    The *mass* is the follow-up lesion plus its matched baseline footprint; focality, the
+    hotspot and the rest are measured over it (``rest_change_pct`` compares the follow-up rest
+    with the baseline mean over the same mass).
     """
 
     followup_id: int
@@ -191,6 +204,8 @@ class LesionChange:
     hu_mean_baseline: float | None
     hu_mean_followup: float | None
     hu_change_pct: float | None
+    mass_volume_ml_followup: float
+    lesion_fraction_of_mass: float | None
     focal_ratio_baseline: float | None
     focal_ratio_followup: float | None
     hotspot_centre_mm: list[float] | None
