@@ -229,3 +229,50 @@ def test_benchmark_script_scores_baselines_without_model(
     assert (tmp_path / "bench" / "phantom_eval" / "metrics.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_nnunet_layout_case_names(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset001_Tiny"
+    vols = _volumes()
+    for case, (suv, seg, _) in vols.items():
+        save_nifti(suv, AFFINE, root / "imagesTr" / f"{case}_0000.nii.gz")
+        save_nifti(seg, AFFINE, root / "labelsTr" / f"{case}.nii.gz")
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "PET"}, "labels": {"background": 0, "lesion": 1}})
+    )
+    entries, layout = dataset_entries(root)
+    assert layout == "nnunet_raw"
+    assert [e["case"] for e in entries] == sorted(vols)
+
+
+@pytest.mark.slow
+def test_cli_with_model_folder(autopet_dataset: tuple[Path, Path], tmp_path: Path) -> None:
+    """A (random, tiny) model folder is run through Predictor.from_folder and scored."""
+    pytest.importorskip("petflare.inference.predictor")
+    torch = pytest.importorskip("torch")
+    from petflare.data.transforms import PreprocessingConfig
+    from petflare.inference.model_folder import InferenceSettings, export_model_folder
+    from petflare.networks import build_network
+
+    torch.manual_seed(0)
+    kwargs = {"channels": [8, 16], "strides": [2]}
+    net = build_network("petflare.networks.build_unet", kwargs)
+    model = export_model_folder(
+        tmp_path / "model",
+        net.state_dict(),
+        network_target="petflare.networks.build_unet",
+        network_kwargs=kwargs,
+        preprocessing=PreprocessingConfig(),
+        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
+        config_yaml="",
+    )
+    root, _ = autopet_dataset
+    out = tmp_path / "eval"
+    proc = _run(f"dataset={root}", f"model_dir={model}", f"out={out}", "baselines=[]")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["methods"]) == ["model"]
+    for scan in report["scans"]:
+        assert scan["seconds"]["model"] > 0.0
+        assert scan["metrics"]["model"]["n_pred_lesions"] >= 0
+    assert report["summary"]["model"]["n_scans"] == 2
