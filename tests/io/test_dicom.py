@@ -273,6 +273,8 @@ def test_unsupported_values(tmp_path: Path, tags: dict[str, object], fragment: s
         ({"RadionuclideTotalDose": "388.8"}, "MBq"),
         ({"RadionuclideHalfLife": "6000"}, "F-18"),
         ({"RadiopharmaceuticalStartDateTime": "20000907130000"}, "after the scan reference"),
+        ({"RadiopharmaceuticalStartDateTime": "20000906103500"}, "implausible"),
+        ({"RadiopharmaceuticalStartTime": "112030"}, "implausible"),  # clock skew, not midnight
     ],
 )
 def test_implausible_radiopharmaceutical(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,14 @@ _F18_HALF_LIFE_RTOL = 0.01
 #: Below this total dose (Bq) the header most likely holds MBq, not the Bq DICOM requires.
 _MIN_PLAUSIBLE_DOSE_BQ = 1e6
 
+#: A decay time longer than this many half-lives means a wrong date or time in the header.
+_MAX_DECAY_HALF_LIVES = 10.0
+
 #: Plausible patient weight (kg); outside it the unit is probably wrong (grams, pounds).
 _WEIGHT_RANGE_KG = (1.0, 400.0)
+
+#: Elements larger than this (pixel data) are read from the file only when accessed.
+_DEFER_SIZE = "4 KB"
 
 _PET_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.128",  # PET Image Storage
@@ -84,12 +90,13 @@ class SuvConversion:
 
 @dataclass(frozen=True)
 class PetSeriesInfo:
-    """One PET series found in a folder."""
+    """One PET series found in a folder (``headers``: its datasets, pixel data deferred)."""
 
     series_uid: str
     description: str
     n_files: int
     files: tuple[Path, ...]
+    headers: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,9 +105,12 @@ class PetSeriesInfo:
 
 
 def _read_header(path: Path) -> Dataset | None:
-    """Header of a DICOM file without pixel data, or None when the file is not DICOM."""
+    """A DICOM file with its pixel data deferred (read on access), or None when not DICOM.
+
+    Deferring instead of stopping before the pixels lets the reader parse every file once.
+    """
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, defer_size=_DEFER_SIZE)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError):
         return None
 
@@ -136,6 +146,7 @@ def list_pet_series(folder: str | Path) -> list[PetSeriesInfo]:
             description=str(items[0][1].get("SeriesDescription", "")),
             n_files=len(items),
             files=tuple(p for p, _ in items),
+            headers=tuple(ds for _, ds in items),
         )
         for uid, items in groups.items()
     ]
@@ -328,6 +339,13 @@ def suv_bw_conversion(headers: Sequence[Dataset], folder: str | Path) -> SuvConv
             f"radiopharmaceutical start {injection.isoformat()} is after the scan reference "
             f"time {reference.isoformat()}",
         )
+    if decay_time_s > _MAX_DECAY_HALF_LIVES * half_life_s:
+        raise PetflareInputError(
+            folder,
+            f"radiopharmaceutical start {injection.isoformat()} is {decay_time_s / 3600:.1f} h "
+            f"before the scan reference time {reference.isoformat()} ({source}): implausible, "
+            "check RadiopharmaceuticalStartTime/DateTime and SeriesDate/SeriesTime",
+        )
     decayed_dose_bq = dose_bq * 2.0 ** (-decay_time_s / half_life_s)
     scale = weight_kg * 1000.0 / decayed_dose_bq
     return SuvConversion(
@@ -481,14 +499,13 @@ def read_dicom_pet(
     """
     folder = Path(folder)
     series = _select_series(folder, series_uid)
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files]
+    headers = list(series.headers)
     order, affine_lps, (rows, cols) = _slice_geometry(headers, folder, spacing_tolerance)
     suv = suv_bw_conversion(headers, folder)
 
     volume = np.empty((cols, rows, len(order)), dtype=np.float32)
     for k, index in enumerate(order):
-        path = series.files[index]
-        ds = pydicom.dcmread(path)
+        path, ds = series.files[index], headers[index]
         slope = float(_require(ds, "RescaleSlope", folder))
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         try:
