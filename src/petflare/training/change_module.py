@@ -219,3 +219,55 @@ class ChangePatternModule(pl.LightningModule):
         if not logits:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def fit_head_normalization(head: ChangePatternHead, samples: Sequence[Any]) -> None:
+    """Fit the head's input standardisation on precomputed training samples (all variants)."""
+    from petflare.data.longitudinal import collate_samples
+
+    if not samples:
+        return
+    batch = collate_samples(list(samples))
+    head.fit_normalization(
+        batch[HeadKeys.LESION_POOLED],
+        batch[HeadKeys.LESION_FEATURES],
+        batch[HeadKeys.LESION_VALID],
+        batch[HeadKeys.GLOBAL_POOLED],
+        batch[HeadKeys.PAIR_FEATURES],
+    )
+
+
+def fit_change_head(
+    trainer: pl.Trainer, module: ChangePatternModule, datamodule: Any
+) -> dict[str, Any]:
+    """Train the head, then fit the temperature on the validation split.
+
+    Steps: set up the data (precomputing or reading cached pair features), fit the head's input
+    standardisation on the training samples, ``trainer.fit``, then temperature scaling on the
+    validation logits (T = 1 without a validation split).
+
+    Returns:
+        ``{"temperature", "val_metrics_uncalibrated", "val_metrics", "n_train", "n_val"}``.
+    """
+    from petflare.training.calibration import apply_temperature, fit_temperature
+
+    datamodule.setup("fit")
+    fit_head_normalization(module.head, datamodule.all_train_samples())
+    trainer.fit(module, datamodule=datamodule)
+    val_loader = datamodule.val_dataloader()
+    record: dict[str, Any] = {
+        "temperature": 1.0,
+        "n_train": len(datamodule.datasets["train"]),
+        "n_val": len(datamodule.datasets.get("val", [])),
+        "val_metrics_uncalibrated": None,
+        "val_metrics": None,
+    }
+    if val_loader:
+        logits, labels = module.predict_logits(val_loader)
+        temperature = fit_temperature(logits, labels)
+        raw = torch.softmax(torch.from_numpy(logits), -1).numpy()
+        cal = apply_temperature(torch.from_numpy(logits), temperature).numpy()
+        record["temperature"] = temperature
+        record["val_metrics_uncalibrated"] = pattern_metrics(labels, raw.argmax(1), raw)
+        record["val_metrics"] = pattern_metrics(labels, cal.argmax(1), cal)
+    return record

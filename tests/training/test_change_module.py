@@ -1,0 +1,148 @@
+"""ChangePatternModule: a few steps end to end on tiny pairs, and a tiny head that learns."""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from petflare.constants import PATTERN_TO_INDEX, PATTERNS
+from petflare.data.longitudinal import (
+    LESION_FEATURE_NAMES,
+    PAIR_FEATURE_NAMES,
+    HeadKeys,
+    PairSampleDataset,
+    collate_samples,
+    pair_images,
+    pair_samples,
+    registration_matrix,
+)
+from petflare.data.transforms import PreprocessingConfig
+from petflare.networks import build_unet
+from petflare.networks.change_head import ChangePatternHead
+from petflare.networks.encoder import EncoderFeatures
+from petflare.training.change_module import ChangePatternModule, fit_head_normalization
+
+_spec = importlib.util.spec_from_file_location(
+    "_tiny_pairs", Path(__file__).parents[1] / "data" / "test_longitudinal.py"
+)
+assert _spec is not None and _spec.loader is not None
+_tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tiny)
+make_pair = _tiny.make_pair
+
+PRE = PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0))
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_unet(channels=(4, 8, 16), strides=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def tiny_samples() -> list:
+    """Two pairs of each pattern with their precomputed samples (one perturbed variant)."""
+    enc = EncoderFeatures(_net()).eval()
+    out = []
+    for seed in range(2):
+        for pattern in PATTERNS:
+            base, fol = make_pair(pattern, seed=seed)
+            out.append(pair_samples(base, fol, enc, PRE, label=PATTERN_TO_INDEX[pattern]))
+    return out
+
+
+def _trainer(steps: int) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def _head(channels: list[int]) -> ChangePatternHead:
+    return ChangePatternHead(
+        channels, len(LESION_FEATURE_NAMES), len(PAIR_FEATURE_NAMES), hidden_dim=16, dropout=0.0
+    )
+
+
+def test_a_trained_tiny_head_beats_chance_on_its_training_pairs(tiny_samples: list) -> None:
+    torch.manual_seed(0)
+    channels = EncoderFeatures(_net()).channels()
+    head = _head(channels)
+    fit_head_normalization(head, [s for v in tiny_samples for s in v])
+    module = ChangePatternModule(head, partial(torch.optim.AdamW, lr=1e-2), mode="frozen")
+    ds = PairSampleDataset(tiny_samples, random_variant=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_samples)
+    _trainer(60).fit(module, train_dataloaders=loader)
+    logits, labels = module.predict_logits(
+        torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_samples)
+    )
+    accuracy = float((logits.argmax(1) == labels).mean())
+    assert accuracy >= 0.75, f"training accuracy {accuracy} (chance 0.25)"
+
+
+@pytest.mark.parametrize("mode", ["frozen", "finetune", "joint"])
+def test_a_few_steps_run_from_images_in_every_mode(mode: str) -> None:
+    """Image batches through the shared encoder (two tiny pairs), including the seg loss."""
+    net = _net()
+    enc = EncoderFeatures(net)
+    from petflare.data.longitudinal import compare_pair, lesion_units
+    from petflare.quant import lesion_instances
+
+    batches = []
+    for pattern in ("nodule_within_mass", "controlled"):
+        base, fol = make_pair(pattern)
+        b_lab, f_lab = lesion_instances(base.mask), lesion_instances(fol.mask)
+        rep = compare_pair(base, fol)
+        units = lesion_units(rep)
+        imgs = pair_images(base, fol, b_lab, f_lab, units, registration_matrix(rep), PRE)
+        batches.append((imgs, units, rep))
+    shape = batches[0][0].baseline_image.shape[1:]
+    assert all(b[0].baseline_image.shape[1:] == shape for b in batches[:1])
+    imgs, units, _ = batches[0]
+    batch = {
+        HeadKeys.BASELINE_IMAGE: torch.from_numpy(imgs.baseline_image[None]),
+        HeadKeys.FOLLOWUP_IMAGE: torch.from_numpy(imgs.followup_image[None]),
+        HeadKeys.LESION_MASKS: torch.from_numpy(imgs.lesion_masks[None].astype(np.float32)),
+        HeadKeys.LESION_VALID: torch.ones(1, len(units), dtype=torch.bool),
+        HeadKeys.LESION_FEATURES: torch.from_numpy(np.stack([u.features for u in units])[None]),
+        HeadKeys.PAIR_FEATURES: torch.zeros(1, len(PAIR_FEATURE_NAMES)),
+        HeadKeys.LABEL: torch.tensor([PATTERN_TO_INDEX["nodule_within_mass"]]),
+        HeadKeys.BASELINE_SEG: torch.from_numpy(imgs.baseline_seg[None, None].astype(np.int64)),
+        HeadKeys.FOLLOWUP_SEG: torch.from_numpy(imgs.followup_seg[None, None].astype(np.int64)),
+    }
+    head = _head(enc.channels())
+    module = ChangePatternModule(
+        head,
+        partial(torch.optim.AdamW, lr=1e-3),
+        segmentation_net=net,
+        mode=mode,
+        class_weights=[1.0, 2.0, 1.0, 1.0],
+        seg_loss=DiceCELoss(to_onehot_y=True, softmax=True) if mode == "joint" else None,
+    )
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    _trainer(2).fit(module, train_dataloaders=loader)
+    changed = any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert changed == (mode != "frozen")
+    assert np.isfinite(float(module.trainer.callback_metrics["train/loss"]))
+
+
+def test_modes_are_validated() -> None:
+    head = _head([4, 8, 16])
+    with pytest.raises(ValueError, match="needs the segmentation network"):
+        ChangePatternModule(head, partial(torch.optim.AdamW), mode="finetune")
+    with pytest.raises(ValueError, match="seg_loss"):
+        ChangePatternModule(head, partial(torch.optim.AdamW), segmentation_net=_net(), mode="joint")
+    with pytest.raises(ValueError, match="mode must be"):
+        ChangePatternModule(head, partial(torch.optim.AdamW), mode="other")  # type: ignore[arg-type]
