@@ -7,14 +7,10 @@ tested in tests/inference/test_pipeline.py with a known threshold predictor).
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nibabel as nib
@@ -23,7 +19,6 @@ import pytest
 import torch
 
 from conftest import TinyStudyFiles, make_non_ras_affine
-from petflare.constants import PATTERNS
 from petflare.io.nifti import save_nifti
 
 REPO = Path(__file__).resolve().parents[2]

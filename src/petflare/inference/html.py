@@ -87,10 +87,11 @@ def _pattern_section(report: Mapping[str, Any]) -> str:
             "(it needs a baseline and a follow-up).</p>"
         )
     source = pattern.get("source")
-    out = ["<h2>Change pattern</h2>", f"<p class='pattern' id='pattern'>{_e(pattern['label'])}"]
+    out = ["<h2>Change pattern</h2>", f'<p class="pattern" id="pattern">{_e(pattern["label"])}']
     probabilities = pattern.get("probabilities")
     if probabilities:
-        out.append(f" &nbsp;<span class='muted'>p = {_num(probabilities[pattern['label']])}</span>")
+        p_label = _num(probabilities[pattern["label"]])
+        out.append(f' &nbsp;<span class="muted">p = {p_label}</span>')
     out.append("</p>")
     if source == "learned_head":
         out.append("<p>Source: learned pattern head (calibrated probabilities).</p>")
@@ -260,7 +261,7 @@ def _model_section(report: Mapping[str, Any]) -> str:
     rows = [[k, v if isinstance(v, str) else _e_json(v)] for k, v in model.items() if v is not None]
     software = report.get("software") or {}
     rows += [[f"software: {k}", v] for k, v in software.items()]
-    return "<h2>Model</h2>" + _table(["", ""], rows, table_id="model")
+    return "<h2>Model</h2>" + _table(["field", "value"], rows, table_id="model")
 
 
 def _timings_section(report: Mapping[str, Any]) -> str:

@@ -133,6 +133,7 @@ def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
     """Convert a DICOM PET series to an SUVbw Study, with the optional NIfTI CT on its grid."""
     import dataclasses
 
+    from petflare.io import load_ct_on_grid
     from petflare.io.dicom import read_dicom_pet  # import at use: pydicom parsing is optional
 
     if scan.weight_kg is not None or scan.injected_dose_bq is not None:
@@ -147,7 +148,7 @@ def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
         source["dicom_study_id"] = study.meta.study_id
     ct = None
     if scan.ct is not None:
-        ct = _ct_on_grid(Path(scan.ct), study)
+        ct = load_ct_on_grid(scan.ct, study.shape, study.affine)
         source["ct"] = str(scan.ct)
     study_meta = dataclasses.replace(
         study.meta,
@@ -156,28 +157,6 @@ def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
         source=source,
     )
     return Study(pet=study.pet, affine=study.affine, ct=ct, meta=study_meta)
-
-
-def _ct_on_grid(ct_path: Path, study: Study) -> np.ndarray:
-    """A NIfTI CT (HU) on the grid of an already loaded PET study, air outside its field of view.
-
-    Raises:
-        PetflareInputError: unreadable CT, non-finite voxels, or no overlap with the PET.
-    """
-    from petflare.io.loading import AIR_HU, resample_to_grid, same_grid
-    from petflare.io.nifti import load_nifti
-
-    ct, ct_affine = load_nifti(ct_path)
-    if np.issubdtype(ct.dtype, np.floating) and not np.isfinite(ct).all():
-        raise PetflareInputError(ct_path, "CT has non-finite (NaN/Inf) voxels")
-    if same_grid(ct.shape, ct_affine, study.shape, study.affine):
-        return ct.astype(np.float32)
-    coverage = resample_to_grid(
-        np.ones(ct.shape, dtype=np.float32), ct_affine, study.shape, study.affine, order=0
-    )
-    if not coverage.any():
-        raise PetflareInputError(ct_path, "CT does not overlap the PET field of view")
-    return resample_to_grid(ct, ct_affine, study.shape, study.affine, fill_value=AIR_HU)
 
 
 class StageTimer:
@@ -352,28 +331,24 @@ def model_info(predictor: Any) -> dict[str, Any]:
     return _jsonable(info)
 
 
-def segment_and_quantify(
-    study: Study,
-    predictor: SegmentationPredictor,
-    timer: StageTimer,
-    name: str,
-    source: ScanInput | None = None,
-) -> TimepointResult:
-    """Segment one study, label its lesion instances and compute the per-scan report."""
-    from petflare.quant import analyze_study, lesion_instances
+def segment(
+    study: Study, predictor: SegmentationPredictor, timer: StageTimer, name: str
+) -> np.ndarray:
+    """Segment one study and label its lesions 1..N (26-connected components, uint32).
+
+    The ids are the ones petflare.quant reports (it keeps an instance labelling as given), so
+    the written mask and the report agree.
+    """
+    from petflare.quant import lesion_instances
 
     with timer.stage(f"segment_{name}"):
         mask = np.asarray(predictor.predict(study))
-    if mask.shape != study.shape:
-        raise RuntimeError(
-            f"predictor returned a mask of shape {mask.shape} for a study of shape {study.shape}"
-        )
-    with timer.stage(f"quantify_{name}"):
-        instances = np.asarray(lesion_instances(mask > 0))
-        scan_report = analyze_study(study, mask=instances)
-    return TimepointResult(
-        name=name, study=study, instances=instances, scan_report=scan_report, source=source
-    )
+        if mask.shape != study.shape:
+            raise RuntimeError(
+                f"predictor returned a mask of shape {mask.shape} for a study of shape "
+                f"{study.shape}"
+            )
+        return np.asarray(lesion_instances(mask > 0))
 
 
 def run_single(
@@ -391,7 +366,12 @@ def run_single(
     """
     timer = StageTimer(progress)
     study, source = _as_study(scan, timer, SINGLE_TIMEPOINT)
-    tp = segment_and_quantify(study, predictor, timer, SINGLE_TIMEPOINT, source)
+    from petflare.quant import analyze_study
+
+    instances = segment(study, predictor, timer, SINGLE_TIMEPOINT)
+    with timer.stage(f"quantify_{SINGLE_TIMEPOINT}"):
+        scan_report = analyze_study(study, mask=instances)
+    tp = TimepointResult(SINGLE_TIMEPOINT, study, instances, scan_report, source)
     return InferenceResult(
         timepoints={SINGLE_TIMEPOINT: tp},
         model=model_info(predictor),
@@ -409,6 +389,7 @@ def run_pair(
     progress: ProgressFn | None = None,
     timer: StageTimer | None = None,
     patient_id: str = "",
+    registration: Any = None,
 ) -> InferenceResult:
     """Segment, quantify and compare a baseline and a follow-up scan, and call the pattern.
 
@@ -424,12 +405,23 @@ def run_pair(
         progress: called with one line per stage event.
         timer: an existing timer to add to (batch mode); a new one otherwise.
         patient_id: written into the report.
+        registration: ``petflare.quant.RegistrationConfig`` for aligning follow-up to baseline
+            (None: quant's default; ``RegistrationConfig(modality="none")`` for scans already
+            in one frame of reference).
     """
     timer = timer if timer is not None else StageTimer(progress)
     base_study, base_src = _as_study(baseline, timer, "baseline")
     follow_study, follow_src = _as_study(followup, timer, "followup")
     return _compute_pair(
-        base_study, base_src, follow_study, follow_src, predictor, timer, pattern_head, patient_id
+        base_study,
+        base_src,
+        follow_study,
+        follow_src,
+        predictor,
+        timer,
+        pattern_head,
+        patient_id,
+        registration,
     )
 
 
@@ -442,21 +434,31 @@ def _compute_pair(
     timer: StageTimer,
     pattern_head: PatternHead | None,
     patient_id: str,
+    registration: Any = None,
 ) -> InferenceResult:
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import classify_pattern_rules, compare_studies
 
-    base = segment_and_quantify(base_study, predictor, timer, "baseline", base_src)
-    follow = segment_and_quantify(follow_study, predictor, timer, "followup", follow_src)
-    with timer.stage("compare"):
+    base_instances = segment(base_study, predictor, timer, "baseline")
+    follow_instances = segment(follow_study, predictor, timer, "followup")
+    with timer.stage("quantify_and_compare"):
+        # measures both scans, aligns them, matches lesions, PERCIST / EORTC / Choi, rules
         pair_report = compare_studies(
-            _with_mask(base.study, base.instances), _with_mask(follow.study, follow.instances)
+            base_study,
+            follow_study,
+            baseline_mask=base_instances,
+            followup_mask=follow_instances,
+            registration=registration,
         )
+    base = TimepointResult("baseline", base_study, base_instances, pair_report.baseline, base_src)
+    follow = TimepointResult(
+        "followup", follow_study, follow_instances, pair_report.followup, follow_src
+    )
     with timer.stage("pattern"):
         if pattern_head is not None:
             pattern = pattern_head(base, follow, pair_report)
         else:
-            decision = classify_pattern_rules(pair_report)
+            decision = pair_report.pattern_rules or classify_pattern_rules(pair_report)
             pattern = PatternCall(
                 label=str(decision.label),
                 source="rules",
@@ -496,6 +498,7 @@ def run_manifest(
     pattern_head: PatternHead | None = None,
     progress: ProgressFn | None = None,
     html: bool = True,
+    registration: Any = None,
 ) -> list[BatchItem]:
     """Run every pair of a longitudinal manifest into ``out_dir/<patient>/``.
 
@@ -513,6 +516,7 @@ def run_manifest(
         pattern_head: learned pattern classifier, or None for the rules.
         progress: called with one line per stage event.
         html: also write report.html per row.
+        registration: ``petflare.quant.RegistrationConfig`` (None: quant's default).
 
     Returns:
         One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv).
@@ -552,6 +556,7 @@ def run_manifest(
                     timer,
                     pattern_head,
                     str(row.get(Keys.PATIENT_ID) or ""),
+                    registration,
                 )
                 write_outputs_into(result, tmp / folders[index], html=html)
                 items.append(
@@ -633,11 +638,6 @@ def _as_study(
     with timer.stage(f"read_{name}"):
         study = read_scan(scan, study_id=name)
     return study, scan
-
-
-def _with_mask(study: Study, instances: np.ndarray) -> Study:
-    """The same study carrying the predicted instance mask (arrays shared, not copied)."""
-    return Study(pet=study.pet, affine=study.affine, ct=study.ct, mask=instances, meta=study.meta)
 
 
 def _report_json(report: Any) -> dict[str, Any]:

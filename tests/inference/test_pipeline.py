@@ -1,0 +1,311 @@
+"""The inference pipeline API with a known segmenter (SUV >= 4 threshold from inference.baselines).
+
+A classical threshold is a legitimate segmentation model with a known answer, so these tests can
+check what the product computes (lesion ids, statuses, pattern, geometry of the written masks)
+without a trained network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import make_non_ras_affine
+from petflare.constants import PATTERNS
+from petflare.errors import OutputExistsError, PetflareInputError
+from petflare.inference import pipeline
+from petflare.inference.baselines import fixed_threshold_mask
+from petflare.inference.pipeline import (
+    INFERENCE_SCHEMA_VERSION,
+    PatternCall,
+    ScanInput,
+    run_manifest,
+    run_pair,
+    run_single,
+)
+from petflare.io.nifti import save_nifti
+from petflare.io.study import Study
+from petflare.quant import RegistrationConfig
+
+SHAPE = (30, 24, 16)
+#: The phantoms share one world frame (no repositioning), so registration is the identity; with
+#: default registration a tiny phantom with moved lesions could be "aligned" lesion onto lesion.
+SAME_FRAME = RegistrationConfig(modality="none")
+BASE_AFFINE = make_non_ras_affine()
+FOLLOW_AFFINE = make_non_ras_affine(spacing_mm=(2.5, 2.5, 4.0), rotation_deg=-5.0)
+
+
+class ThresholdPredictor:
+    """SUV >= 4 as a predictor (``predict(study) -> mask``), recording when it ran."""
+
+    metadata = {"name": "suv_ge_4", "version": "classical", "intended_use": "tests"}
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.calls: list[tuple[float, float]] = []
+
+    def predict(self, study: Study) -> np.ndarray:
+        start = time.perf_counter()
+        time.sleep(self.delay_s)
+        mask = fixed_threshold_mask(study)
+        self.calls.append((start, time.perf_counter()))
+        return mask
+
+
+def world_grid(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    return idx @ affine[:3, :3].T + affine[:3, 3]
+
+
+def phantom(
+    shape: tuple[int, int, int], affine: np.ndarray, spheres: list[tuple[np.ndarray, float, float]]
+) -> Study:
+    """Body of SUV 1 with spheres (world centre mm, radius mm, SUV)."""
+    world = world_grid(shape, affine)
+    pet = np.ones(shape, dtype=np.float32)
+    for centre, radius_mm, suv in spheres:
+        pet[np.linalg.norm(world - centre, axis=-1) <= radius_mm] = suv
+    return Study(pet=pet, affine=affine)
+
+
+def centre_at(affine: np.ndarray, fraction: tuple[float, float, float]) -> np.ndarray:
+    """World point at a fraction of the baseline field of view (same anatomy on both grids)."""
+    vox = (np.asarray(SHAPE) - 1) * np.asarray(fraction)
+    return affine[:3, :3] @ vox + affine[:3, 3]
+
+
+A = centre_at(BASE_AFFINE, (0.3, 0.35, 0.5))
+B = centre_at(BASE_AFFINE, (0.7, 0.65, 0.5))
+C = centre_at(BASE_AFFINE, (0.3, 0.7, 0.5))
+
+
+@pytest.fixture(scope="module")
+def studies() -> dict[str, Study]:
+    """Baseline: A and B. Follow-up (another non-RAS grid): A hotter, B gone, new lesion C."""
+    baseline = phantom(SHAPE, BASE_AFFINE, [(A, 9.0, 8.0), (B, 8.0, 6.0)])
+    followup = phantom((26, 30, 17), FOLLOW_AFFINE, [(A, 9.0, 10.0), (C, 8.0, 7.0)])
+    return {"baseline": baseline, "followup": followup}
+
+
+@pytest.fixture(scope="module")
+def pair_result(studies: dict[str, Study]) -> pipeline.InferenceResult:
+    return run_pair(
+        studies["baseline"], studies["followup"], ThresholdPredictor(), registration=SAME_FRAME
+    )
+
+
+def test_pair_masks_are_instances_on_each_input_grid(
+    pair_result: pipeline.InferenceResult, studies: dict[str, Study]
+) -> None:
+    for name in ("baseline", "followup"):
+        tp = pair_result.timepoints[name]
+        assert tp.instances.shape == studies[name].shape
+        np.testing.assert_array_equal(tp.study.affine, studies[name].affine)
+        assert tp.lesion_ids == [1, 2]
+        # ids in the mask are the report's lesion ids, and the volumes agree voxel for voxel
+        reported = {les.lesion_id: les for les in tp.scan_report.lesions}
+        assert sorted(reported) == tp.lesion_ids
+        for lesion_id, lesion in reported.items():
+            n_voxels = int((tp.instances == lesion_id).sum())
+            assert lesion.n_voxels == n_voxels
+            assert lesion.volume_ml == pytest.approx(n_voxels * studies[name].voxel_volume_ml)
+
+
+def test_pair_statuses_and_rule_pattern(pair_result: pipeline.InferenceResult) -> None:
+    report = pair_result.report()
+    statuses = {(m["timepoint"], m["status"]) for m in report["matches"]}
+    assert statuses == {
+        ("baseline", "persisting"),
+        ("baseline", "resolved"),
+        ("followup", "persisting"),
+        ("followup", "new"),
+    }
+    pattern = report["pattern"]
+    assert pattern["label"] == "new_lesions"
+    assert pattern["source"] == "rules"
+    assert pattern["probabilities"] is None  # the rules never pretend to be calibrated
+    assert pattern["rule"] == "R1_new_lesions"
+    assert pattern["evidence"]
+
+
+def test_pair_report_layout(pair_result: pipeline.InferenceResult) -> None:
+    report = json.loads(json.dumps(pair_result.report(), allow_nan=False))
+    assert report["schema_version"] == INFERENCE_SCHEMA_VERSION
+    assert report["quant_schema_version"]
+    assert report["mode"] == "pair"
+    assert "Research use only" in report["notice"]
+    assert set(report["timepoints"]) == {"baseline", "followup"}
+    for section in ("registration", "matches", "changes", "disease", "percist", "eortc", "choi"):
+        assert section in report, section
+    assert report["masks"]["followup"]["file"] == "followup_lesions.nii.gz"
+    assert report["masks"]["followup"]["lesion_ids"] == [1, 2]
+    assert report["model"]["name"] == "suv_ge_4"
+    for stage in ("segment_baseline", "segment_followup", "quantify_and_compare", "pattern"):
+        assert report["timings_s"][stage] >= 0.0
+
+
+def test_learned_head_probabilities_are_reported(studies: dict[str, Study]) -> None:
+    calls = []
+
+    def head(base: Any, follow: Any, pair_report: Any) -> PatternCall:
+        calls.append((base.name, follow.name, pair_report.disease.n_new))
+        probs = dict(zip(PATTERNS, (0.05, 0.1, 0.05, 0.8), strict=True))
+        return PatternCall("new_lesions", "learned_head", probs, None, ["head evidence"])
+
+    result = run_pair(
+        studies["baseline"],
+        studies["followup"],
+        ThresholdPredictor(),
+        pattern_head=head,
+        registration=SAME_FRAME,
+    )
+    assert calls == [("baseline", "followup", 1)]
+    pattern = result.report()["pattern"]
+    assert pattern["source"] == "learned_head"
+    assert pattern["probabilities"]["new_lesions"] == pytest.approx(0.8)
+    assert result.pattern is not None and result.pattern.probability == pytest.approx(0.8)
+
+
+def test_rules_cannot_carry_probabilities() -> None:
+    with pytest.raises(ValueError, match="no probabilities"):
+        PatternCall("controlled", "rules", dict.fromkeys(PATTERNS, 0.25))
+    with pytest.raises(ValueError, match="unknown pattern"):
+        PatternCall("progression", "rules")
+
+
+def test_single_scan_from_nifti(tmp_path: Path, studies: dict[str, Study]) -> None:
+    study = studies["followup"]
+    pet = save_nifti(study.pet, study.affine, tmp_path / "SUV.nii.gz")
+    seen: list[str] = []
+    result = run_single(ScanInput(pet=pet), ThresholdPredictor(), progress=seen.append)
+    assert not result.is_pair and result.pattern is None
+    tp = result.timepoints["scan"]
+    assert tp.lesion_ids == [1, 2]
+    report = result.report()
+    assert report["mode"] == "single" and report["pattern"] is None
+    assert report["timepoints"]["scan"]["n_lesions"] == 2
+    assert report["inputs"]["scan"]["format"] == "nifti"
+    assert any("segment_scan done" in line for line in seen)
+    assert {"read_scan", "segment_scan", "quantify_scan"} <= set(report["timings_s"])
+
+
+def test_writers_output_folder(tmp_path: Path, pair_result: pipeline.InferenceResult) -> None:
+    from petflare.inference.writers import write_outputs
+
+    out = tmp_path / "out"
+    written = write_outputs(pair_result, out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        [
+            "baseline_lesions.nii.gz",
+            "followup_lesions.nii.gz",
+            "report.json",
+            "lesions.csv",
+            "mip.png",
+            "report.html",
+        ]
+    )
+    assert set(written) == set(names)
+    for name in ("baseline", "followup"):
+        img = nib.load(str(out / f"{name}_lesions.nii.gz"))
+        tp = pair_result.timepoints[name]
+        np.testing.assert_allclose(img.affine, tp.study.affine, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(img.dataobj), tp.instances)
+    report = json.loads((out / "report.json").read_text())
+    assert {"write_masks", "figure"} <= set(report["timings_s"])
+    rows = list(csv.DictReader((out / "lesions.csv").open()))
+    assert len(rows) == 4  # two lesions per timepoint
+    by_key = {(r["timepoint"], r["lesion_id"]): r["status"] for r in rows}
+    assert sorted(by_key.values()) == ["new", "persisting", "persisting", "resolved"]
+    # an existing non-empty folder is refused, and left as it was
+    with pytest.raises(OutputExistsError):
+        write_outputs(pair_result, out)
+    assert sorted(p.name for p in out.iterdir()) == names
+    write_outputs(pair_result, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == names
+
+
+def test_failed_write_leaves_nothing(
+    tmp_path: Path, pair_result: pipeline.InferenceResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from petflare.inference import html, writers
+
+    def broken(*args: Any, **kwargs: Any) -> Path:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(html, "write_report_html", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="disk full"):
+        writers.write_outputs(pair_result, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left behind either
+
+
+def write_pair_files(root: Path, studies: dict[str, Study], patient: str) -> dict[str, str]:
+    row = {"patient_id": patient}
+    for name, study in studies.items():
+        path = save_nifti(study.pet, study.affine, root / patient / name / "SUV.nii.gz")
+        row[f"{name}_pet"] = str(path.relative_to(root))
+    return row
+
+
+def test_manifest_reads_ahead_in_a_thread(
+    tmp_path: Path, studies: dict[str, Study], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from petflare.io import load_manifest, write_manifest
+
+    root = tmp_path / "data"
+    rows = [write_pair_files(root, studies, p) for p in ("P1", "P2", "P3")]
+    rows[1]["pattern"] = "new_lesions"
+    manifest = write_manifest(rows, root / "manifest.csv")
+    reads: list[tuple[str, str, float]] = []
+    real_read = pipeline.read_scan
+
+    def traced_read(scan: ScanInput, **kwargs: Any) -> Study:
+        reads.append((str(scan.pet), threading.current_thread().name, time.perf_counter()))
+        return real_read(scan, **kwargs)
+
+    monkeypatch.setattr(pipeline, "read_scan", traced_read)
+    predictor = ThresholdPredictor(delay_s=0.3)
+    out = tmp_path / "batch"
+    items = run_manifest(
+        load_manifest(manifest), predictor, out, html=False, registration=SAME_FRAME
+    )
+
+    assert [i.folder for i in items] == ["P1", "P2", "P3"]
+    assert sorted(p.name for p in out.iterdir()) == ["P1", "P2", "P3", "batch_summary.csv"]
+    assert (out / "P2" / "followup_lesions.nii.gz").is_file()
+    assert not (out / "P2" / "report.html").exists()
+    assert all(name.startswith("petflare-read") for _, name, _ in reads)
+    # P2's scans were read while P1 was still being segmented (the model never waited on them)
+    p2_start = min(t for path, _, t in reads if "/P2/" in path)
+    p1_segment_end = predictor.calls[1][1]  # second call: P1 follow-up
+    assert p2_start < p1_segment_end
+    summary = list(csv.DictReader((out / "batch_summary.csv").open()))
+    assert [r["pattern"] for r in summary] == ["new_lesions"] * 3
+    assert summary[1]["true_pattern"] == "new_lesions"
+    assert {r["pattern_source"] for r in summary} == {"rules"}
+
+
+def test_manifest_bad_row_writes_nothing(tmp_path: Path, studies: dict[str, Study]) -> None:
+    root = tmp_path / "data"
+    rows = [write_pair_files(root, studies, p) for p in ("P1", "P2")]
+    bad = root / rows[1]["followup_pet"]
+    arr = np.asarray(nib.load(str(bad)).dataobj).copy()
+    arr[0, 0, 0] = np.nan
+    save_nifti(arr, studies["followup"].affine, bad, overwrite=True)
+    manifest_rows = [
+        {k: (str(root / v) if k.endswith("_pet") else v) for k, v in row.items()} for row in rows
+    ]
+    out = tmp_path / "batch"
+    with pytest.raises(PetflareInputError, match="NaN"):
+        run_manifest(manifest_rows, ThresholdPredictor(), out, registration=SAME_FRAME)
+    assert not out.exists()
