@@ -380,7 +380,8 @@ def write_report(
         "Targets (issue 3):",
         *_targets(phantom),
         "",
-        f"Per-scan results: `{_shown(args.out_dir / 'phantom_eval' / 'metrics.md')}`.",
+        f"Per-scan results: `{_shown(args.out_dir / 'phantom_eval' / 'metrics.md')}` "
+        "(written by the run, not committed).",
         "",
         "## Real FDG-PET: soft-tissue sarcoma crops",
         "",
