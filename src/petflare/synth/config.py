@@ -1,0 +1,102 @@
+"""Parameters of the synthetic whole-body FDG-PET/CT phantom (every range is sampled per scan)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+_AXIS_LETTERS = ("RL", "AP", "SI")  # world axis x, y, z; first letter = positive direction
+
+
+def _all_orientations() -> tuple[str, ...]:
+    """The 48 axis-code strings of axis-aligned grids ("RAS", "LPS", "SAL", ...)."""
+    codes = []
+    for a in "RLAPSI":
+        for b in "RLAPSI":
+            for c in "RLAPSI":
+                axes = {
+                    next(i for i, pair in enumerate(_AXIS_LETTERS) if x in pair) for x in a + b + c
+                }
+                if len(axes) == 3:
+                    codes.append(a + b + c)
+    return tuple(codes)
+
+
+#: Every orientation an axis-aligned voxel grid can have, in nibabel's axis-code convention.
+ALL_ORIENTATIONS: tuple[str, ...] = _all_orientations()
+
+
+def _pair(value: Any, name: str) -> tuple[float, float]:
+    """Coerce a (low, high) range given as list/tuple/scalar into a sorted float tuple."""
+    if isinstance(value, (int, float)):
+        return (float(value), float(value))
+    low, high = (float(v) for v in value)
+    if low > high:
+        raise ValueError(f"{name}: low {low} > high {high}")
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """How the phantom's scans are formed; ranges are ``(low, high)`` sampled uniformly per scan.
+
+    Attributes:
+        spacing_inplane_mm: transaxial voxel size (x = y) range. Real scanners: 2-5 mm.
+        spacing_slice_mm: slice spacing range (z).
+        psf_fwhm_mm: isotropic Gaussian point-spread function FWHM range (reconstructed resolution).
+        noise_cv_liver: coefficient of variation of the noise in the liver (Poisson-like noise,
+            standard deviation grows with sqrt of the local SUV).
+        noise_corr_mm: correlation length (Gaussian sigma) of the reconstructed noise.
+        ct_noise_hu: CT noise standard deviation range (HU) after resampling to the PET grid.
+        orientations: axis codes the stored arrays may have (one drawn per scan); None means any
+            of the 48 axis-aligned orientations, ``("RAS",)`` gives canonical arrays only.
+        max_shift_mm: per-axis repositioning of the patient between the two scans (+-).
+        max_rotation_deg: per-axis patient rotation in each scan (+-).
+        height_m: patient height range; the field of view runs from above the vertex to the thighs.
+        girth: body-girth factor range (1 = average adult; 1.3 = obese).
+        arms_up_probability: probability that the arms are raised above the head.
+        avid_liver_ratio: a lesion (or a nodule) is FDG-avid, and so in the lesion mask, when its
+            true viable-tissue SUV is at least this multiple of the true liver SUVmean.
+        n_baseline_lesions: inclusive range of the number of lesions at baseline.
+        max_lesion_diameter_mm: largest baseline mass diameter.
+        brown_fat_probability: probability of physiologic brown-fat uptake in a scan (a distractor).
+    """
+
+    spacing_inplane_mm: tuple[float, float] = (3.6, 4.4)
+    spacing_slice_mm: tuple[float, float] = (3.3, 4.5)
+    psf_fwhm_mm: tuple[float, float] = (5.0, 8.0)
+    noise_cv_liver: tuple[float, float] = (0.07, 0.2)
+    noise_corr_mm: tuple[float, float] = (2.0, 4.0)
+    ct_noise_hu: tuple[float, float] = (5.0, 20.0)
+    orientations: tuple[str, ...] | None = None
+    max_shift_mm: float = 10.0
+    max_rotation_deg: float = 3.0
+    height_m: tuple[float, float] = (1.55, 1.95)
+    girth: tuple[float, float] = (0.85, 1.35)
+    arms_up_probability: float = 0.6
+    avid_liver_ratio: float = 1.5
+    n_baseline_lesions: tuple[int, int] = (2, 7)
+    max_lesion_diameter_mm: float = 120.0
+    brown_fat_probability: float = 0.08
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "orientations":
+                if value is not None:
+                    codes = tuple(str(v).upper() for v in value)
+                    bad = [c for c in codes if c not in ALL_ORIENTATIONS]
+                    if bad:
+                        raise ValueError(f"orientations: not axis codes: {bad}")
+                    object.__setattr__(self, f.name, codes)
+            elif f.name == "n_baseline_lesions":
+                low, high = (int(v) for v in value)
+                if not 1 <= low <= high:
+                    raise ValueError("n_baseline_lesions must satisfy 1 <= low <= high")
+                object.__setattr__(self, f.name, (low, high))
+            elif isinstance(value, (list, tuple)):
+                object.__setattr__(self, f.name, _pair(value, f.name))
+        if min(self.spacing_inplane_mm + self.spacing_slice_mm) <= 0:
+            raise ValueError("spacings must be positive")
+        if not 0.0 <= self.arms_up_probability <= 1.0:
+            raise ValueError("arms_up_probability must lie in [0, 1]")
