@@ -31,6 +31,10 @@ def _checkpoint_path(run_dir: Path, which: str, record: dict[str, Any]) -> Path:
 
 def export_run(cfg: DictConfig) -> Path:
     """Read ``run_dir`` (config.yaml, val_metrics.json, checkpoints/) and write ``out_dir``."""
+    run_dir = Path(cfg.run_dir)
+    run_config = run_dir / "config.yaml"
+    if not run_config.is_file():
+        raise PetflareInputError(run_config, "not a training run folder (no config.yaml)")
     from petflare.data.transforms import PreprocessingConfig
     from petflare.inference.model_folder import (
         InferenceSettings,
@@ -40,10 +44,6 @@ def export_run(cfg: DictConfig) -> Path:
     )
     from petflare.training.fit import VAL_METRICS_FILE
 
-    run_dir = Path(cfg.run_dir)
-    run_config = run_dir / "config.yaml"
-    if not run_config.is_file():
-        raise PetflareInputError(run_config, "not a training run folder (no config.yaml)")
     train_cfg = OmegaConf.load(run_config)
     if not isinstance(train_cfg, DictConfig):
         raise PetflareInputError(run_config, "not a training config (expected a mapping)")

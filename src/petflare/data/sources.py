@@ -193,7 +193,7 @@ class BlobSource:
         for lesion in range(int(rng.integers(1, 4))):
             centre_vox = rng.uniform(0.3, 0.7, size=3) * (np.asarray(shape) - 1)
             centre = affine[:3, :3] @ centre_vox + affine[:3, 3]
-            radius = rng.uniform(0.08, 0.15) * float(extent_mm.min())
+            radius = rng.uniform(0.12, 0.2) * float(extent_mm.min())
             inside = np.linalg.norm(world - centre, axis=-1) <= radius
             pet[inside] = rng.uniform(5.0, 12.0)
             label[inside] = lesion + 1
