@@ -7,10 +7,14 @@ tested in tests/inference/test_pipeline.py with a known threshold predictor).
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import json
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import nibabel as nib
@@ -19,6 +23,7 @@ import pytest
 import torch
 
 from conftest import TinyStudyFiles, make_non_ras_affine
+from petflare.constants import PATTERNS
 from petflare.io.nifti import save_nifti
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +31,22 @@ SCRIPT = REPO / "scripts" / "infer.py"
 SHAPE = (22, 18, 12)
 
 
+PAIR_OUTPUTS = {
+    "baseline_lesions.nii.gz",
+    "followup_lesions.nii.gz",
+    "report.json",
+    "lesions.csv",
+    "mip.png",
+    "report.html",
+}
+SINGLE_OUTPUTS = {"lesions.nii.gz", "report.json", "lesions.csv", "mip.png", "report.html"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 def run_infer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``scripts/infer.py key=value ...`` with the test's interpreter."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "progress=false", *args],
+        [sys.executable, str(SCRIPT), *args],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
@@ -86,10 +103,12 @@ def assert_nothing_written(out: Path) -> None:
 
 def assert_one_line_naming(result: subprocess.CompletedProcess[str], name: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    # progress lines ("[petflare] ...") may precede it; the error itself is one line, the last
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("petflare: error:"), lines[0]
-    assert name in lines[0], lines[0]
+    assert all(line.startswith("[petflare] ") for line in lines[:-1]), result.stderr
+    assert lines[-1].startswith("petflare: error:"), result.stderr
+    assert name in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr
 
 
 # --------------------------------------------------------------------------- refusals
@@ -125,7 +144,7 @@ def test_help_documents_every_option() -> None:
 def test_missing_file_is_refused(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "out"
     missing = tmp_path / "nope.nii.gz"
-    result = run_infer(f"pet={missing}", f"out={out}", f"model={model_dir}")
+    result = run_infer(f"pet={missing}", f"out={out}", f"model={model_dir}", "progress=false")
     assert_one_line_naming(result, str(missing))
     assert_nothing_written(out)
 
@@ -222,3 +241,262 @@ def test_missing_model_folder_is_refused(pair_files: dict[str, Any], tmp_path: P
     result = run_infer(f"pet={pair_files['baseline'].pet}", f"out={out}", f"model={model}")
     assert_one_line_naming(result, str(model))
     assert_nothing_written(out)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def check_outputs(out: Path, inputs: dict[str, tuple[np.ndarray, tuple[int, ...]]]) -> dict:
+    """Check every output file; ``inputs`` maps timepoint -> (input affine, input shape)."""
+    is_pair = "baseline" in inputs
+    names = {p.name for p in out.iterdir()}
+    assert names == (PAIR_OUTPUTS if is_pair else SINGLE_OUTPUTS), names
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == "1.0" and report["quant_schema_version"]
+    assert report["mode"] == ("pair" if is_pair else "single")
+    assert "Research use only" in report["notice"]
+    assert report["model"]["name"] == "tiny-test-unet" and report["model"]["version"] == "0.0.1"
+    assert set(report["timepoints"]) == set(inputs)
+    n_rows = 0
+    for name, (affine, shape) in inputs.items():
+        mask_file = out / report["masks"][name]["file"]
+        img = nib.load(str(mask_file))
+        labels = np.asarray(img.dataobj)
+        assert labels.shape == tuple(shape)
+        np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+        assert np.issubdtype(labels.dtype, np.integer)
+        ids = sorted(int(i) for i in np.unique(labels) if i != 0)
+        assert ids == report["masks"][name]["lesion_ids"]
+        lesions = report["timepoints"][name]["lesions"]
+        assert sorted(les["lesion_id"] for les in lesions) == ids
+        for les in lesions:  # the report measured exactly the voxels written under its id
+            assert les["n_voxels"] == int((labels == les["lesion_id"]).sum())
+        n_rows += len(lesions)
+    rows = list(csv.DictReader((out / "lesions.csv").open()))
+    assert len(rows) == n_rows
+    assert {r["timepoint"] for r in rows} <= set(inputs)
+    png = (out / "mip.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    page = (out / "report.html").read_text()
+    assert "Research use only; trained on synthetic phantoms unless stated otherwise" in page
+    assert "data:image/png;base64," in page
+    if is_pair:
+        pattern = report["pattern"]
+        assert pattern["label"] in PATTERNS
+        assert pattern["source"] == "rules" and pattern["probabilities"] is None
+        for section in ("matches", "percist", "eortc", "choi", "registration"):
+            assert section in report
+        assert "rules" in page and "PERCIST" in page
+    else:
+        assert report["pattern"] is None
+    return report
+
+
+@pytest.mark.slow
+def test_pair_nifti_end_to_end(pair_files: dict[str, Any], tmp_path: Path, model_dir: Path) -> None:
+    base, follow = pair_files["baseline"], pair_files["followup"]
+    out = tmp_path / "results" / "pair"
+    result = run_infer(
+        f"baseline_pet={base.pet}",
+        f"baseline_ct={base.ct}",
+        f"followup_pet={follow.pet}",
+        f"followup_ct={follow.ct}",
+        f"out={out}",
+        f"model={model_dir}",
+        "device=cpu",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = check_outputs(
+        out,
+        {
+            "baseline": (base.affine, base.pet_array.shape),
+            "followup": (follow.affine, follow.pet_array.shape),
+        },
+    )
+    assert report["inputs"]["followup"]["ct"] == str(follow.ct)
+    assert report["timepoints"]["baseline"]["has_ct"] is True
+    # progress: one line per stage on stderr
+    for stage in ("segment_baseline", "segment_followup", "quantify_and_compare", "figure"):
+        assert f"[petflare] {stage} done in" in result.stderr
+        assert stage in report["timings_s"]
+    # a second run into the same folder is refused, unless overwrite=true
+    again = run_infer(
+        f"baseline_pet={base.pet}",
+        f"followup_pet={follow.pet}",
+        f"out={out}",
+        f"model={model_dir}",
+        "progress=false",
+    )
+    assert_one_line_naming(again, str(out))
+    replaced = run_infer(
+        f"baseline_pet={base.pet}",
+        f"followup_pet={follow.pet}",
+        f"out={out}",
+        f"model={model_dir}",
+        "overwrite=true",
+        "progress=false",
+    )
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == PAIR_OUTPUTS
+    assert list(out.parent.iterdir()) == [out]  # no temporary folder left beside it
+
+
+def test_single_scan_end_to_end(
+    pair_files: dict[str, Any], tmp_path: Path, model_dir: Path
+) -> None:
+    scan = pair_files["followup"]
+    out = tmp_path / "single"
+    result = run_infer(
+        f"pet={scan.pet}",
+        f"ct={scan.ct}",
+        f"out={out}",
+        f"model={model_dir}",
+        "html=true",
+        "progress=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_outputs(out, {"scan": (scan.affine, scan.pet_array.shape)})
+
+
+def load_dicom_factory() -> ModuleType:
+    """The io tests' synthetic DICOM writer (tests/io/dicom_factory.py), loaded by path."""
+    path = Path(__file__).resolve().parents[1] / "io" / "dicom_factory.py"
+    spec = importlib.util.spec_from_file_location("petflare_test_dicom_factory", path)
+    assert spec is not None and spec.loader is not None
+    if spec.name in sys.modules:
+        return sys.modules[spec.name]
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_dicom_pet(folder: Path, factory: ModuleType, lesion_suv: float, **kwargs: Any) -> Any:
+    """A DICOM PET series of a body (SUV 1) with a hot sphere, stored in Bq/mL as scanners do."""
+    shape = (20, 16, 10)
+    bq_per_suv = 1.0 / factory.expected_suv_scale()
+    i, j, k = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    sphere = (i - 9) ** 2 / 9.0 + (j - 7) ** 2 / 16.0 + (k - 5) ** 2 / 4.0 <= 1.0
+    activity = np.where(sphere, lesion_suv, 1.0) * bq_per_suv
+    slopes = [2.0 + 0.1 * s for s in range(shape[2])]  # int16 range for ~40 kBq/mL
+    return factory.write_pet_series(
+        folder, shape=shape, activity_bq_ml=activity, slopes=slopes, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_dicom_pair_end_to_end(tmp_path: Path, model_dir: Path) -> None:
+    from petflare.io.dicom import read_dicom_pet
+
+    factory = load_dicom_factory()
+    write_dicom_pet(tmp_path / "dcm" / "baseline", factory, lesion_suv=6.0)
+    write_dicom_pet(
+        tmp_path / "dcm" / "followup", factory, lesion_suv=9.0, orientation=factory.CORONAL
+    )
+    inputs = {}
+    for name in ("baseline", "followup"):
+        study = read_dicom_pet(tmp_path / "dcm" / name)
+        inputs[name] = (study.affine, study.shape)
+    out = tmp_path / "dicom_out"
+    result = run_infer(
+        f"baseline_pet={tmp_path / 'dcm' / 'baseline'}",
+        f"followup_pet={tmp_path / 'dcm' / 'followup'}",
+        f"out={out}",
+        f"model={model_dir}",
+        "progress=false",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = check_outputs(out, inputs)
+    assert report["inputs"]["baseline"]["format"] == "dicom"
+    assert (
+        report["timepoints"]["followup"]["orientation"]
+        != report["timepoints"]["baseline"]["orientation"]
+    )  # the coronal follow-up series kept its own grid
+
+
+def test_dicom_missing_weight_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    factory = load_dicom_factory()
+    folder = tmp_path / "dcm"
+    write_dicom_pet(folder, factory, lesion_suv=6.0, tags={"PatientWeight": None})
+    out = tmp_path / "out"
+    result = run_infer(f"pet={folder}", f"out={out}", f"model={model_dir}")
+    assert_one_line_naming(result, str(folder))
+    assert "PatientWeight" in result.stderr
+    assert_nothing_written(out)
+
+
+@pytest.mark.slow
+def test_batch_manifest_end_to_end(
+    write_study: Callable[..., TinyStudyFiles], tmp_path: Path, model_dir: Path
+) -> None:
+    from petflare.io import write_manifest
+
+    root = tmp_path / "data"
+    rows = []
+    for patient, seed in (("P1", 0), ("P2", 3)):
+        base = write_study(root / patient / "baseline", shape=SHAPE, with_mask=False, seed=seed)
+        follow = write_study(
+            root / patient / "followup",
+            shape=SHAPE,
+            with_mask=False,
+            seed=seed + 1,
+            lesion_suv=12.0,
+        )
+        rows.append(
+            {
+                "patient_id": patient,
+                "baseline_pet": str(base.pet),
+                "baseline_ct": str(base.ct),
+                "followup_pet": str(follow.pet),
+                "followup_ct": str(follow.ct),
+            }
+        )
+    manifest = write_manifest(rows, root / "manifest.csv")
+    out = tmp_path / "batch"
+    result = run_infer(f"manifest={manifest}", f"out={out}", f"model={model_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {"P1", "P2", "batch_summary.csv"}
+    for patient in ("P1", "P2"):
+        affine = make_non_ras_affine()
+        check_outputs(out / patient, {"baseline": (affine, SHAPE), "followup": (affine, SHAPE)})
+    summary = list(csv.DictReader((out / "batch_summary.csv").open()))
+    assert [r["patient_id"] for r in summary] == ["P1", "P2"]
+    assert all(r["pattern"] in PATTERNS and r["pattern_source"] == "rules" for r in summary)
+    assert "[1/2 P1] segment_baseline done" in result.stderr
+
+
+def test_internal_error_writes_only_a_log(
+    pair_files: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from omegaconf import OmegaConf
+
+    from petflare.cli import infer as cli
+
+    def broken(request: Any, predictor: Any = None) -> list[Path]:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cli, "run_request", broken)
+    out = tmp_path / "out"
+    cfg = OmegaConf.create(
+        {"pet": str(pair_files["baseline"].pet), "out": str(out), "model_dir": str(tmp_path)}
+    )
+    with pytest.raises(SystemExit) as exc:
+        cli.infer(cfg)
+    assert exc.value.code == 1
+    assert [p.name for p in out.iterdir()] == [cli.ERROR_LOG]
+    log = (out / cli.ERROR_LOG).read_text()
+    assert "Traceback" in log and "simulated bug" in log
+    assert cli.ERROR_LOG in capsys.readouterr().err
+
+
+def test_model_alias() -> None:
+    from petflare.cli.infer import alias_model_argument
+
+    assert alias_model_argument(["model=/m", "pet=x", "model_dir=/n"]) == [
+        "model_dir=/m",
+        "pet=x",
+        "model_dir=/n",
+    ]

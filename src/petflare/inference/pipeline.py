@@ -281,7 +281,8 @@ class InferenceResult:
             quant["timepoints"] = {name: quant.pop(name) for name in ("baseline", "followup")}
         else:
             tp = self.timepoints[SINGLE_TIMEPOINT]
-            quant = {"timepoints": {tp.name: _report_json(tp.scan_report)}}
+            scan = _report_json(tp.scan_report)
+            quant = {"schema_version": scan.get("schema_version"), "timepoints": {tp.name: scan}}
         out: dict[str, Any] = {
             "schema_version": INFERENCE_SCHEMA_VERSION,
             "quant_schema_version": quant.pop("schema_version", None),
