@@ -115,6 +115,7 @@ class SyntheticSource:
         train_seed: int = 1000,
         val_seed: int = 2000,
         phantom: Mapping[str, Any] | None = None,
+        workers: int = 1,
     ) -> None:
         if train_seed == val_seed:
             raise ValueError("train_seed and val_seed must differ (no phantom in both splits)")
@@ -124,10 +125,11 @@ class SyntheticSource:
         self.train_seed = int(train_seed)
         self.val_seed = int(val_seed)
         self.phantom = dict(phantom or {})
+        self.workers = int(workers)
 
     def _folder(self, split: str, n_pairs: int, seed: int) -> Path:
         tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
-        name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")
+        name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")  # cache key
         return self.cache_dir / name
 
     def _generate(self, split: str, n_pairs: int, seed: int) -> Datalist:
@@ -138,7 +140,9 @@ class SyntheticSource:
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
             config = PhantomConfig(**self.phantom)
-            manifest = generate_dataset(folder, n_pairs, seed, config=config, overwrite=True)
+            manifest = generate_dataset(
+                folder, n_pairs, seed, config=config, overwrite=True, workers=self.workers
+            )
         entries = manifest_to_studies(load_manifest(manifest))
         for entry in entries:
             entry[Keys.SPLIT] = split

@@ -1,0 +1,129 @@
+"""Preprocessing geometry and intensities, patch sampling, data sources and the DataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from petflare.constants import Keys
+from petflare.data import (
+    AugmentationConfig,
+    BlobSource,
+    PreprocessingConfig,
+    ScaleSuv,
+    SegmentationDataModule,
+    SyntheticSource,
+    to_monai_items,
+    training_transforms,
+    validation_transforms,
+)
+from petflare.errors import PetflareInputError
+
+
+@pytest.mark.parametrize(
+    ("suv", "log", "expected"),
+    [
+        (0.0, True, 0.0),
+        (-1.0, True, 0.0),  # negative SUV (reconstruction noise) clipped to 0
+        (4.0, True, np.log1p(4.0)),
+        (100.0, True, np.log1p(30.0)),  # clipped at suv_max
+        (15.0, False, 0.5),
+    ],
+)
+def test_scale_suv(suv: float, log: bool, expected: float) -> None:
+    out = ScaleSuv(suv_max=30.0, log=log)(torch.tensor([suv]))
+    assert float(out[0]) == pytest.approx(expected, rel=1e-6)
+    cfg = PreprocessingConfig(suv_max=30.0, suv_log=log)
+    assert cfg.scaled_suv(suv) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("channels", [("ct",), ("pet", "pet"), ("ct", "pet"), ()])
+def test_bad_channels_are_refused(channels: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError):
+        PreprocessingConfig(channels=channels)
+
+
+def world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    idx = np.argwhere(mask > 0).mean(axis=0)
+    return affine[:3, :3] @ idx + affine[:3, 3]
+
+
+@pytest.mark.parametrize("channels", [("pet",), ("pet", "ct")])
+def test_preprocessing_geometry_and_intensity(tiny_study, channels: tuple[str, ...]) -> None:  # noqa: ANN001
+    config = PreprocessingConfig(channels=channels, spacing_mm=(3.0, 3.0, 3.0), crop_margin_vox=1)
+    item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
+    if Keys.CT in channels:
+        item[Keys.CT] = str(tiny_study.ct)
+    out = validation_transforms(config)(item)
+    image, label = out[Keys.IMAGE], out[Keys.LABEL]
+    assert image.shape[0] == len(channels) and label.shape[1:] == image.shape[1:]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    # canonical RAS at the configured spacing (the input was LPS, rotated, anisotropic)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), 3.0, atol=1e-4)
+    assert np.all(np.diag(affine[:3, :3]) > 0)
+    # the lesion stays where it is in the world (within a voxel)
+    before = world_centroid(tiny_study.mask_array, tiny_study.affine)
+    after = world_centroid(label[0].numpy(), affine)
+    assert np.linalg.norm(after - before) < 3.0
+    # PET scaled with log1p of SUV, CT windowed into [-1, 1]
+    assert float(image[0].max()) == pytest.approx(np.log1p(8.0), rel=0.05)
+    if Keys.CT in channels:
+        assert -1.0 <= float(image[1].min()) and float(image[1].max()) <= 1.0
+    assert set(np.unique(label.numpy())) <= {0.0, 1.0}
+
+
+def test_positive_patches_contain_lesion(tiny_study) -> None:  # noqa: ANN001
+    config = PreprocessingConfig(spacing_mm=(2.0, 2.0, 2.0))
+    aug = AugmentationConfig(patch_size_vox=(8, 8, 8), num_samples=3, pos_fraction=1.0)
+    item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
+    patches = training_transforms(config, aug)(item)
+    assert len(patches) == 3
+    for patch in patches:
+        assert tuple(patch[Keys.IMAGE].shape) == (1, 8, 8, 8)
+        assert float(patch[Keys.LABEL].sum()) > 0
+
+
+def test_missing_ct_is_refused() -> None:
+    entry = {"patient_id": "p", "study_id": "s", "pet": "/x/SUV.nii.gz", "ct": None, "label": "l"}
+    with pytest.raises(PetflareInputError, match="CT"):
+        to_monai_items([entry], ("pet", "ct"), "train")
+    no_label = {**entry, "label": None}
+    with pytest.raises(PetflareInputError, match="lesion mask"):
+        to_monai_items([no_label], ("pet",), "train")
+
+
+def test_datamodule_on_blobs(tmp_path: Path) -> None:
+    source = BlobSource(tmp_path, n_train=2, n_val=1, shape=(20, 18, 14), seed=3)
+    dm = SegmentationDataModule(
+        source,
+        PreprocessingConfig(spacing_mm=(3.0, 3.0, 3.0)),
+        AugmentationConfig(patch_size_vox=(16, 16, 16), num_samples=2),
+        batch_size=2,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert tuple(batch[Keys.IMAGE].shape) == (4, 1, 16, 16, 16)  # 2 volumes x 2 patches
+    val = next(iter(dm.val_dataloader()))
+    assert val[Keys.IMAGE].shape[0] == 1 and val[Keys.LABEL].sum() > 0
+    assert dm.describe["n_train_studies"] == 2
+
+
+def test_synthetic_source_refuses_shared_seeds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="differ"):
+        SyntheticSource(tmp_path, train_seed=5, val_seed=5)
+
+
+@pytest.mark.slow
+def test_synthetic_source_generates_once(tmp_path: Path) -> None:
+    source = SyntheticSource(tmp_path, n_train_pairs=1, n_val_pairs=0, train_seed=11, val_seed=12)
+    lists = source.datalists()
+    assert len(lists["train"]) == 2 and lists["val"] == []  # baseline + follow-up
+    assert all(Path(e["label"]).is_file() for e in lists["train"])
+    manifest = next(tmp_path.rglob("manifest.csv"))
+    stamp = manifest.stat().st_mtime_ns
+    assert source.datalists()["train"] == lists["train"]
+    assert manifest.stat().st_mtime_ns == stamp  # cached, not regenerated
