@@ -221,9 +221,10 @@ def test_existing_output_dir_is_refused(
         (["pet=a.nii.gz", "baseline_pet=b.nii.gz"], "several modes"),
         (["baseline_pet=b.nii.gz"], "followup_pet"),
         (["pet=a.nii.gz", "device=tpu"], "device=tpu"),
+        (["pet=a.nii.gz", "sw_batch_size=many"], "sw_batch_size=many"),
         ([], "no input"),
     ],
-    ids=["two_modes", "half_pair", "bad_device", "no_input"],
+    ids=["two_modes", "half_pair", "bad_device", "bad_number", "no_input"],
 )
 def test_bad_option_combinations_are_refused(
     args: list[str], expected: str, tmp_path: Path
@@ -500,3 +501,12 @@ def test_model_alias() -> None:
         "pet=x",
         "model_dir=/n",
     ]
+
+
+def test_console_script_is_the_same_command() -> None:
+    script = Path(sys.executable).parent / "petflare-infer"
+    if not script.exists():
+        pytest.skip("petflare-infer not installed in this environment (pip install -e . adds it)")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == run_infer("--help").stdout

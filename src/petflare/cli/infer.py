@@ -106,10 +106,8 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         "overwrite": bool(get("overwrite")),
         "html": bool(get("html", True)),
         "progress": bool(get("progress", True)),
-        "sw_batch_size": None if get("sw_batch_size") is None else int(get("sw_batch_size")),
-        "min_component_ml": None
-        if get("min_component_ml") is None
-        else float(get("min_component_ml")),
+        "sw_batch_size": _number(cfg, "sw_batch_size", int),
+        "min_component_ml": _number(cfg, "min_component_ml", float),
     }
     mode = modes[0]
     if mode == "batch":
@@ -129,16 +127,24 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
 
 
 def _scan(cfg: DictConfig | dict[str, Any], prefix: str) -> ScanInput:
-    get = cfg.get
-    ct = get(f"{prefix}ct")
-    weight = get(f"{prefix}weight_kg")
-    dose = get(f"{prefix}injected_dose_bq")
+    ct = cfg.get(f"{prefix}ct")
     return ScanInput(
-        pet=Path(str(get(f"{prefix}pet"))),
+        pet=Path(str(cfg.get(f"{prefix}pet"))),
         ct=None if ct is None else Path(str(ct)),
-        weight_kg=None if weight is None else float(weight),
-        injected_dose_bq=None if dose is None else float(dose),
+        weight_kg=_number(cfg, f"{prefix}weight_kg", float),
+        injected_dose_bq=_number(cfg, f"{prefix}injected_dose_bq", float),
     )
+
+
+def _number(cfg: DictConfig | dict[str, Any], key: str, kind: type[int] | type[float]) -> Any:
+    """An optional numeric option, or a one-line input error naming it."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise PetflareInputError(None, f"{key}={value} is not a valid {kind.__name__}") from None
 
 
 def check_inputs_exist(request: InferRequest) -> None:
@@ -226,6 +232,10 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
     written = writers.write_outputs(
         result, request.out, overwrite=request.overwrite, html=request.html
     )
+    if result.pattern is not None:
+        p = result.pattern
+        how = f"p = {p.probability:.2f}" if p.probability is not None else f"rules, {p.rule}"
+        print(f"petflare: pattern {p.label} ({how})", file=sys.stderr)
     return sorted(written.values())
 
 
@@ -247,7 +257,8 @@ def _summary_line(request: InferRequest) -> str:
     """Final message: where the outputs are, and the pattern for a pair."""
     if request.mode == "batch":
         return f"petflare: done; one folder per manifest row in {request.out}"
-    return f"petflare: done; outputs in {request.out} (open {request.out / 'report.html'})"
+    page = f" (open {request.out / 'report.html'})" if request.html else ""
+    return f"petflare: done; outputs in {request.out}{page}"
 
 
 @exit_on_bad_input
