@@ -38,7 +38,14 @@ def run(cfg: DictConfig) -> Path:
         raise PetflareInputError(None, f"invalid phantom parameters: {exc}") from exc
     if not isinstance(config, PhantomConfig):
         raise PetflareInputError(None, "synth must instantiate petflare.synth.PhantomConfig")
-    patterns = None if cfg.patterns is None else list(OmegaConf.to_container(cfg.patterns))
+    patterns = None
+    if cfg.patterns is not None:
+        value = (
+            OmegaConf.to_container(cfg.patterns)
+            if OmegaConf.is_config(cfg.patterns)
+            else cfg.patterns
+        )
+        patterns = [str(p) for p in (value if isinstance(value, list) else [value])]
     out = Path(cfg.out)
     start = time.perf_counter()
     manifest = generate_dataset(

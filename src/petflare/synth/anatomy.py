@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from petflare.synth.canvas import Canvas
-from petflare.synth.geometry import Profile, capsule_sd, ellipsoid_sd, rotation_matrix
+from petflare.synth.geometry import Profile, Slices, capsule_sd, ellipsoid_sd, rotation_matrix
 
 _REF_HEIGHT_MM = 1750.0
 
@@ -368,6 +368,10 @@ def sample_anatomy(
         np.array([0.56 * aa, 0.8 * ab, 0.05 * height]) * liver_s,
         rotation_matrix((0.0, 0.0, np.deg2rad(rng.uniform(-10, 10)))),
     )
+    organs["liver_inferior"] = Ellipsoid(  # the right lobe tapers down towards the kidney
+        organs["liver"].center + np.array([0.12 * aa, -0.1 * ab, -0.035 * height]),
+        np.array([0.32 * aa, 0.55 * ab, 0.035 * height]) * liver_s * size(0.8, 1.2),
+    )
     organs["liver_left"] = Ellipsoid(
         np.array([-0.08 * aa, ayc + 0.42 * ab, zf(0.35)]) + j(),
         np.array([0.5 * aa, 0.4 * ab, 0.025 * height]) * liver_s,
@@ -413,7 +417,7 @@ def sample_anatomy(
     fill = size(0.6, 1.3)
     organs["bladder"] = Ellipsoid(
         np.array([0, abdomen.center_y[0] + 20, zf(0.487)]) + j(0.5),
-        np.array([45, 38, 35.0]) * fill,
+        np.array([38, 32, 30.0]) * fill,
     )
 
     weight = 72.0 * (height / _REF_HEIGHT_MM) ** 2 * girth**1.7 * (1.0 if sex == "M" else 0.88)
@@ -531,8 +535,14 @@ def _draw(
     return sl, occ
 
 
-def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> dict[str, tuple]:
-    """Paint the patient's body into ``canvas``; returns {'liver': (slices, occupancy)}."""
+def render_anatomy(
+    canvas: Canvas, anatomy: Anatomy, phys: Physiology
+) -> dict[str, list[tuple[Slices, np.ndarray]]]:
+    """Paint the patient's body into ``canvas``.
+
+    Returns:
+        ``{"liver": [(slices, occupancy), ...]}``: the liver's pieces, for its true SUVmean.
+    """
     a, o, t = anatomy, anatomy.organs, anatomy.tubes
     rng = canvas.rng
     # couch under the patient (scanner table: attenuates, no activity)
@@ -590,15 +600,8 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> dict[s
 
     # solid organs
     liver_occ = []
-    for name in ("liver", "liver_left"):
-        res = _draw(
-            canvas,
-            o[name],
-            phys.liver,
-            58.0,
-            texture=(10.0, 0.07, 5.0),
-            clip=a.abdomen.shrunk(-25.0),
-        )
+    for name in ("liver", "liver_left", "liver_inferior"):
+        res = _draw(canvas, o[name], phys.liver, 58.0, texture=(10.0, 0.07, 5.0))
         if res is not None:
             liver_occ.append(res)
     _draw(canvas, o["spleen"], phys.spleen, 45.0, texture=(10.0, 0.06, 4.0))
@@ -618,9 +621,8 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> dict[s
     _bone(canvas, o["scapula_r"], o["scapula_l"], marrow_suv=phys.marrow * 0.6)
     for name in ("spine", "sternum", "clavicle_r", "clavicle_l"):
         for cap in t[name]:
-            _bone(
-                canvas, cap, marrow_suv=phys.marrow * (1.0 if name in ("spine", "sternum") else 0.6)
-            )
+            axial = name in ("spine", "sternum")  # red marrow; clavicles carry little
+            _bone(canvas, cap, marrow_suv=phys.marrow * (1.0 if axial else 0.4))
     _paint_ribs(canvas, a, phys)
     _bone(canvas, o["iliac_r"], o["iliac_l"], marrow_suv=phys.marrow * 0.9)
     _bone(canvas, o["femoral_head_r"], o["femoral_head_l"], marrow_suv=phys.marrow * 0.7)
@@ -696,16 +698,28 @@ def _paint_brain(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
         grey = np.clip(ribbon, 0.0, 1.0)
         suv = phys.brain * (0.42 + 0.58 * grey)
         canvas.paint(sl, occ, suv, 35.0 + 8.0 * grey)
-    _draw(canvas, o["cerebellum"], phys.brain * 0.75, 38.0, texture=(3.0, 0.15, 4.0))
+    _draw(canvas, o["cerebellum"], phys.brain * 0.7, 38.0, texture=(3.0, 0.15, 4.0))
     for s in ("r", "l"):
-        _draw(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.95, 40.0)
+        _draw(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.85, 40.0)
     _draw(canvas, o["ventricles"], 0.4, 8.0)
 
 
 def _paint_brown_fat(canvas: Canvas, a: Anatomy) -> None:
-    """Activated brown fat: symmetric supraclavicular/cervical uptake (a physiologic distractor)."""
+    """Activated brown fat: symmetric, patchy supraclavicular/cervical uptake (a distractor)."""
+    rng = canvas.rng
+    level = float(rng.uniform(2.0, 5.0))
     for s in (1, -1):
-        for dz, dx in ((0.0, 0.0), (-25.0, 15.0), (25.0, -10.0)):
-            c = a.tubes["clavicle_r" if s > 0 else "clavicle_l"][0].point(0.5)
-            blob = Ellipsoid(c + np.array([s * dx, -25.0, 20.0 + dz]), np.array([14.0, 10.0, 12.0]))
-            _draw(canvas, blob, float(canvas.rng.uniform(2.5, 7.0)), -80.0)
+        clavicle = a.tubes["clavicle_r" if s > 0 else "clavicle_l"][0]
+        band = Capsule(
+            clavicle.point(0.2) + np.array([0.0, -20.0, 35.0]),
+            clavicle.point(0.85) + np.array([0.0, -30.0, 10.0]),
+            14.0,
+            10.0,
+        )
+        lo, hi = band.bounds(4.0)
+        sl = canvas.geometry.box(lo, hi)
+        if sl is None:
+            continue
+        occ = canvas.occupancy(band.sd(*canvas.coords(sl)))
+        patches = np.clip(canvas.texture(sl, 5.0), 0.0, None)  # patchy, not a solid blob
+        canvas.paint(sl, occ * np.clip(patches, 0.0, 1.0), level * (0.6 + 0.4 * patches), -70.0)

@@ -65,7 +65,7 @@ class PhantomConfig:
     spacing_inplane_mm: tuple[float, float] = (3.6, 4.4)
     spacing_slice_mm: tuple[float, float] = (3.3, 4.5)
     psf_fwhm_mm: tuple[float, float] = (5.0, 8.0)
-    noise_cv_liver: tuple[float, float] = (0.07, 0.2)
+    noise_cv_liver: tuple[float, float] = (0.06, 0.3)
     noise_corr_mm: tuple[float, float] = (2.0, 4.0)
     ct_noise_hu: tuple[float, float] = (5.0, 20.0)
     orientations: tuple[str, ...] | None = None

@@ -232,6 +232,7 @@ def _truth(
             )
             if st is not None and st.nodule is not None:
                 center = les.nodule_center_mm(st)
+                assert center is not None
                 nodule = {
                     "lesion_id": lid,
                     "timepoint": tp,

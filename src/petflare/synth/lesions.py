@@ -99,10 +99,10 @@ def make_lesion(
     """A lobulated, elongated blob of equivalent diameter ``diameter_mm`` at ``center_mm``."""
     elong = rng.uniform(0.75, 1.3, 3)
     elong /= np.prod(elong) ** (1.0 / 3.0)
-    n_bumps = int(rng.integers(3, 8))
+    n_bumps = int(rng.integers(4, 10))
     dirs = rng.standard_normal((n_bumps, 3))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    amps = rng.uniform(-0.25, 0.35, n_bumps) * (1.0 if diameter_mm > 15 else 0.5)
+    amps = rng.uniform(-0.3, 0.45, n_bumps) * (1.0 if diameter_mm > 15 else 0.5)
     tex = ndimage.gaussian_filter(rng.standard_normal((12, 12, 12)), 1.5, mode="wrap")
     tex /= tex.std()
     return Lesion(
@@ -113,7 +113,7 @@ def make_lesion(
         rotation=rotation_matrix(rng.uniform(-np.pi, np.pi, 3)),
         bump_dirs=dirs,
         bump_amps=amps,
-        bump_kappa=float(rng.uniform(2.0, 6.0)),
+        bump_kappa=float(rng.uniform(1.5, 5.0)),
         texture=tex.astype(np.float32),
     )
 
