@@ -180,9 +180,10 @@ def test_class_weights_balance() -> None:
     assert np.isclose(w.mean(), 1.0)
 
 
-def _write_manifest(root: Path, patterns: list[str], split: str) -> Path:
+def write_manifest(root: Path, patterns: list[str], splits: list[str]) -> Path:
+    """Write tiny pairs (pattern i, split i) as NIfTI files and a longitudinal manifest."""
     rows = []
-    for i, pattern in enumerate(patterns):
+    for i, (pattern, split) in enumerate(zip(patterns, splits, strict=True)):
         base, fol = make_pair(pattern, seed=i)
         pid = f"p{split}{i}"
         entry = {Keys.PATIENT_ID: pid, Keys.PATTERN: pattern, Keys.SPLIT: split}
@@ -217,7 +218,7 @@ def _write_manifest(root: Path, patterns: list[str], split: str) -> Path:
 
 
 def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
-    manifest = _write_manifest(tmp_path / "data", list(PATTERNS), "train")
+    manifest = write_manifest(tmp_path / "data", list(PATTERNS), ["train"] * 4)
     torch.manual_seed(0)
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
     dm = LongitudinalDataModule(

@@ -516,18 +516,26 @@ class PairSample:
             )
 
 
-def compare_pair(baseline: Study, followup: Study, registration: Any | None = None) -> Any:
+def compare_pair(
+    baseline: Study,
+    followup: Study,
+    registration: Any | None = None,
+    registration_config: Any | None = None,
+    liver_masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> Any:
     """``petflare.quant.compare_studies`` on two studies carrying instance masks.
 
     With a known ``registration`` (a ``RegistrationResult`` of the same pair), the follow-up
     is re-expressed in baseline world coordinates (its affine composed with the inverse
     transform) and compared without registering again, so mask variants of one pair cost one
     registration in all. Follow-up coordinates in that report are then baseline-world ones.
+    ``liver_masks`` (baseline, follow-up) skip the automatic liver search the same way.
     """
     from petflare.quant import RegistrationConfig, compare_studies
 
+    livers = {"baseline_liver_mask": liver_masks[0], "followup_liver_mask": liver_masks[1]}
     if registration is None:
-        return compare_studies(baseline, followup)
+        return compare_studies(baseline, followup, registration=registration_config, **livers)
     inv = np.linalg.inv(np.asarray(registration.matrix_ras, dtype=np.float64))
     moved = Study(
         pet=followup.pet,
@@ -536,7 +544,30 @@ def compare_pair(baseline: Study, followup: Study, registration: Any | None = No
         mask=followup.mask,
         meta=followup.meta,
     )
-    return compare_studies(baseline, moved, registration=RegistrationConfig(modality="none"))
+    return compare_studies(
+        baseline, moved, registration=RegistrationConfig(modality="none"), **livers
+    )
+
+
+def liver_sphere(study: Study, liver: Any) -> np.ndarray | None:
+    """The PERCIST liver sphere a report found, as a mask on the study's grid (None if none)."""
+    if not liver.found or liver.centre_mm is None:
+        return None
+    inv = np.linalg.inv(study.affine)
+    centre_vox = inv[:3, :3] @ np.asarray(liver.centre_mm) + inv[:3, 3]
+    reach = np.ceil(liver.radius_mm / np.asarray(study.spacing_mm)).astype(int) + 1
+    lo = np.maximum(np.floor(centre_vox).astype(int) - reach, 0)
+    hi = np.minimum(np.ceil(centre_vox).astype(int) + reach + 1, study.shape)
+    mask = np.zeros(study.shape, dtype=bool)
+    if np.any(hi <= lo):
+        return None
+    idx = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
+    )
+    world = idx @ study.affine[:3, :3].T + study.affine[:3, 3]
+    inside = np.linalg.norm(world - np.asarray(liver.centre_mm), axis=-1) <= liver.radius_mm
+    mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = inside
+    return mask if mask.any() else None
 
 
 @torch.no_grad()
@@ -589,6 +620,7 @@ def pair_samples(
     label_variants: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     device: torch.device | str = "cpu",
     margin_mm: float = 32.0,
+    registration_config: Any | None = None,
 ) -> list[PairSample]:
     """Samples of one pair: its own masks first, then each (baseline, follow-up) mask variant.
 
@@ -603,9 +635,21 @@ def pair_samples(
     variants = [(lesion_instances(b), lesion_instances(f)) for b, f in variants]
     reports, unit_lists = [], []
     registration = None
+    livers: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
     for b_lab, f_lab in variants:
-        rep = compare_pair(_with_mask(baseline, b_lab), _with_mask(followup, f_lab), registration)
-        registration = rep.registration
+        rep = compare_pair(
+            _with_mask(baseline, b_lab),
+            _with_mask(followup, f_lab),
+            registration,
+            registration_config,
+            livers,
+        )
+        if registration is None and len(variants) > 1:
+            registration = rep.registration
+            livers = (
+                liver_sphere(baseline, rep.baseline.liver),
+                liver_sphere(followup, rep.followup.liver),
+            )
         reports.append(rep)
         unit_lists.append(lesion_units(rep))
     matrix = registration_matrix(reports[0])
@@ -1033,3 +1077,20 @@ def compute_row_samples(
         for _ in range(n_variants)
     ]
     return pair_samples(base, fol, encoder, preprocessing, label, variants, device, margin_mm)
+
+
+class PredictedMasks:
+    """Mask source for pairs: the segmentation model's own predictions (as at inference).
+
+    Args:
+        predictor: anything with ``predict(study) -> mask`` on the study's grid (a
+            :class:`petflare.inference.predictor.Predictor`).
+        cache_tag: identifies the model in the feature cache key (e.g. its weights hash).
+    """
+
+    def __init__(self, predictor: Any, cache_tag: str) -> None:
+        self.predictor = predictor
+        self.cache_tag = f"predicted:{cache_tag}"
+
+    def __call__(self, study: Study) -> np.ndarray:
+        return np.asarray(self.predictor.predict(study))

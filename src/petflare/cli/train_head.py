@@ -1,0 +1,167 @@
+"""``petflare-train-head``: train the change-pattern head on top of a segmentation model folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.errors import PetflareInputError
+
+#: Training record written into ``output_dir``.
+RUN_RECORD_FILE = "head_run.json"
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Load the segmentation model and build the DataModule, head, LightningModule and Trainer."""
+    from hydra.utils import instantiate
+
+    from petflare.data.longitudinal import (
+        LESION_FEATURE_NAMES,
+        PAIR_FEATURE_NAMES,
+        PredictedMasks,
+    )
+    from petflare.inference.model_folder import load_model_folder
+    from petflare.networks.encoder import EncoderFeatures
+
+    model_dir = Path(cfg.model_dir)
+    loaded = load_model_folder(model_dir)
+    net = loaded.net
+    data_kwargs: dict[str, Any] = {}
+    if cfg.data.val_mask_source == "predicted":
+        from petflare.inference.predictor import Predictor
+
+        predictor = Predictor.from_folder(model_dir, device=cfg.data.device)
+        tag = str(loaded.metadata.get("weights", {}).get("sha256", model_dir.resolve()))
+        data_kwargs["val_mask_source"] = PredictedMasks(predictor, tag)
+    # objects are passed after instantiation: Hydra would turn a dataclass argument into a config
+    make_datamodule = instantiate(cfg.data, _partial_=True, _convert_="all")
+    datamodule = make_datamodule(
+        segmentation_net=net, preprocessing=loaded.preprocessing, **data_kwargs
+    )
+    scales = None if cfg.data.encoder_scales is None else list(cfg.data.encoder_scales)
+    channels = EncoderFeatures(net, scales).channels()
+    head = instantiate(
+        cfg.head,
+        feature_channels=channels,
+        n_lesion_features=len(LESION_FEATURE_NAMES),
+        n_pair_features=len(PAIR_FEATURE_NAMES),
+    )
+    trainer = instantiate(cfg.trainer)
+    return {
+        "datamodule": datamodule,
+        "head": head,
+        "trainer": trainer,
+        "net": net,
+        "model": loaded,
+        "scales": scales,
+    }
+
+
+def train_head(cfg: DictConfig) -> dict[str, Any]:
+    """Run one head training job; writes head.pt/head.json into ``model_dir``."""
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from petflare.inference.pattern import HEAD_METADATA_FILE, HEAD_WEIGHTS_FILE, save_head
+    from petflare.io.atomic import atomic_write_text, check_can_write
+    from petflare.training.change_module import ChangePatternModule, fit_change_head
+
+    model_dir = Path(cfg.model_dir)
+    overwrite = bool(cfg.overwrite)
+    for name in (HEAD_WEIGHTS_FILE, HEAD_METADATA_FILE):  # fail before hours of work
+        check_can_write(model_dir / name, overwrite)
+    if cfg.module.mode != "frozen":
+        raise PetflareInputError(
+            None,
+            f"module.mode={cfg.module.mode}: the command trains on precomputed features, which "
+            "needs the frozen encoder; use ChangePatternModule with image batches from the "
+            "library for finetune/joint",
+        )
+    pl.seed_everything(int(cfg.seed), workers=True)
+    objects = build(cfg)
+    dm = objects["datamodule"]
+    dm.setup("fit")
+    weights = dm.class_weights
+    module = ChangePatternModule(
+        objects["head"],
+        instantiate(cfg.module.optimizer),
+        segmentation_net=objects["net"],
+        mode="frozen",
+        class_weights=None if weights is None else weights.tolist(),
+        encoder_scales=objects["scales"],
+        label_smoothing=float(cfg.module.label_smoothing),
+    )
+    record = fit_change_head(objects["trainer"], module, dm)
+    record["class_weights"] = None if weights is None else [float(w) for w in weights]
+    data_info = {
+        "manifest": None if cfg.data.manifest is None else str(cfg.data.manifest),
+        "phantom_pairs": None
+        if cfg.data.manifest is not None
+        else {
+            "n_train_pairs": int(cfg.data.n_train_pairs),
+            "n_val_pairs": int(cfg.data.n_val_pairs),
+            "train_seed": int(cfg.data.train_seed),
+            "val_seed": int(cfg.data.val_seed),
+        },
+        "n_mask_variants": int(cfg.data.n_mask_variants),
+        "val_mask_source": str(cfg.data.val_mask_source),
+    }
+    torch.set_grad_enabled(True)
+    save_head(
+        model_dir,
+        module.head,
+        temperature=record["temperature"],
+        encoder_scales=objects["scales"],
+        margin_mm=float(cfg.data.margin_mm),
+        metadata={
+            "training": {
+                **data_info,
+                "mode": "frozen",
+                "seed": int(cfg.seed),
+                "epochs": int(objects["trainer"].current_epoch),
+            },
+            "validation": record["val_metrics"],
+            "validation_uncalibrated": record["val_metrics_uncalibrated"],
+            "intended_use": "research only: change-pattern classification of FDG-PET pairs; "
+            "trained on synthetic phantoms unless stated otherwise; not for clinical use",
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
+        overwrite=overwrite,
+    )
+    out = Path(cfg.output_dir)
+    atomic_write_text(
+        out / RUN_RECORD_FILE,
+        json.dumps({**record, "data": data_info}, indent=2) + "\n",
+        overwrite=True,
+    )
+    val = record["val_metrics"] or {}
+    bal, ece = val.get("balanced_accuracy", float("nan")), val.get("ece") or float("nan")
+    print(f"petflare-train-head: head written to {model_dir / HEAD_WEIGHTS_FILE}")
+    print(
+        f"petflare-train-head: {record['n_train']} train / {record['n_val']} val pairs, "
+        f"temperature {record['temperature']:.3f}, val balanced accuracy {bal:.3f}, ECE {ece:.3f}"
+    )
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train_head")
+def main(cfg: DictConfig) -> None:
+    """Console entry point ``petflare-train-head``."""
+    logging.getLogger("petflare").setLevel(logging.INFO)
+
+    @exit_on_bad_input
+    def run() -> None:
+        train_head(cfg)
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

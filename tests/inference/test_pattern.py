@@ -1,0 +1,202 @@
+"""PatternClassifier and petflare-train-head end to end on a tiny model folder and tiny pairs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from petflare.constants import PATTERNS
+from petflare.data.transforms import PreprocessingConfig
+from petflare.errors import PetflareInputError
+from petflare.inference.model_folder import InferenceSettings, export_model_folder
+from petflare.inference.pattern import (
+    HEAD_METADATA_FILE,
+    HEAD_WEIGHTS_FILE,
+    PatternClassifier,
+    explain,
+    load_head,
+)
+from petflare.inference.pipeline import TimepointResult
+from petflare.networks import build_unet
+from petflare.quant import lesion_instances
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "_tiny_pairs", REPO / "tests" / "data" / "test_longitudinal.py"
+)
+assert _spec is not None and _spec.loader is not None
+_tiny = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_tiny)
+
+NET_KWARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
+
+
+def _model_folder(path: Path) -> Path:
+    torch.manual_seed(0)
+    net = build_unet(**NET_KWARGS)
+    return export_model_folder(
+        path,
+        net.state_dict(),
+        network_target="petflare.networks.build_unet",
+        network_kwargs=NET_KWARGS,
+        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0)),
+        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
+        config_yaml="tiny: true\n",
+    )
+
+
+def _train_head(
+    tmp: Path, model_dir: Path, manifest: Path, *extra: str
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train_head.py"),
+            "experiment=head_debug",
+            f"model_dir={model_dir}",
+            f"data.manifest={manifest}",
+            f"data.cache_dir={tmp / 'cache'}",
+            f"output_dir={tmp / 'run'}",
+            *extra,
+        ],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny model folder with a head trained by the CLI on 4 train + 4 val tiny pairs."""
+    tmp = tmp_path_factory.mktemp("head")
+    model_dir = _model_folder(tmp / "model")
+    patterns = list(PATTERNS) * 2
+    manifest = _tiny.write_manifest(tmp / "pairs", patterns, ["train"] * 4 + ["val"] * 4)
+    result = _train_head(tmp, model_dir, manifest)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "head written to" in result.stdout
+    return model_dir, manifest
+
+
+def test_cli_writes_the_head_into_the_model_folder(trained: tuple[Path, Path]) -> None:
+    model_dir, _ = trained
+    meta = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
+    assert meta["classes"] == list(PATTERNS)
+    assert meta["temperature"] > 0
+    assert meta["validation"]["n"] == 4
+    assert meta["training"]["val_mask_source"] == "ground_truth"
+    run = json.loads((model_dir.parent / "run" / "head_run.json").read_text())
+    assert run["n_train"] == 4 and run["n_val"] == 4
+    head, _ = load_head(model_dir)
+    assert sum(p.numel() for p in head.parameters()) == meta["n_parameters"]
+
+
+def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, manifest = trained
+    result = _train_head(tmp_path, model_dir, manifest)
+    assert result.returncode == 2
+    assert "head.pt" in result.stderr and "overwrite" in result.stderr
+
+
+def test_cli_missing_model_folder_exits_2(tmp_path: Path) -> None:
+    result = _train_head(tmp_path, tmp_path / "nope", tmp_path / "manifest.csv")
+    assert result.returncode == 2 and "nope" in result.stderr
+
+
+def test_classifier_predicts_calibrated_probabilities(trained: tuple[Path, Path]) -> None:
+    model_dir, _ = trained
+    clf = PatternClassifier.from_folder(model_dir, device="cpu")
+    base, fol = _tiny.make_pair("new_lesions", seed=11)
+    pred = clf.predict(base, fol)
+    assert pred.label in PATTERNS
+    assert set(pred.probabilities) == set(PATTERNS)
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert pred.label == max(pred.probabilities, key=pred.probabilities.get)
+    assert len(pred.lesion_weights) == len(pred.units) == 4
+    assert pred.explanations and all(isinstance(e, str) for e in pred.explanations)
+    # the temperature from head.json is applied
+    assert (
+        clf.temperature == json.loads((model_dir / HEAD_METADATA_FILE).read_text())["temperature"]
+    )
+
+
+def test_classifier_is_the_pipelines_pattern_head(trained: tuple[Path, Path]) -> None:
+    model_dir, _ = trained
+    clf = PatternClassifier.from_folder(model_dir, device="cpu")
+    base, fol = _tiny.make_pair("nodule_within_mass", seed=12)
+    tps = [
+        TimepointResult(name=n, study=s, instances=lesion_instances(s.mask > 0), scan_report=None)
+        for n, s in (("baseline", base), ("followup", fol))
+    ]
+    call = clf(tps[0], tps[1], None)
+    assert call.source == "learned_head" and call.label in PATTERNS
+    assert call.probabilities is not None and call.probability is not None
+    assert call.evidence["explanations"]
+    json.dumps(call.to_dict())  # JSON-serialisable for report.json
+
+
+def test_zero_lesions_at_both_timepoints(trained: tuple[Path, Path]) -> None:
+    model_dir, _ = trained
+    clf = PatternClassifier.from_folder(model_dir, device="cpu")
+    base, fol = _tiny.make_pair("controlled", seed=13)
+    base.mask = np.zeros_like(base.mask)
+    fol.mask = np.zeros_like(fol.mask)
+    pred = clf.predict(base, fol)
+    assert pred.units == [] and pred.lesion_weights == []
+    assert pred.explanations == ["no lesion at either time point"]
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unsafe_head_checkpoint_is_refused(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    model_dir, _ = trained
+    bad = tmp_path / "model"
+    bad.mkdir()
+    for f in model_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    torch.save({"state_dict": {}, "payload": PatternClassifier}, bad / HEAD_WEIGHTS_FILE)
+    with pytest.raises(PetflareInputError, match="head.pt"):
+        load_head(bad)
+    (bad / HEAD_METADATA_FILE).unlink()
+    with pytest.raises(PetflareInputError, match="no change-pattern head"):
+        PatternClassifier.from_folder(bad, device="cpu")
+
+
+def test_explanations_name_the_driving_lesion() -> None:
+    unit = {
+        "kind": "persisting",
+        "followup_ids": [2],
+        "baseline_ids": [2],
+        "centre_mm": [12.3, -40.0, 101.6],
+        "info": {
+            "suv_max_followup": 9.1,
+            "hotspot_suv_mean_followup": 7.0,
+            "rest_suv_mean_followup": 2.3,
+            "focal_ratio_followup": 3.0,
+            "suv_peak_baseline": 4.0,
+            "suv_peak_followup": 8.0,
+            "uptake_rose": True,
+            "suv_peak_change_pct": 100.0,
+            "volume_ml_followup": 30.0,
+        },
+    }
+    other = {
+        **unit,
+        "followup_ids": [1],
+        "baseline_ids": [1],
+        "info": {**unit["info"], "uptake_rose": False},
+    }
+    lines = explain("nodule_within_mass", [other, unit], [0.2, 0.8])
+    assert lines[0].startswith(
+        "focal nodule in follow-up lesion 2 at (12, -40, 102) mm: SUVmax 9.1"
+    )
+    assert "7.0 vs rest of the mass 2.3" in lines[0]
+    flare = explain("diffuse_flare", [other, unit], [0.5, 0.5])
+    assert flare[0].startswith("1 of 2 persisting lesions re-activated")
