@@ -180,7 +180,7 @@ def test_nodule_within_mass_has_one_focal_nodule_in_a_responding_mass(seed: int)
     assert nodule is not None and nodule["timepoint"] == "followup"
     host = _lesions(truth)[nodule["lesion_id"]]
     assert host["change"] == "nodule"
-    assert host["baseline"]["diameter_mm"] >= 30
+    assert host["baseline"]["diameter_mm"] >= 35
     thr = truth["avid_threshold_suv"]["followup"]
     assert host["followup"]["suv"] < thr <= nodule["suv"]  # the mass keeps responding
     assert host["followup"]["hu"] <= 25  # hypodense

@@ -659,7 +659,7 @@ def _paint_bowel(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     x, y, z = canvas.coords(sl)
     cavity = canvas.occupancy(a.abdomen.shrunk(4.0).sd(x, y, z))
     loops = canvas.texture(sl, 7.0)
-    wall = np.clip(1.0 - np.abs(loops) / 0.55, 0.0, 1.0) ** 0.7  # tube-like level sets
+    wall = np.clip(1.3 - np.abs(loops) / 0.7, 0.0, 1.0)  # thick tube-like level sets
     activity = canvas.texture(sl, 25.0)
     hot = np.clip(0.75 + 0.45 * activity, 0.3, 2.5)
     occ = cavity * wall

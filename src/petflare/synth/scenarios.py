@@ -13,8 +13,9 @@ and in that scan's lesion mask, when its viable-tissue SUV >= thr):
 - ``diffuse_flare``: a majority (>50%, not always all) of the lesions ``flare``: uptake returns
   across the whole volume (SUV >= 1.5x baseline and >= 1.4 thr, the necrotic core shrinks, the
   texture evens out); the others behave as in ``controlled``; sometimes one small new site.
-- ``nodule_within_mass``: one mass >= 3 cm responds (non-avid, hypodense) but a focal hot nodule
-  of 8-22 mm (SUV 1.15-3 thr, often modest) appears inside it; nothing else rises or appears.
+- ``nodule_within_mass``: one mass >= 3.5 cm responds (non-avid, hypodense) but a focal hot
+  nodule of 8-22 mm (SUV 1.3-3 thr, within 4.5-14: often modest) appears inside it; nothing else
+  rises or appears.
 - ``new_lesions``: 1-3 small (8-30 mm) avid lesions at previously uninvolved sites (other
   organs, or >= 3 cm from every known lesion); known lesions as in ``controlled``.
 """
@@ -45,6 +46,9 @@ CHANGES: tuple[str, ...] = ("respond", "partial", "stable", "flare", "nodule", "
 #: Diameter range of the hot nodule of ``nodule_within_mass`` (Shankar 2005: 2 mm-1.4 cm at
 #: onset, growing to ~2 cm; below ~8 mm it is invisible at whole-body PET resolution).
 NODULE_DIAMETER_MM: tuple[float, float] = (8.0, 22.0)
+
+#: Nodule SUV range as multiples of the avidity threshold (then clipped to 4.5-14).
+NODULE_SUV: tuple[float, float] = (1.3, 3.0)
 
 #: Largest uptake ratio follow-up / baseline of a lesion that does not progress.
 MAX_STABLE_RATIO = 1.10
@@ -178,22 +182,34 @@ def _add_new_lesions(
 def _place_nodule(
     rng: np.random.Generator, lesion: Lesion, state: LesionState, thr: float
 ) -> Nodule:
-    """A hot nodule (``NODULE_DIAMETER_MM``) well inside the host, random direction and depth."""
+    """A hot nodule (``NODULE_DIAMETER_MM``) well inside the host, random direction and depth.
+
+    Its SUV is ``NODULE_SUV`` (relative to ``thr``, at least 4.5) so that a careful reader can
+    see it, though often only modestly after blur.
+    """
     radii = lesion.radii_mm * state.scale
-    u = rng.standard_normal(3)
-    u /= np.linalg.norm(u)  # direction in the host's local frame (mm)
-    v = u / radii
-    unit = v / np.linalg.norm(v)
-    surface = surface_radius(lesion, *(np.array([c]) for c in unit))[0]
-    reach_mm = float(surface / np.linalg.norm(v))  # centre-to-surface distance along u
-    radius = min(
-        0.5 * _loguniform(rng, NODULE_DIAMETER_MM[0], NODULE_DIAMETER_MM[1]), 0.4 * reach_mm
-    )
+    diameter = _loguniform(rng, *NODULE_DIAMETER_MM)
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(30):
+        u = rng.standard_normal(3)
+        u /= np.linalg.norm(u)  # direction in the host's local frame (mm)
+        v = u / radii
+        unit = v / np.linalg.norm(v)
+        surface = surface_radius(lesion, *(np.array([c]) for c in unit))[0]
+        reach_mm = float(surface / np.linalg.norm(v))  # centre-to-surface distance along u
+        if best is None or reach_mm > best[0]:
+            best = (reach_mm, u)
+        if 0.4 * reach_mm >= 0.5 * diameter:
+            break
+    assert best is not None
+    reach_mm, u = best
+    radius = max(min(0.5 * diameter, 0.4 * reach_mm), 0.5 * NODULE_DIAMETER_MM[0])
     depth = float(rng.uniform(0.0, max(0.0, 0.7 * reach_mm - radius)))
+    low, high = NODULE_SUV
     return Nodule(
         offset=u * depth / radii,
         radius_mm=float(radius),
-        suv=float(min(rng.uniform(1.15, 3.0) * thr, 14.0)),
+        suv=float(np.clip(rng.uniform(low, high) * thr, 4.5, 14.0)),
     )
 
 
@@ -256,7 +272,7 @@ def build_scenario(
         hosts = [
             i
             for i in ids
-            if lesions[i].diameter_mm >= 30 and lesions[i].site in ("peritoneal", "liver")
+            if lesions[i].diameter_mm >= 35 and lesions[i].site in ("peritoneal", "liver")
         ]
         host = int(rng.choice(hosts))
     for i in ids:
