@@ -11,11 +11,11 @@ from petflare.quant import liver_reference
 
 LIVER_SUV = 2.2
 SPLEEN_SUV = 2.0
-# Patient right is -x in RAS. Liver under the right lung, spleen under the left one.
-LIVER = (np.array([-45.0, 0.0, -20.0]), np.array([65.0, 55.0, 45.0]))
-SPLEEN = (np.array([70.0, -10.0, -10.0]), np.array([30.0, 30.0, 35.0]))
+# Patient right is +x in RAS+ (nibabel 'R'). Liver under the right lung, spleen under the left one.
+LIVER = (np.array([45.0, 0.0, -20.0]), np.array([65.0, 55.0, 45.0]))
+SPLEEN = (np.array([-70.0, -10.0, -10.0]), np.array([30.0, 30.0, 35.0]))
 LUNGS = [(np.array([s * 55.0, 0.0, 75.0]), np.array([45.0, 55.0, 55.0])) for s in (-1, 1)]
-HEART = (np.array([10.0, 15.0, 45.0]), np.array([30.0, 30.0, 30.0]))
+HEART = (np.array([-10.0, 15.0, 45.0]), np.array([30.0, 30.0, 30.0]))
 
 
 def _inside(xyz, ell):
@@ -54,18 +54,18 @@ def test_automatic_liver_reference(use_ct):
     assert ref.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
     assert ref.suv_sd == pytest.approx(0.08 * LIVER_SUV, rel=0.4)
     centre = np.array(ref.centre_mm)
-    assert _inside(centre, LIVER) and centre[0] < 0  # in the liver, on the patient's right
+    assert _inside(centre, LIVER) and centre[0] > 0  # in the liver, on the patient's right
 
 
 def test_liver_from_mask_is_exact_and_in_the_right_lobe():
     study, liver, xyz = _torso(noise=0.0)
-    left_lobe_hotter = liver & (xyz[..., 0] > -20.0)
+    left_lobe_hotter = liver & (xyz[..., 0] < 20.0)
     study.pet[left_lobe_hotter] = 3.0  # a different left lobe must not be sampled
     ref = liver_reference(study, liver_mask=liver)
     assert ref.found and ref.method == "mask"
     assert ref.suv_mean == pytest.approx(LIVER_SUV, abs=1e-6)
     assert ref.suv_sd == pytest.approx(0.0, abs=1e-6)
-    assert ref.centre_mm[0] < -20.0
+    assert ref.centre_mm[0] > 20.0
 
 
 def test_no_lungs_in_view_means_no_reference():

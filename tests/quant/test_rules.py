@@ -52,17 +52,23 @@ def _change(fid, *, peak=(4.0, 4.0), mean=(2.5, 2.5), focal=(1.1, 1.1), hot=(3.0
 
 
 def _pair(changes, *, n_base=3, new=()):
-    """Pair report with baseline lesions 1..n_base, changes for some, and new lesions."""
+    """Pair report with baseline lesions 1..n_base, changes for some, and new lesions.
+
+    ``new`` holds (volume_ml, suv_peak) or (volume_ml, suv_peak, baseline-site SUV contrast).
+    """
     base = scan([lesion(i, 4.0, centroid_mm=(50.0 * i, 0, 0)) for i in range(1, n_base + 1)])
     f_les = [lesion(c.followup_id, c.suv_peak_followup) for c in changes]
-    f_les += [lesion(100 + k, peak, volume_ml=vol) for k, (vol, peak) in enumerate(new)]
+    f_les += [lesion(100 + k, n[1], volume_ml=n[0]) for k, n in enumerate(new)]
     follow = scan(f_les)
     persisting = {c.followup_id for c in changes}
     matches = [
         LesionMatch("followup", c.followup_id, "persisting", [c.followup_id], 10, 1.0)
         for c in changes
     ]
-    matches += [LesionMatch("followup", 100 + k, "new", [], 0, 80.0) for k in range(len(new))]
+    matches += [
+        LesionMatch("followup", 100 + k, "new", [], 0, 80.0, 2.0, n[2] if len(n) > 2 else 1.0)
+        for k, n in enumerate(new)
+    ]
     matches += [
         LesionMatch(
             "baseline",
@@ -98,7 +104,7 @@ def test_controlled_response():
 def test_new_lesion_fires_first_and_small_faint_ones_do_not():
     changes = [_change(i) for i in (1, 2, 3)]
     d = classify_pattern_rules(_pair(changes, new=[(2.0, 5.0)]))
-    assert d.label == "new_lesions" and d.rule == "R1_new_lesions"
+    assert d.label == "new_lesions" and d.rule == "R2_new_lesions"
     assert any("new lesion" in e for e in d.evidence)
     # A 0.1 ml speck, or a faint (SUVpeak 1.0) unmatched region, is not called new disease.
     assert classify_pattern_rules(_pair(changes, new=[(0.1, 5.0)])).label == "controlled"
@@ -110,7 +116,7 @@ def test_diffuse_flare():
         _change(i, peak=(2.0, 4.0), mean=(1.3, 2.6), hot=(1.6, 3.2), rest=2.6) for i in (1, 2, 3)
     ]
     d = classify_pattern_rules(_pair(changes))
-    assert d.label == "diffuse_flare" and d.rule == "R3_diffuse_flare"
+    assert d.label == "diffuse_flare" and d.rule == "R1_diffuse_flare"
     assert any("3/3" in e for e in d.evidence)
 
 
@@ -132,8 +138,8 @@ def test_nodule_within_mass():
     nod = _change(2, peak=(3.0, 6.0), mean=(2.0, 2.0), focal=(1.1, 2.5), hot=(2.4, 6.0), rest=1.8)
     changes = [_change(1, peak=(4.0, 3.0), mean=(2.5, 1.9)), nod, _change(3)]
     d = classify_pattern_rules(_pair(changes))
-    assert d.label == "nodule_within_mass" and d.rule == "R2_nodule_within_mass"
-    assert "follow-up lesion 2" in d.evidence[0]
+    assert d.label == "nodule_within_mass" and d.rule == "R3_nodule_within_mass"
+    assert "follow-up lesion 2" in d.evidence[0] and "focal sign" in d.evidence[0]
 
 
 def test_mass_that_lit_up_entirely_is_flare_not_nodule():
@@ -143,3 +149,32 @@ def test_mass_that_lit_up_entirely_is_flare_not_nodule():
         for i in (1, 2, 3)
     ]
     assert classify_pattern_rules(_pair(changes)).label == "diffuse_flare"
+
+
+def test_flare_tolerates_one_new_site_and_counts_reactivated_sites():
+    flare = [_change(i, peak=(2.0, 4.0), mean=(1.3, 2.6), hot=(1.6, 3.2), rest=2.6) for i in (1, 2)]
+    flat = [_change(3)]
+    # 2/3 rose, plus one small new site: still a flare.
+    assert classify_pattern_rules(_pair(flare + flat, new=[(2.0, 5.0)])).label == "diffuse_flare"
+    # Two new sites at uninvolved places: new lesions.
+    two_new = _pair(flare + flat, new=[(2.0, 5.0), (3.0, 6.0)])
+    assert classify_pattern_rules(two_new).label == "new_lesions"
+    # 1/3 rose, but two previously non-avid masks lit up (site contrast 2.0): 3/5 known sites.
+    d = classify_pattern_rules(
+        _pair(flare[:1] + [_change(2), _change(3)], new=[(20.0, 6.0, 2.0), (15.0, 6.0, 2.0)])
+    )
+    assert d.label == "diffuse_flare" and "2 reactivated" in d.evidence[0]
+
+
+def test_nodule_remnant_sign_and_focus_at_reactivated_site():
+    # The only avid part of a 40 ml mass is a 0.8 ml focus, the rest of the mass fell.
+    rem = _change(1, peak=(6.0, 3.0), mean=(4.0, 3.0), focal=(1.3, 1.4), hot=(6.0, 3.5), rest=1.5)
+    rem.volume_ml_followup, rem.mass_volume_ml_followup, rem.lesion_fraction_of_mass = 0.8, 40, 0.02
+    d = classify_pattern_rules(_pair([rem, _change(2), _change(3)]))
+    assert d.rule == "R3_nodule_within_mass" and "remnant sign" in d.evidence[0]
+    # Same focus but the rest of the mass also rose: not a nodule.
+    rem.rest_change_pct = 10.0
+    assert classify_pattern_rules(_pair([rem, _change(2), _change(3)])).label == "controlled"
+    # A 1 ml avid focus at a baseline site that stood out (contrast 1.8) but had no lesion.
+    d = classify_pattern_rules(_pair([_change(i) for i in (1, 2, 3)], new=[(1.0, 5.0, 1.8)]))
+    assert d.label == "nodule_within_mass" and "reactivated" in d.evidence[0]

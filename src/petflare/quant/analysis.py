@@ -84,7 +84,7 @@ def _analyze(
         hottest_suv_peak=hottest.suv_peak if hottest else None,
         sul_factor=factor,
         sul_reason=sul_reason,
-        liver=liver_reference(study, liver_mask, liver_config),
+        liver=liver_reference(study, liver_mask, liver_config, lesion_mask=labels > 0),
         lesions=lesions,
     )
 

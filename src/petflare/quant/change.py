@@ -186,41 +186,61 @@ def annotate_new_sites(
 class NoduleCriteria:
     """When a persisting lesion counts as carrying a new focal nodule (a resistant clone).
 
-    The hotspot must be clearly hotter than the rest of the same mass, hotter than the same
-    site at baseline, more focal than the baseline lesion was, while the rest of the mass has
-    not lit up as a whole (that would be a diffuse reactivation instead).
+    Two independent signs (either suffices):
+
+    - *focal*: within the mass, a hotspot clearly hotter than the rest (``min_focal_ratio``),
+      hotter than the same site at baseline (``min_hotspot_rise_pct``), more focal than the
+      mass was at baseline (``min_focality_gain``), while the rest of the mass has not lit up
+      as a whole (``max_rest_rise_pct``; that would be a diffuse reactivation instead);
+    - *remnant*: the only avid part of the mass is a small focus (at most
+      ``max_fraction_of_mass`` of the mass and ``max_focus_ml``) while the rest of the mass
+      has responded (``rest_change_pct`` <= 0): the mask shows the nodule, not the mass.
     """
 
     min_focal_ratio: float = 1.5
     min_hotspot_rise_pct: float = 30.0
     min_focality_gain: float = 1.25
     max_rest_rise_pct: float = 25.0
+    max_fraction_of_mass: float = 0.25
+    max_focus_ml: float = 10.0
 
 
 def nodule_evidence(change: LesionChange, criteria: NoduleCriteria) -> str | None:
     """A one-line description if ``change`` shows a new focal nodule, else None."""
     ratio = change.focal_ratio_followup
     rise = change.hotspot_change_pct
+    rest = change.rest_change_pct
+    rest_txt = "n/a" if rest is None else f"{rest:+.0f}%"
+    centre = ", ".join(f"{c:.0f}" for c in change.hotspot_centre_mm or [])
+    frac = change.lesion_fraction_of_mass
+    if (
+        frac is not None
+        and frac <= criteria.max_fraction_of_mass
+        and change.volume_ml_followup <= criteria.max_focus_ml
+        and rest is not None
+        and rest <= 0.0
+    ):
+        return (
+            f"follow-up lesion {change.followup_id}: avid focus of {change.volume_ml_followup:.1f}"
+            f" ml is {100 * frac:.0f}% of a {change.mass_volume_ml_followup:.0f} ml mass whose"
+            f" rest changed {rest_txt} (remnant sign)"
+        )
     if ratio is None or rise is None:
         return None
     gain_ok = (
         change.focal_ratio_baseline is None
         or ratio >= criteria.min_focality_gain * change.focal_ratio_baseline
     )
-    rest_ok = change.rest_change_pct is None or change.rest_change_pct <= criteria.max_rest_rise_pct
+    rest_ok = rest is None or rest <= criteria.max_rest_rise_pct
     if ratio >= criteria.min_focal_ratio and rise >= criteria.min_hotspot_rise_pct and gain_ok:
         if rest_ok:
             base_ratio = change.focal_ratio_baseline
             base_txt = "n/a" if base_ratio is None else f"{base_ratio:.2f}"
-            rest_txt = (
-                "n/a" if change.rest_change_pct is None else f"{change.rest_change_pct:+.0f}%"
-            )
-            centre = ", ".join(f"{c:.0f}" for c in change.hotspot_centre_mm or [])
             return (
                 f"follow-up lesion {change.followup_id}: hotspot/rest ratio {ratio:.2f} "
                 f"(baseline {base_txt}), hotspot {rise:+.0f}% vs same site at baseline, "
                 f"rest of mass {rest_txt}, hotspot {change.hotspot_volume_ml:.1f} ml at "
-                f"({centre}) mm"
+                f"({centre}) mm (focal sign)"
             )
     return None
 

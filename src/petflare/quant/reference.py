@@ -5,7 +5,7 @@ Three ways, in order of preference:
 1. ``mask``: a given liver mask. The sphere centre is the liver voxel deepest inside the mask
    (largest distance to its border, in mm) among voxels on the patient's right half of the
    liver, i.e. the right lobe.
-2. ``auto_ct``: the liver found on CT as the largest soft-tissue region (median-filtered HU in
+2. ``auto_ct``: the liver found on CT as the largest soft-tissue region (smoothed HU in
    ``liver_hu``) on the patient's right, just below the right lung base, that can hold the
    sphere. PET must look like liver inside the sphere (SUV in ``pet_suv`` and homogeneous).
 3. ``auto_pet``: without CT, the largest homogeneous region of intermediate uptake
@@ -14,7 +14,8 @@ Three ways, in order of preference:
    body).
 
 When none succeeds the result has ``found=False`` and a reason; nothing is guessed.
-The patient's right is -x in the RAS world frame, superior is +z; both come from the affine,
+The patient's right is +x in the NIfTI RAS+ world frame (x grows towards the patient's right,
+as in nibabel's 'R' axis code), superior is +z; both come from the affine,
 so any array orientation works. See docs/report.md for the validation on the phantom.
 """
 
@@ -48,8 +49,9 @@ class LiverSearchConfig:
     lung_suv: float = 0.6
     min_lung_ml: float = 100.0
     below_lung_mm: float = 250.0
-    above_lung_base_mm: float = 60.0
+    above_lung_base_mm: float = 20.0
     smooth_sigma_mm: float = 4.0
+    lesion_margin_mm: float = 10.0
 
 
 def _world_grid(affine: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def liver_from_mask(study: Study, liver_mask: np.ndarray, radius_mm: float) -> L
     if not liver.any():
         return _not_found("mask", "liver mask is empty", radius_mm)
     x = _world_grid(study.affine, study.shape, 0)
-    right = liver & (x <= np.median(x[liver]))  # patient right = smaller RAS x
+    right = liver & (x >= np.median(x[liver]))  # RAS+: x grows towards the patient's right
     region = right if right.any() else liver
     centre, depth = _deepest_point(region, study.spacing_mm)
     reason = "sphere at the deepest point of the right half of the given liver mask"
@@ -144,7 +146,7 @@ def _lung_base_z(lungs: np.ndarray, affine: np.ndarray, right_of: float) -> floa
         return None
     ijk = np.argwhere(lungs)
     world = voxel_to_world(affine, ijk.astype(float))
-    right = world[:, 0] <= right_of
+    right = world[:, 0] >= right_of
     pts = world[right] if right.any() else world
     return float(np.percentile(pts[:, 2], 2.0))
 
@@ -192,7 +194,7 @@ def _pick_liver(
         )
     region = (
         candidate
-        & (x < body_x)
+        & (x > body_x)
         & (z <= base_z + cfg.above_lung_base_mm)
         & (z >= base_z - cfg.below_lung_mm)
         & ~lungs
@@ -210,6 +212,7 @@ def _pick_liver(
             cfg.radius_mm,
         )
     core = _largest_component(deep)
+    core &= x >= np.median(x[core])  # its right half: the right lobe, away from the stomach
     masked = np.where(core, edt, -1.0)
     centre = tuple(int(i) for i in np.unravel_index(int(np.argmax(masked)), masked.shape))
     ref = _found(study.pet, affine, centre, cfg.radius_mm, method, "")
@@ -229,7 +232,9 @@ def _pick_liver(
     return ref
 
 
-def liver_from_ct(study: Study, cfg: LiverSearchConfig) -> LiverReference:
+def liver_from_ct(
+    study: Study, cfg: LiverSearchConfig, avoid: np.ndarray | None = None
+) -> LiverReference:
     """Automatic liver reference from CT (with a PET plausibility check)."""
     assert study.ct is not None
     ct = study.ct.astype(np.float32)
@@ -237,9 +242,9 @@ def liver_from_ct(study: Study, cfg: LiverSearchConfig) -> LiverReference:
     if not body.any():
         return _not_found("auto_ct", "no body found on CT", cfg.radius_mm)
     lungs = _inner_cavities(ct < cfg.lung_hu, study.voxel_volume_ml, cfg.min_lung_ml)
-    smooth_ct = ndimage.median_filter(ct, size=3)
     lo, hi = cfg.liver_hu
     sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
+    smooth_ct = ndimage.gaussian_filter(ct, sigma)
     smooth_pet = ndimage.gaussian_filter(study.pet.astype(np.float32), sigma)
     candidate = (
         (smooth_ct >= lo)
@@ -248,10 +253,14 @@ def liver_from_ct(study: Study, cfg: LiverSearchConfig) -> LiverReference:
         & (smooth_pet >= cfg.pet_suv[0])
         & (smooth_pet <= cfg.pet_suv[1])
     )
+    if avoid is not None:
+        candidate &= ~avoid
     return _pick_liver(study, candidate, body, lungs, cfg, "auto_ct")
 
 
-def liver_from_pet(study: Study, cfg: LiverSearchConfig) -> LiverReference:
+def liver_from_pet(
+    study: Study, cfg: LiverSearchConfig, avoid: np.ndarray | None = None
+) -> LiverReference:
     """Automatic liver reference from PET alone."""
     pet = study.pet.astype(np.float32)
     sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
@@ -275,6 +284,8 @@ def liver_from_pet(study: Study, cfg: LiverSearchConfig) -> LiverReference:
     local_cov = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / np.maximum(m1, 1e-6)
     lo, hi = cfg.pet_suv
     candidate = body & (smooth >= lo) & (smooth <= hi) & (local_cov <= cfg.max_cov / 2)
+    if avoid is not None:
+        candidate &= ~avoid
     return _pick_liver(study, candidate, body, lungs, cfg, "auto_pet")
 
 
@@ -282,6 +293,7 @@ def liver_reference(
     study: Study,
     liver_mask: np.ndarray | None = None,
     config: LiverSearchConfig | None = None,
+    lesion_mask: np.ndarray | None = None,
 ) -> LiverReference:
     """Liver SUVmean/SD in a 3 cm sphere in the right lobe, or ``found=False`` with a reason.
 
@@ -289,18 +301,24 @@ def liver_reference(
         study: the scan (PET in SUV, optional CT in HU on the PET grid).
         liver_mask: optional liver segmentation on the PET grid; used when given.
         config: thresholds of the automatic search.
+        lesion_mask: known lesions; the automatic search keeps ``lesion_margin_mm`` away
+            from them (PERCIST places the liver sphere in normal liver).
     """
     cfg = config or LiverSearchConfig()
+    avoid = None
+    if lesion_mask is not None and np.any(lesion_mask):
+        ball = ball_kernel(study.affine, cfg.lesion_margin_mm)
+        avoid = ndimage.binary_dilation(np.asarray(lesion_mask) > 0, structure=ball)
     if liver_mask is not None:
         return liver_from_mask(study, liver_mask, cfg.radius_mm)
     if study.ct is not None:
-        ref = liver_from_ct(study, cfg)
+        ref = liver_from_ct(study, cfg, avoid)
         if ref.found:
             return ref
-        pet_ref = liver_from_pet(study, cfg)
+        pet_ref = liver_from_pet(study, cfg, avoid)
         if pet_ref.found:
             pet_ref.reason += f" (CT search failed: {ref.reason})"
             return pet_ref
         ref.reason += f"; PET search failed too: {pet_ref.reason}"
         return ref
-    return liver_from_pet(study, cfg)
+    return liver_from_pet(study, cfg, avoid)

@@ -1,18 +1,22 @@
 """Transparent rule-based change-pattern classifier: the baseline a learned head must beat.
 
-Rules are tried in order; the first that fires gives the label (see docs/rules.md for the
+Rules are tried in order; the first that fires gives the label (docs/rules.md gives the
 thresholds and their clinical reasons):
 
-1. ``R1_new_lesions``: at least one follow-up lesion matches no baseline lesion and is big
-   and hot enough to be real (volume >= ``min_new_volume_ml`` and SUVpeak >=
-   ``min_new_suv_peak``). New disease outranks everything else (PERCIST/EORTC/Choi: PD).
-2. ``R2_nodule_within_mass``: a persisting mass carries a new focal hotspot (hotspot/rest
-   ratio, hotspot rise at the same site, focality gain, rest of the mass not lit up; see
-   :class:`petflare.quant.change.NoduleCriteria`) - the Shankar 2005 resistant-clone sign.
-3. ``R3_diffuse_flare``: uptake rose (SUVpeak up >= ``rise_threshold_pct``) in at least
-   ``min_fraction_rose`` of the baseline lesions, and the rise is mass-wide (median SUVmean
-   rise of the risen lesions >= ``min_mean_rise_pct``) rather than focal - the reactivation
-   of previously responding sites after imatinib withdrawal (Van den Abbeele 2003).
+1. ``R1_diffuse_flare``: uptake rose at most known sites. Known sites are the baseline lesions
+   plus *reactivated sites*: follow-up lesions without a baseline lesion whose site already
+   stood out on the baseline PET (SUV contrast >= ``prior_site_contrast`` against a shell
+   around it: a non-avid, responding mass). At least ``min_fraction_rose`` of the known sites
+   rose (SUVpeak up >= ``rise_threshold_pct``, or reactivated), the rise is mass-wide (median
+   SUVmean change of the risen persisting lesions >= ``min_mean_rise_pct``), and at most
+   ``max_new_with_flare`` lesion is new at an uninvolved site. Van den Abbeele 2003.
+2. ``R2_new_lesions``: at least one real new lesion (volume >= ``min_new_volume_ml``, SUVpeak
+   >= ``min_new_suv_peak``) at a previously uninvolved site, or a reactivated site larger than
+   ``max_focus_ml`` that R1 did not explain. PERCIST / EORTC / Choi progression.
+3. ``R3_nodule_within_mass``: a persisting mass shows the focal or the remnant sign of
+   :class:`petflare.quant.change.NoduleCriteria`, or a small (<= ``max_focus_ml``) avid focus
+   appeared at a reactivated site (a nodule in a mass that was non-avid at baseline).
+   Shankar et al. 2005.
 4. ``R4_controlled``: none of the above (response or stable disease).
 """
 
@@ -25,7 +29,7 @@ import numpy as np
 from petflare.constants import PATTERNS
 from petflare.quant.change import NoduleCriteria, nodule_evidence
 from petflare.quant.matching import NEW
-from petflare.quant.report import PairReport, RuleDecision
+from petflare.quant.report import LesionMetrics, PairReport, RuleDecision
 
 __all__ = ["RuleDecision", "RuleThresholds", "classify_pattern_rules"]
 
@@ -38,10 +42,17 @@ class RuleThresholds:
 
     min_new_volume_ml: float = 0.3
     min_new_suv_peak: float = 1.5
+    prior_site_contrast: float = 1.4
     nodule: NoduleCriteria = field(default_factory=NoduleCriteria)
     rise_threshold_pct: float = 25.0
     min_fraction_rose: float = 0.5
     min_mean_rise_pct: float = 20.0
+    max_new_with_flare: int = 1
+
+
+def _describe(les: LesionMetrics, what: str) -> str:
+    c = ", ".join(f"{v:.0f}" for v in les.centroid_mm)
+    return f"{what} {les.lesion_id}: {les.volume_ml:.1f} ml, SUVpeak {les.suv_peak:.2f} at ({c}) mm"
 
 
 def classify_pattern_rules(
@@ -50,34 +61,26 @@ def classify_pattern_rules(
     """Label the change pattern of a pair report with the first rule that fires."""
     t = thresholds or RuleThresholds()
     rep = pair_report
+    focus_ml = t.nodule.max_focus_ml
 
-    # R1: new lesions.
-    new_ids = [m.lesion_id for m in rep.matches if m.timepoint == "followup" and m.status == NEW]
-    real_new = [
-        rep.followup.lesion(i)
-        for i in new_ids
-        if rep.followup.lesion(i).volume_ml >= t.min_new_volume_ml
-        and rep.followup.lesion(i).suv_peak >= t.min_new_suv_peak
+    # Unmatched follow-up lesions: real ones, split into reactivated sites and new sites.
+    unmatched = [m for m in rep.matches if m.timepoint == "followup" and m.status == NEW]
+    real = [
+        m
+        for m in unmatched
+        if rep.followup.lesion(m.lesion_id).volume_ml >= t.min_new_volume_ml
+        and rep.followup.lesion(m.lesion_id).suv_peak >= t.min_new_suv_peak
     ]
-    if real_new:
-        evidence = [
-            f"{len(real_new)} new lesion(s) (of {len(new_ids)} unmatched), "
-            f"total {sum(x.volume_ml for x in real_new):.1f} ml"
-        ]
-        for les in real_new[:5]:
-            c = ", ".join(f"{v:.0f}" for v in les.centroid_mm)
-            evidence.append(
-                f"new lesion {les.lesion_id}: {les.volume_ml:.1f} ml, SUVpeak "
-                f"{les.suv_peak:.2f} at ({c}) mm"
-            )
-        return RuleDecision(NEW_LESIONS, "R1_new_lesions", evidence)
+    reactivated = [
+        m
+        for m in real
+        if m.baseline_site_suv_contrast is not None
+        and m.baseline_site_suv_contrast >= t.prior_site_contrast
+    ]
+    new_sites = [rep.followup.lesion(m.lesion_id) for m in real if m not in reactivated]
+    react_les = [rep.followup.lesion(m.lesion_id) for m in reactivated]
 
-    # R2: a focal nodule in a persisting mass.
-    nodules = [e for c in rep.changes if (e := nodule_evidence(c, t.nodule)) is not None]
-    if nodules:
-        return RuleDecision(NODULE_WITHIN_MASS, "R2_nodule_within_mass", nodules)
-
-    # R3: diffuse, mass-wide rise at previously known sites.
+    # R1: diffuse flare at known sites.
     n_base = rep.baseline.n_lesions
     risen = [
         c
@@ -85,29 +88,56 @@ def classify_pattern_rules(
         if c.suv_peak_change_pct is not None and c.suv_peak_change_pct >= t.rise_threshold_pct
     ]
     rose_ids = {b for c in risen for b in c.baseline_ids}
-    fraction = len(rose_ids) / n_base if n_base else 0.0
+    n_known = n_base + len(reactivated)
+    n_rose = len(rose_ids) + len(reactivated)
+    fraction = n_rose / n_known if n_known else 0.0
     mean_rises = [c.suv_mean_change_pct for c in risen if c.suv_mean_change_pct is not None]
     median_mean_rise = float(np.median(mean_rises)) if mean_rises else None
+    mass_wide = median_mean_rise is None or median_mean_rise >= t.min_mean_rise_pct
     flare_evidence = [
-        f"{len(rose_ids)}/{n_base} baseline lesions with SUVpeak up >= "
-        f"{t.rise_threshold_pct:.0f}% (fraction {fraction:.2f})",
-        "median SUVmean change of those lesions: "
+        f"{n_rose}/{n_known} known sites rose ({len(rose_ids)} baseline lesions with SUVpeak "
+        f"up >= {t.rise_threshold_pct:.0f}%, {len(reactivated)} reactivated non-avid sites; "
+        f"fraction {fraction:.2f})",
+        "median SUVmean change of the risen lesions: "
         + ("n/a" if median_mean_rise is None else f"{median_mean_rise:+.0f}%"),
         f"spread of the rise: {rep.disease.rise_spread_mm:.0f} mm",
+        f"{len(new_sites)} new lesion(s) at uninvolved sites",
     ]
     if (
-        rose_ids
+        n_rose
         and fraction >= t.min_fraction_rose
-        and median_mean_rise is not None
-        and median_mean_rise >= t.min_mean_rise_pct
+        and mass_wide
+        and len(new_sites) <= t.max_new_with_flare
     ):
-        return RuleDecision(DIFFUSE_FLARE, "R3_diffuse_flare", flare_evidence)
+        return RuleDecision(DIFFUSE_FLARE, "R1_diffuse_flare", flare_evidence)
+
+    # R2: new lesions (at uninvolved sites, or large reactivated sites R1 did not explain).
+    big_react = [les for les in react_les if les.volume_ml > focus_ml]
+    if new_sites or big_react:
+        evidence = [
+            f"{len(new_sites)} new lesion(s) at uninvolved sites "
+            f"({sum(x.volume_ml for x in new_sites):.1f} ml), {len(big_react)} large "
+            f"reactivated site(s); {len(unmatched)} unmatched in total"
+        ]
+        evidence += [_describe(les, "new lesion") for les in new_sites[:5]]
+        evidence += [_describe(les, "reactivated site") for les in big_react[:3]]
+        return RuleDecision(NEW_LESIONS, "R2_new_lesions", evidence)
+
+    # R3: a nodule within a mass.
+    nodules = [e for c in rep.changes if (e := nodule_evidence(c, t.nodule)) is not None]
+    nodules += [
+        _describe(les, "avid focus at a non-avid baseline mass (reactivated site)")
+        for les in react_les
+        if les.volume_ml <= focus_ml
+    ]
+    if nodules:
+        return RuleDecision(NODULE_WITHIN_MASS, "R3_nodule_within_mass", nodules)
 
     # R4: controlled.
     evidence = [
-        f"no new lesion >= {t.min_new_volume_ml} ml (unmatched: {len(new_ids)})",
+        f"no new lesion >= {t.min_new_volume_ml} ml (unmatched: {len(unmatched)})",
         "no focal nodule in a persisting mass",
-        *flare_evidence,
+        *flare_evidence[:2],
         f"PERCIST {rep.percist.category}, EORTC {rep.eortc.category}",
     ]
     return RuleDecision(CONTROLLED, "R4_controlled", evidence)
