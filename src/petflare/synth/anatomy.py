@@ -255,8 +255,8 @@ def sample_anatomy(
     abdomen = Profile(
         np.array([zf(f) for f in abd_f]),
         np.array([92, 118, 125, 125, 125.0]) * (0.5 * width + 0.5 * hips) * girth**0.9,
-        np.array([62, 78, 85, 85, 85.0]) * sh**0.5 * girth**1.25,
-        np.array([12, 18, 18, 12, 6.0]) * girth**0.5,
+        np.array([56, 70, 76, 76, 76.0]) * sh**0.5 * girth**1.25,
+        np.array([18, 26, 26, 20, 12.0]) * girth**0.5,
     )
 
     def cav_at(p: Profile, f: float) -> tuple[float, float, float]:
@@ -311,8 +311,9 @@ def sample_anatomy(
         np.array([36, 34, 48.0]) * heart_s,
         heart_rot,
     )
-    spine_y_thx = tyc - tb - 18
-    spine_y_abd = ayc - ab - 22
+    # vertebral bodies bulge into the posterior midline of the cavities (lungs lie beside them)
+    spine_y_thx = tyc - tb + 12
+    spine_y_abd = ayc - ab + 14
     _, _, neck_yc = body_at(0.15)
     spine_pts = [
         np.array([0, neck_yc - 10, zf(0.125)]),
