@@ -42,7 +42,10 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     # objects are passed after instantiation: Hydra would turn a dataclass argument into a config
     make_datamodule = instantiate(cfg.data, _partial_=True, _convert_="all")
     datamodule = make_datamodule(
-        segmentation_net=net, preprocessing=loaded.preprocessing, **data_kwargs
+        segmentation_net=net,
+        preprocessing=loaded.preprocessing,
+        include_images=cfg.module.mode != "frozen",
+        **data_kwargs,
     )
     scales = None if cfg.data.encoder_scales is None else list(cfg.data.encoder_scales)
     channels = EncoderFeatures(net, scales).channels()
@@ -63,6 +66,35 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def export_finetuned(
+    model_dir: Path, target_dir: Path, loaded: Any, net: Any, mode: str, overwrite: bool
+) -> Path:
+    """Write the fine-tuned segmentation network as a new model folder (same format)."""
+    from petflare.inference.model_folder import CONFIG_FILE, export_model_folder
+
+    meta = dict(loaded.metadata)
+    config_path = model_dir / CONFIG_FILE
+    return export_model_folder(
+        target_dir,
+        net.state_dict(),
+        network_target=meta["network"]["target"],
+        network_kwargs=meta["network"]["kwargs"],
+        preprocessing=loaded.preprocessing,
+        inference=loaded.inference,
+        config_yaml=config_path.read_text() if config_path.is_file() else "",
+        metadata={
+            k: v for k, v in meta.items() if k in ("name", "task", "intended_use", "training")
+        }
+        | {
+            "name": target_dir.name,
+            "fine_tuned_from": str(model_dir),
+            "fine_tuning_mode": mode,
+            "metrics": {"note": "segmentation metrics of the original model do not carry over"},
+        },
+        overwrite=overwrite,
+    )
+
+
 def train_head(cfg: DictConfig) -> dict[str, Any]:
     """Run one head training job; writes head.pt/head.json into ``model_dir``."""
     import lightning.pytorch as pl
@@ -75,15 +107,24 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
 
     model_dir = Path(cfg.model_dir)
     overwrite = bool(cfg.overwrite)
-    for name in (HEAD_WEIGHTS_FILE, HEAD_METADATA_FILE):  # fail before hours of work
-        check_can_write(model_dir / name, overwrite)
-    if cfg.module.mode != "frozen":
-        raise PetflareInputError(
-            None,
-            f"module.mode={cfg.module.mode}: the command trains on precomputed features, which "
-            "needs the frozen encoder; use ChangePatternModule with image batches from the "
-            "library for finetune/joint",
-        )
+    mode = str(cfg.module.mode)
+    if mode not in ("frozen", "finetune", "joint"):
+        raise PetflareInputError(None, f"module.mode must be frozen, finetune or joint, got {mode}")
+    # a fine-tuned encoder is a new segmentation model: it goes to its own folder with the head
+    target_dir = model_dir
+    if mode != "frozen":
+        if cfg.get("out_model_dir") is None:
+            raise PetflareInputError(
+                None,
+                f"module.mode={mode} changes the segmentation network: give out_model_dir=DIR "
+                "for the new model folder (the original is left untouched)",
+            )
+        target_dir = Path(cfg.out_model_dir)
+        if target_dir.exists() and any(target_dir.iterdir()) and not overwrite:
+            raise PetflareInputError(target_dir, "exists; pass overwrite=true to replace it")
+    else:
+        for name in (HEAD_WEIGHTS_FILE, HEAD_METADATA_FILE):  # fail before hours of work
+            check_can_write(model_dir / name, overwrite)
     pl.seed_everything(int(cfg.seed), workers=True)
     objects = build(cfg)
     dm = objects["datamodule"]
@@ -93,8 +134,11 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         objects["head"],
         instantiate(cfg.module.optimizer),
         segmentation_net=objects["net"],
-        mode="frozen",
+        mode=mode,  # type: ignore[arg-type]
         class_weights=None if weights is None else weights.tolist(),
+        seg_loss=instantiate(cfg.module.seg_loss) if mode == "joint" else None,
+        seg_loss_weight=float(cfg.module.seg_loss_weight),
+        encoder_lr_scale=float(cfg.module.encoder_lr_scale),
         encoder_scales=objects["scales"],
         label_smoothing=float(cfg.module.label_smoothing),
     )
@@ -114,8 +158,10 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         "val_mask_source": str(cfg.data.val_mask_source),
     }
     torch.set_grad_enabled(True)
+    if mode != "frozen":
+        export_finetuned(model_dir, target_dir, objects["model"], module.net, mode, overwrite)
     save_head(
-        model_dir,
+        target_dir,
         module.head,
         temperature=record["temperature"],
         encoder_scales=objects["scales"],
@@ -123,7 +169,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         metadata={
             "training": {
                 **data_info,
-                "mode": "frozen",
+                "mode": mode,
                 "seed": int(cfg.seed),
                 "epochs": int(objects["trainer"].current_epoch),
             },
@@ -143,7 +189,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
     )
     val = record["val_metrics"] or {}
     bal, ece = val.get("balanced_accuracy", float("nan")), val.get("ece") or float("nan")
-    print(f"petflare-train-head: head written to {model_dir / HEAD_WEIGHTS_FILE}")
+    print(f"petflare-train-head: head written to {target_dir / HEAD_WEIGHTS_FILE}")
     print(
         f"petflare-train-head: {record['n_train']} train / {record['n_val']} val pairs, "
         f"temperature {record['temperature']:.3f}, val balanced accuracy {bal:.3f}, ECE {ece:.3f}"
