@@ -559,9 +559,15 @@ def compare_pair(
     """
     from petflare.quant import RegistrationConfig, compare_studies
 
-    livers = {"baseline_liver_mask": liver_masks[0], "followup_liver_mask": liver_masks[1]}
+    b_liver, f_liver = liver_masks
     if registration is None:
-        return compare_studies(baseline, followup, registration=registration_config, **livers)
+        return compare_studies(
+            baseline,
+            followup,
+            registration=registration_config,
+            baseline_liver_mask=b_liver,
+            followup_liver_mask=f_liver,
+        )
     inv = np.linalg.inv(np.asarray(registration.matrix_ras, dtype=np.float64))
     moved = Study(
         pet=followup.pet,
@@ -571,7 +577,11 @@ def compare_pair(
         meta=followup.meta,
     )
     return compare_studies(
-        baseline, moved, registration=RegistrationConfig(modality="none"), **livers
+        baseline,
+        moved,
+        registration=RegistrationConfig(modality="none"),
+        baseline_liver_mask=b_liver,
+        followup_liver_mask=f_liver,
     )
 
 
@@ -853,11 +863,12 @@ class ImagePairDataset(Dataset):
         base, fol = img.baseline_image.copy(), img.followup_image.copy()
         masks, b_seg, f_seg = img.lesion_masks, img.baseline_seg, img.followup_seg
         if self.augment:
-            axes = [ax for ax in range(3) if self.rng.random() < 0.5]
+            axes = tuple(ax for ax in range(3) if self.rng.random() < 0.5)
             if axes:
-                base = np.flip(base, [a + 1 for a in axes]).copy()
-                fol = np.flip(fol, [a + 1 for a in axes]).copy()
-                masks = np.flip(masks, [a + 1 for a in axes]).copy()
+                shifted = tuple(a + 1 for a in axes)  # channel / lesion axis first
+                base = np.flip(base, shifted).copy()
+                fol = np.flip(fol, shifted).copy()
+                masks = np.flip(masks, shifted).copy()
                 b_seg = np.flip(b_seg, axes).copy()
                 f_seg = np.flip(f_seg, axes).copy()
             for arr in (base, fol):  # independent noise per acquisition
@@ -1180,7 +1191,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         if self.balance == "sampler":
             w = class_weights(ds.labels)[ds.labels]
             sampler = WeightedRandomSampler(
-                torch.as_tensor(w, dtype=torch.double),
+                [float(x) for x in w],
                 num_samples=len(ds),
                 replacement=True,
                 generator=torch.Generator().manual_seed(self.seed),

@@ -109,6 +109,9 @@ class HeadOutput:
 class _Standardize(nn.Module):
     """Fixed (x - mean) / std with statistics fitted on training data and saved with the head."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))
@@ -163,6 +166,8 @@ class ChangePatternHead(nn.Module):
         self.n_lesion_features = int(n_lesion_features)
         self.n_pair_features = int(n_pair_features)
         self.hidden_dim = int(hidden_dim)
+        self.dropout = float(dropout)
+        self.n_classes = int(n_classes)
         p_dim = pooled_dim(self.feature_channels)
         self.pooled_dim = p_dim
         self.norm_pooled = _Standardize(p_dim)
@@ -189,8 +194,8 @@ class ChangePatternHead(nn.Module):
             "n_lesion_features": self.n_lesion_features,
             "n_pair_features": self.n_pair_features,
             "hidden_dim": self.hidden_dim,
-            "dropout": float(self.classifier[2].p),
-            "n_classes": int(self.classifier[-1].out_features),
+            "dropout": self.dropout,
+            "n_classes": self.n_classes,
         }
 
     def fit_normalization(

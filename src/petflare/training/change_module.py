@@ -49,6 +49,8 @@ class ChangePatternModule(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
     """
 
+    class_weights: torch.Tensor | None
+
     def __init__(
         self,
         head: ChangePatternHead,
