@@ -87,9 +87,10 @@ def lesion_changes(
         vol_b = sum(b.volume_ml for b in bls)
         tlg_b = sum(b.tlg for b in bls)
         mean_b = tlg_b / vol_b if vol_b > 0 else 0.0
+        hus = [b.hu_mean for b in bls if b.hu_mean is not None]
         hu_b = None
-        if all(b.hu_mean is not None for b in bls) and vol_b > 0:
-            hu_b = sum(b.hu_mean * b.volume_ml for b in bls) / vol_b  # type: ignore[operator]
+        if len(hus) == len(bls) and vol_b > 0:
+            hu_b = sum(h * b.volume_ml for h, b in zip(hus, bls, strict=True)) / vol_b
         region_f = (g.followup_labels == fl.lesion_id) | np.isin(
             g.baseline_on_followup, m.matched_ids
         )
@@ -164,7 +165,8 @@ def annotate_new_sites(
             if np.any(ijk < 0) or np.any(ijk >= np.array(g.baseline.shape)):
                 continue
             site[tuple(ijk)] = True
-        sl, _ = crop_slices(site, tuple(int(np.ceil(14.0 / s)) for s in spacing))
+        px, py, pz = (int(np.ceil(14.0 / s)) for s in spacing)  # shell reach + margin
+        sl, _ = crop_slices(site, (px, py, pz))
         inner = site[sl]
         dist = ndimage.distance_transform_edt(~inner, sampling=spacing)
         shell = (dist > 3.0) & (dist <= 12.0)

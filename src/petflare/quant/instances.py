@@ -49,7 +49,13 @@ def lesion_instances(
         lut[values] = np.arange(1, values.size + 1, dtype=np.uint32)
         return lut[labels]
     if not keep_instances and is_instance_mask(labels):
-        out = cc3d.connected_components(labels.astype(np.uint32), connectivity=connectivity)
+        out = cc3d.connected_components(
+            labels.astype(np.uint32),
+            connectivity=connectivity,  # type: ignore[call-overload]
+        )
     else:
-        out = cc3d.connected_components(labels > 0, connectivity=connectivity)
+        out = cc3d.connected_components(
+            labels > 0,
+            connectivity=connectivity,  # type: ignore[call-overload]
+        )
     return np.asarray(out, dtype=np.uint32)
