@@ -164,3 +164,29 @@ def test_pet_registration_when_ct_missing():
     assert np.allclose(np.asarray(rep.registration.matrix_ras)[:3, 3], t, atol=2.0)
     assert all(m.status == "persisting" for m in rep.matches)
     assert rep.pattern_rules.label == "controlled"
+
+
+def test_new_lesion_at_a_non_avid_baseline_mass_is_a_reactivated_site(moved_pair):
+    """A follow-up lesion where the baseline showed a non-avid mass gets a high site contrast."""
+    base, _, _, _ = moved_pair
+    from quant_phantoms import world_coords
+
+    xyz = world_coords(base.shape, base.affine)
+    site = np.linalg.norm(xyz - NEW_LESION[0], axis=-1) <= NEW_LESION[1]
+    pet_b = base.pet.copy()
+    pet_b[site] = 2.5  # visible at baseline (2.5x background) but not in the baseline mask
+    from petflare.io.study import Study
+
+    b = Study(pet_b, base.affine, ct=base.ct, mask=base.mask)
+    mask_f = base.mask.copy()
+    mask_f[site] = 9
+    pet_f = pet_b.copy()
+    pet_f[site] = 8.0
+    f = Study(pet_f, base.affine, ct=base.ct, mask=mask_f)
+    rep = compare_studies(b, f, registration=RegistrationConfig(modality="none"))
+    new = [m for m in rep.matches if m.timepoint == "followup" and m.status == "new"]
+    assert len(new) == 1
+    assert new[0].baseline_site_suv_mean == pytest.approx(2.5, rel=0.01)
+    assert new[0].baseline_site_suv_contrast > 1.4  # the rules' reactivated-site threshold
+    # Uninvolved-site lesions of the moved pair have no such contrast (see the first test).
+    assert rep.pattern_rules.label != "new_lesions"
