@@ -190,3 +190,19 @@ def test_new_lesion_at_a_non_avid_baseline_mass_is_a_reactivated_site(moved_pair
     assert new[0].baseline_site_suv_contrast > 1.4  # the rules' reactivated-site threshold
     # Uninvolved-site lesions of the moved pair have no such contrast (see the first test).
     assert rep.pattern_rules.label != "new_lesions"
+
+
+def test_empty_masks_give_empty_but_valid_reports():
+    shape, aff = (16, 14, 12), make_affine((4.0, 4.0, 5.0))
+    pet = np.ones(shape, dtype=np.float32)
+    from petflare.io.study import Study
+
+    b = Study(pet, aff, mask=np.zeros(shape, np.uint8))
+    f = Study(pet.copy(), aff)  # no mask at all
+    rep = compare_studies(b, f, registration=RegistrationConfig(modality="none"))
+    assert rep.baseline.n_lesions == 0 and rep.followup.n_lesions == 0
+    assert rep.percist.category == "NE" and rep.eortc.category == "NE"
+    assert rep.choi.applicable is False
+    assert rep.pattern_rules.label == "controlled"
+    assert not rep.baseline.liver.found and rep.baseline.liver.reason
+    assert pair_report_from_json(rep.to_json()) == rep
