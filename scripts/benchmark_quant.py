@@ -120,10 +120,15 @@ def phantom_tables(n_pairs: int, seed: int) -> str:
             if true is None:
                 raise KeyError(f"true liver SUVmean not found in truth keys {sorted(truth)}")
             liver_rows.append((f"{seed + i}", tp, true, scan.liver.suv_mean, scan.liver.method))
+        liver_txt = " ".join(
+            f"{tp} {'none' if found is None else f'{100 * (found - true) / true:+.1f}%'}"
+            for _, tp, true, found, _ in liver_rows[-2:]
+        )
         print(
             f"pair {i + 1}/{n_pairs} seed {seed + i} {pattern} -> "
-            f"{report.pattern_rules.label} ({report.pattern_rules.rule})",
+            f"{report.pattern_rules.label} ({report.pattern_rules.rule}); liver {liver_txt}",
             file=sys.stderr,
+            flush=True,
         )
     elapsed = time.perf_counter() - t0
 
