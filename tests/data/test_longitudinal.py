@@ -238,8 +238,10 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch[HeadKeys.LESION_POOLED].shape[0] == 3
     assert batch[HeadKeys.LESION_VALID].dtype == torch.bool
-    cached = sorted((tmp_path / "cache").rglob("*.npz"))
+    cached = sorted((tmp_path / "cache").rglob("variant*.npz"))
     assert len(cached) == 8
+    reports = sorted((tmp_path / "cache" / "reports").rglob("report*.json"))
+    assert len(reports) == 8  # the quantification, kept apart from the encoder features
     again = PairSample.load(cached[0])
     assert again.lesion_pooled.dtype == np.float32
     # a second module reads the cache instead of recomputing
@@ -249,6 +251,23 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     )
     dm2.setup("fit")
     assert [p.stat().st_mtime_ns for p in cached] == stamp
+    # another encoder recomputes the features but reuses the quantification
+    report_stamp = [p.stat().st_mtime_ns for p in reports]
+    dm3 = LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)),
+        PRE,
+        tmp_path / "cache",
+        manifest=manifest,
+        n_mask_variants=1,
+        batch_size=3,
+    )
+    dm3.setup("fit")
+    assert len(list((tmp_path / "cache").rglob("variant*.npz"))) == 16
+    assert [p.stat().st_mtime_ns for p in reports] == report_stamp
+    new = dm3.datasets["train"].variants[0][0]
+    old = dm.datasets["train"].variants[0][0]
+    np.testing.assert_array_equal(new.lesion_features, old.lesion_features)
+    assert not np.allclose(new.lesion_pooled, old.lesion_pooled)
 
 
 def test_image_batches_augment_both_scans_consistently(tmp_path: Path) -> None:

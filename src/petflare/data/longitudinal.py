@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.transforms import PreprocessingConfig, ScaleSuv
 from petflare.errors import PetflareInputError
-from petflare.io.atomic import atomic_path
+from petflare.io.atomic import atomic_path, atomic_write_text
 from petflare.io.loading import resample_to_grid
 from petflare.io.study import Study
 from petflare.networks.change_head import global_regions, pool_regions
@@ -547,7 +547,6 @@ def compare_pair(
     followup: Study,
     registration: Any | None = None,
     registration_config: Any | None = None,
-    liver_masks: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
 ) -> Any:
     """``petflare.quant.compare_studies`` on two studies carrying instance masks.
 
@@ -555,19 +554,11 @@ def compare_pair(
     is re-expressed in baseline world coordinates (its affine composed with the inverse
     transform) and compared without registering again, so mask variants of one pair cost one
     registration in all. Follow-up coordinates in that report are then baseline-world ones.
-    ``liver_masks`` (baseline, follow-up) skip the automatic liver search the same way.
     """
     from petflare.quant import RegistrationConfig, compare_studies
 
-    b_liver, f_liver = liver_masks
     if registration is None:
-        return compare_studies(
-            baseline,
-            followup,
-            registration=registration_config,
-            baseline_liver_mask=b_liver,
-            followup_liver_mask=f_liver,
-        )
+        return compare_studies(baseline, followup, registration=registration_config)
     inv = np.linalg.inv(np.asarray(registration.matrix_ras, dtype=np.float64))
     moved = Study(
         pet=followup.pet,
@@ -576,34 +567,7 @@ def compare_pair(
         mask=followup.mask,
         meta=followup.meta,
     )
-    return compare_studies(
-        baseline,
-        moved,
-        registration=RegistrationConfig(modality="none"),
-        baseline_liver_mask=b_liver,
-        followup_liver_mask=f_liver,
-    )
-
-
-def liver_sphere(study: Study, liver: Any) -> np.ndarray | None:
-    """The PERCIST liver sphere a report found, as a mask on the study's grid (None if none)."""
-    if not liver.found or liver.centre_mm is None:
-        return None
-    inv = np.linalg.inv(study.affine)
-    centre_vox = inv[:3, :3] @ np.asarray(liver.centre_mm) + inv[:3, 3]
-    reach = np.ceil(liver.radius_mm / np.asarray(study.spacing_mm)).astype(int) + 1
-    lo = np.maximum(np.floor(centre_vox).astype(int) - reach, 0)
-    hi = np.minimum(np.ceil(centre_vox).astype(int) + reach + 1, study.shape)
-    mask = np.zeros(study.shape, dtype=bool)
-    if np.any(hi <= lo):
-        return None
-    idx = np.stack(
-        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
-    )
-    world = idx @ study.affine[:3, :3].T + study.affine[:3, 3]
-    inside = np.linalg.norm(world - np.asarray(liver.centre_mm), axis=-1) <= liver.radius_mm
-    mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = inside
-    return mask if mask.any() else None
+    return compare_studies(baseline, moved, registration=RegistrationConfig(modality="none"))
 
 
 @torch.no_grad()
@@ -658,15 +622,19 @@ def pair_samples(
     margin_mm: float = 32.0,
     registration_config: Any | None = None,
     images_out: list[PairImages] | None = None,
+    report_cache: Path | None = None,
 ) -> list[PairSample]:
     """Samples of one pair: its own masks first, then each (baseline, follow-up) mask variant.
+
+    ``report_cache`` is a folder where the quantification of each variant is kept as JSON
+    (``report<i>.json``): it does not depend on the encoder, so it survives a new network.
 
     ``baseline.mask`` and ``followup.mask`` are the masks of the first sample (ground truth or
     predicted). The encoder runs once per scan on a crop covering every variant's lesions.
     When ``images_out`` is a list, the crop with the first sample's unit masks and lesion masks
     is appended to it (the inputs of the fine-tuned and joint training modes).
     """
-    from petflare.quant import classify_pattern_rules, lesion_instances
+    from petflare.quant import classify_pattern_rules, lesion_instances, pair_report_from_json
 
     if baseline.mask is None or followup.mask is None:
         raise ValueError("both studies need a lesion mask")
@@ -674,21 +642,20 @@ def pair_samples(
     variants = [(lesion_instances(b), lesion_instances(f)) for b, f in variants]
     reports, unit_lists = [], []
     registration = None
-    livers: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-    for b_lab, f_lab in variants:
-        rep = compare_pair(
-            _with_mask(baseline, b_lab),
-            _with_mask(followup, f_lab),
-            registration,
-            registration_config,
-            livers,
-        )
-        if registration is None and len(variants) > 1:
-            registration = rep.registration
-            livers = (
-                liver_sphere(baseline, rep.baseline.liver),
-                liver_sphere(followup, rep.followup.liver),
+    for i, (b_lab, f_lab) in enumerate(variants):
+        cached = None if report_cache is None else report_cache / f"report{i}.json"
+        if cached is not None and cached.is_file():
+            rep = pair_report_from_json(cached.read_text())
+        else:
+            rep = compare_pair(
+                _with_mask(baseline, b_lab),
+                _with_mask(followup, f_lab),
+                registration,
+                registration_config,
             )
+            if cached is not None:
+                atomic_write_text(cached, rep.to_json(indent=None), overwrite=True)
+        registration = rep.registration
         reports.append(rep)
         unit_lists.append(lesion_units(rep))
     matrix = registration_matrix(reports[0])
@@ -1084,9 +1051,18 @@ class LongitudinalDataModule(pl.LightningDataModule):
         }
 
     def row_folder(
-        self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
+        self,
+        row: Mapping[str, Any],
+        n_variants: int,
+        mask_source: str | MaskSource,
+        seed: int,
+        with_encoder: bool = True,
     ) -> Path:
-        """Cache folder of one row's samples, keyed by files, encoder, settings and masks."""
+        """Cache folder of one row's samples, keyed by files, encoder, settings and masks.
+
+        With ``with_encoder=False``, the folder of what does not depend on the encoder
+        (predicted masks, quantification reports) under ``cache_dir/reports``.
+        """
         files = [
             row.get(k)
             for k in (
@@ -1106,14 +1082,14 @@ class LongitudinalDataModule(pl.LightningDataModule):
         key = _cache_key(
             {
                 "files": [_file_stamp(f) for f in files],
-                "settings": self._settings(),
+                "settings": self._settings() if with_encoder else FEATURE_VERSION,
                 "n_variants": n_variants,
                 "mask_source": source,
                 "seed": seed,
                 "pattern": row.get(Keys.PATTERN),
             }
         )
-        return self.cache_dir / key
+        return self.cache_dir / key if with_encoder else self.cache_dir / "reports" / key
 
     def samples_for_row(
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
@@ -1136,6 +1112,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
             self.device,
             self.margin_mm,
             images_out=images if need_images else None,
+            report_cache=self.row_folder(row, n_variants, mask_source, seed, with_encoder=False),
         )
         for sample, path in zip(samples, paths, strict=True):
             sample.save(path)
@@ -1254,14 +1231,28 @@ def compute_row_samples(
     device: str = "cpu",
     margin_mm: float = 32.0,
     images_out: list[PairImages] | None = None,
+    report_cache: Path | None = None,
 ) -> list[PairSample]:
-    """Samples of one manifest row (no cache): its masks, then perturbed variants."""
+    """Samples of one manifest row: its masks, then perturbed variants.
+
+    ``report_cache`` keeps what does not depend on the encoder (predicted masks, the
+    quantification of every variant) so a new encoder or head reuses it.
+    """
     base, fol = load_row_studies(row)
     pattern = row.get(Keys.PATTERN)
     label = PATTERN_TO_INDEX[pattern] if pattern in PATTERN_TO_INDEX else -1
     if not isinstance(mask_source, str):
-        base = _with_mask(base, np.asarray(mask_source(base)))
-        fol = _with_mask(fol, np.asarray(mask_source(fol)))
+        masks_path = None if report_cache is None else report_cache / "masks.npz"
+        if masks_path is not None and masks_path.is_file():
+            with np.load(masks_path, allow_pickle=False) as data:
+                b_mask, f_mask = data["baseline"], data["followup"]
+        else:
+            b_mask = np.asarray(mask_source(base)).astype(np.uint8)
+            f_mask = np.asarray(mask_source(fol)).astype(np.uint8)
+            if masks_path is not None:
+                with atomic_path(masks_path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, baseline=b_mask, followup=f_mask)
+        base, fol = _with_mask(base, b_mask), _with_mask(fol, f_mask)
     elif mask_source != "ground_truth":
         raise ValueError(f"unknown mask source {mask_source!r}")
     for study, col in ((base, Keys.BASELINE_MASK), (fol, Keys.FOLLOWUP_MASK)):
@@ -1282,6 +1273,7 @@ def compute_row_samples(
         device,
         margin_mm,
         images_out=images_out,
+        report_cache=report_cache,
     )
 
 
