@@ -28,7 +28,11 @@ from petflare.io.nifti import save_nifti
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "infer.py"
-SHAPE = (22, 18, 12)
+SHAPE = (22, 18, 16)
+#: Coarse anisotropic non-RAS grids: quant's registration pyramid (shrink 2x/1x of 8 mm) needs at
+#: least 4 voxels per axis at its coarsest level, so tiny test volumes use 4-6 mm voxels.
+BASE_AFFINE = make_non_ras_affine(spacing_mm=(4.0, 5.0, 6.0))
+FOLLOW_AFFINE = make_non_ras_affine(spacing_mm=(5.0, 4.0, 6.5), rotation_deg=-9.0)
 
 
 PAIR_OUTPUTS = {
@@ -74,7 +78,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         net.state_dict(),
         network_target="petflare.networks.build_unet",
         network_kwargs=kwargs,
-        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0)),
+        preprocessing=PreprocessingConfig(spacing_mm=(8.0, 8.0, 8.0)),
         inference=InferenceSettings(roi_size_vox=(16, 16, 16), min_component_ml=0.0),
         config_yaml="seed: 0\n",
         metadata={"name": "tiny-test-unet", "version": "0.0.1", "intended_use": "tests only"},
@@ -84,12 +88,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def pair_files(write_study: Callable[..., TinyStudyFiles], tmp_path: Path) -> dict[str, Any]:
     """Baseline (LPS, rotated) and follow-up (another non-RAS grid) NIfTI studies with CT."""
-    base = write_study(tmp_path / "in" / "baseline", shape=SHAPE, with_mask=False)
-    follow_affine = make_non_ras_affine(spacing_mm=(2.5, 2.0, 4.0), rotation_deg=-9.0)
+    base = write_study(
+        tmp_path / "in" / "baseline", shape=SHAPE, affine=BASE_AFFINE, with_mask=False
+    )
     follow = write_study(
         tmp_path / "in" / "followup",
-        shape=(20, 20, 11),
-        affine=follow_affine,
+        shape=(20, 20, 17),
+        affine=FOLLOW_AFFINE,
         with_mask=False,
         lesion_suv=11.0,
         seed=1,
@@ -134,6 +139,8 @@ def test_help_documents_every_option() -> None:
         "min_component_ml=",
         "html=",
         "progress=",
+        "pattern_source=auto|rules|learned_head",
+        "registration=auto|ct|pet|none",
         "weight_kg=",
         "injected_dose_bq=",
     ):
@@ -222,9 +229,10 @@ def test_existing_output_dir_is_refused(
         (["baseline_pet=b.nii.gz"], "followup_pet"),
         (["pet=a.nii.gz", "device=tpu"], "device=tpu"),
         (["pet=a.nii.gz", "sw_batch_size=many"], "sw_batch_size=many"),
+        (["pet=a.nii.gz", "registration=elastix"], "registration=elastix"),
         ([], "no input"),
     ],
-    ids=["two_modes", "half_pair", "bad_device", "bad_number", "no_input"],
+    ids=["two_modes", "half_pair", "bad_device", "bad_number", "bad_registration", "no_input"],
 )
 def test_bad_option_combinations_are_refused(
     args: list[str], expected: str, tmp_path: Path
@@ -233,6 +241,22 @@ def test_bad_option_combinations_are_refused(
     result = run_infer(*args, f"out={out}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
+    assert_nothing_written(out)
+
+
+def test_learned_head_required_but_absent_is_refused(
+    pair_files: dict[str, Any], tmp_path: Path, model_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    result = run_infer(
+        f"baseline_pet={pair_files['baseline'].pet}",
+        f"followup_pet={pair_files['followup'].pet}",
+        f"out={out}",
+        f"model={model_dir}",
+        "pattern_source=learned_head",
+        "progress=false",
+    )
+    assert_one_line_naming(result, str(model_dir / "head.json"))
     assert_nothing_written(out)
 
 
@@ -293,15 +317,42 @@ def check_outputs(out: Path, inputs: dict[str, tuple[np.ndarray, tuple[int, ...]
     return report
 
 
+@pytest.fixture(scope="module")
+def phantom_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A whole-body phantom pair from petflare.synth at a coarse 10 mm grid, written as NIfTI.
+
+    Realistic enough for quant's default registration (body outline, organs, repositioning);
+    arbitrary axis orders and flips come from the phantom itself.
+    """
+    from petflare.synth.config import PhantomConfig
+    from petflare.synth.dataset import generate_pair
+
+    config = PhantomConfig(spacing_inplane_mm=(10.0, 10.0), spacing_slice_mm=(10.0, 10.0))
+    baseline, followup, _ = generate_pair(3, "nodule_within_mass", config)
+    root = tmp_path_factory.mktemp("phantom")
+    files: dict[str, Any] = {}
+    for name, study in (("baseline", baseline), ("followup", followup)):
+        assert study.ct is not None
+        files[name] = {
+            "pet": save_nifti(study.pet, study.affine, root / name / "SUV.nii.gz"),
+            "ct": save_nifti(study.ct, study.affine, root / name / "CTres.nii.gz"),
+            "affine": study.affine,
+            "shape": study.shape,
+        }
+    return files
+
+
 @pytest.mark.slow
-def test_pair_nifti_end_to_end(pair_files: dict[str, Any], tmp_path: Path, model_dir: Path) -> None:
-    base, follow = pair_files["baseline"], pair_files["followup"]
+def test_pair_nifti_end_to_end(
+    phantom_pair: dict[str, Any], tmp_path: Path, model_dir: Path
+) -> None:
+    base, follow = phantom_pair["baseline"], phantom_pair["followup"]
     out = tmp_path / "results" / "pair"
     result = run_infer(
-        f"baseline_pet={base.pet}",
-        f"baseline_ct={base.ct}",
-        f"followup_pet={follow.pet}",
-        f"followup_ct={follow.ct}",
+        f"baseline_pet={base['pet']}",
+        f"baseline_ct={base['ct']}",
+        f"followup_pet={follow['pet']}",
+        f"followup_ct={follow['ct']}",
         f"out={out}",
         f"model={model_dir}",
         "device=cpu",
@@ -310,11 +361,12 @@ def test_pair_nifti_end_to_end(pair_files: dict[str, Any], tmp_path: Path, model
     report = check_outputs(
         out,
         {
-            "baseline": (base.affine, base.pet_array.shape),
-            "followup": (follow.affine, follow.pet_array.shape),
+            "baseline": (base["affine"], base["shape"]),
+            "followup": (follow["affine"], follow["shape"]),
         },
     )
-    assert report["inputs"]["followup"]["ct"] == str(follow.ct)
+    assert report["inputs"]["followup"]["ct"] == str(follow["ct"])
+    assert report["registration"]["modality"] == "ct"  # the default: CT when both have it
     assert report["timepoints"]["baseline"]["has_ct"] is True
     # progress: one line per stage on stderr
     for stage in ("segment_baseline", "segment_followup", "quantify_and_compare", "figure"):
@@ -322,16 +374,16 @@ def test_pair_nifti_end_to_end(pair_files: dict[str, Any], tmp_path: Path, model
         assert stage in report["timings_s"]
     # a second run into the same folder is refused, unless overwrite=true
     again = run_infer(
-        f"baseline_pet={base.pet}",
-        f"followup_pet={follow.pet}",
+        f"baseline_pet={base['pet']}",
+        f"followup_pet={follow['pet']}",
         f"out={out}",
         f"model={model_dir}",
         "progress=false",
     )
     assert_one_line_naming(again, str(out))
     replaced = run_infer(
-        f"baseline_pet={base.pet}",
-        f"followup_pet={follow.pet}",
+        f"baseline_pet={base['pet']}",
+        f"followup_pet={follow['pet']}",
         f"out={out}",
         f"model={model_dir}",
         "overwrite=true",
@@ -342,6 +394,7 @@ def test_pair_nifti_end_to_end(pair_files: dict[str, Any], tmp_path: Path, model
     assert list(out.parent.iterdir()) == [out]  # no temporary folder left beside it
 
 
+@pytest.mark.slow
 def test_single_scan_end_to_end(
     pair_files: dict[str, Any], tmp_path: Path, model_dir: Path
 ) -> None:
@@ -374,14 +427,20 @@ def load_dicom_factory() -> ModuleType:
 
 def write_dicom_pet(folder: Path, factory: ModuleType, lesion_suv: float, **kwargs: Any) -> Any:
     """A DICOM PET series of a body (SUV 1) with a hot sphere, stored in Bq/mL as scanners do."""
-    shape = (20, 16, 10)
+    shape = (20, 16, 16)
     bq_per_suv = 1.0 / factory.expected_suv_scale()
     i, j, k = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    sphere = (i - 9) ** 2 / 9.0 + (j - 7) ** 2 / 16.0 + (k - 5) ** 2 / 4.0 <= 1.0
+    sphere = (i - 9) ** 2 / 9.0 + (j - 7) ** 2 / 16.0 + (k - 8) ** 2 / 4.0 <= 1.0
     activity = np.where(sphere, lesion_suv, 1.0) * bq_per_suv
     slopes = [2.0 + 0.1 * s for s in range(shape[2])]  # int16 range for ~40 kBq/mL
     return factory.write_pet_series(
-        folder, shape=shape, activity_bq_ml=activity, slopes=slopes, **kwargs
+        folder,
+        shape=shape,
+        activity_bq_ml=activity,
+        slopes=slopes,
+        pixel_spacing_mm=(4.0, 4.0),
+        slice_spacing_mm=4.0,
+        **kwargs,
     )
 
 
@@ -404,6 +463,7 @@ def test_dicom_pair_end_to_end(tmp_path: Path, model_dir: Path) -> None:
         f"followup_pet={tmp_path / 'dcm' / 'followup'}",
         f"out={out}",
         f"model={model_dir}",
+        "registration=none",  # a 16-voxel series is too small for the registration pyramid
         "progress=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -435,10 +495,17 @@ def test_batch_manifest_end_to_end(
     root = tmp_path / "data"
     rows = []
     for patient, seed in (("P1", 0), ("P2", 3)):
-        base = write_study(root / patient / "baseline", shape=SHAPE, with_mask=False, seed=seed)
+        base = write_study(
+            root / patient / "baseline",
+            shape=SHAPE,
+            affine=BASE_AFFINE,
+            with_mask=False,
+            seed=seed,
+        )
         follow = write_study(
             root / patient / "followup",
             shape=SHAPE,
+            affine=BASE_AFFINE,
             with_mask=False,
             seed=seed + 1,
             lesion_suv=12.0,
@@ -454,12 +521,15 @@ def test_batch_manifest_end_to_end(
         )
     manifest = write_manifest(rows, root / "manifest.csv")
     out = tmp_path / "batch"
-    result = run_infer(f"manifest={manifest}", f"out={out}", f"model={model_dir}")
+    result = run_infer(
+        f"manifest={manifest}", f"out={out}", f"model={model_dir}", "registration=none"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name for p in out.iterdir()} == {"P1", "P2", "batch_summary.csv"}
     for patient in ("P1", "P2"):
-        affine = make_non_ras_affine()
-        check_outputs(out / patient, {"baseline": (affine, SHAPE), "followup": (affine, SHAPE)})
+        check_outputs(
+            out / patient, {"baseline": (BASE_AFFINE, SHAPE), "followup": (BASE_AFFINE, SHAPE)}
+        )
     summary = list(csv.DictReader((out / "batch_summary.csv").open()))
     assert [r["patient_id"] for r in summary] == ["P1", "P2"]
     assert all(r["pattern"] in PATTERNS and r["pattern_source"] == "rules" for r in summary)

@@ -50,7 +50,7 @@ def test_page_shows_everything_a_reader_needs(report: dict[str, Any]) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert "Research use only; trained on synthetic phantoms unless stated otherwise" in page
     assert 'id="pattern">new_lesions' in page
-    assert "rule-based classifier" in page and "R1_new_lesions" in page
+    assert "rule-based classifier" in page and report["pattern"]["rule"] in page
     for criteria in ("PERCIST 1.0", "EORTC 1999", "Choi"):
         assert criteria in page
     # one lesion-table row per lesion per timepoint, with the matching status as a row class
@@ -74,7 +74,8 @@ def test_page_is_self_contained_and_escaped(report: dict[str, Any]) -> None:
 
 def test_learned_head_probabilities_are_tabulated(report: dict[str, Any]) -> None:
     probs = dict(zip(PATTERNS, (0.1, 0.7, 0.15, 0.05), strict=True))
-    call = PatternCall("diffuse_flare", "learned_head", probs, None, ["5 of 6 lesions rose"])
+    evidence = {"explanations": ["5 of 6 lesions rose"], "temperature": 1.3}  # the head's form
+    call = PatternCall("diffuse_flare", "learned_head", probs, None, evidence)
     page = render_report_html(dict(report, pattern=call.to_dict()), None)
     assert "learned pattern head" in page and "rule-based" not in page
     assert "p = 0.70" in page

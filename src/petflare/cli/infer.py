@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,10 @@ ERROR_LOG = "petflare-infer-error.log"
 #: Exit status of an internal (not user-input) error.
 EXIT_INTERNAL_ERROR = 1
 DEVICES = ("auto", "cpu", "cuda")
+#: Who calls the pattern: ``auto`` = the learned head when the model folder has one, else rules.
+PATTERN_SOURCES = ("auto", "rules", "learned_head")
+#: Follow-up to baseline alignment (petflare.quant.RegistrationConfig.modality).
+REGISTRATIONS = ("auto", "ct", "pet", "none")
 
 _PAIR_KEYS = (
     "baseline_pet",
@@ -58,6 +63,8 @@ class InferRequest:
     manifest: Path | None = None
     sw_batch_size: int | None = None
     min_component_ml: float | None = None
+    pattern_source: str = "auto"
+    registration: str = "auto"
 
 
 def default_model_dir() -> Path:
@@ -97,6 +104,16 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
     device = str(get("device") or "auto")
     if device not in DEVICES:
         raise PetflareInputError(None, f"device={device} is not one of {', '.join(DEVICES)}")
+    pattern_source = str(get("pattern_source") or "auto")
+    if pattern_source not in PATTERN_SOURCES:
+        raise PetflareInputError(
+            None, f"pattern_source={pattern_source} is not one of {', '.join(PATTERN_SOURCES)}"
+        )
+    registration = str(get("registration") or "auto")
+    if registration not in REGISTRATIONS:
+        raise PetflareInputError(
+            None, f"registration={registration} is not one of {', '.join(REGISTRATIONS)}"
+        )
     model = Path(str(get("model_dir"))) if get("model_dir") else default_model_dir()
     common: dict[str, Any] = {
         "out": Path(str(get("out"))),
@@ -108,6 +125,8 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         "progress": bool(get("progress", True)),
         "sw_batch_size": _number(cfg, "sw_batch_size", int),
         "min_component_ml": _number(cfg, "min_component_ml", float),
+        "pattern_source": pattern_source,
+        "registration": registration,
     }
     mode = modes[0]
     if mode == "batch":
@@ -158,6 +177,14 @@ def check_inputs_exist(request: InferRequest) -> None:
     if request.manifest is not None and not request.manifest.is_file():
         raise PetflareInputError(request.manifest, "manifest not found")
     _check_model_dir(request.model)
+    if request.pattern_source == "learned_head" and request.mode != "single":
+        from petflare.inference.pattern import HEAD_METADATA_FILE
+
+        if not (request.model / HEAD_METADATA_FILE).is_file():
+            raise PetflareInputError(
+                request.model / HEAD_METADATA_FILE,
+                "pattern_source=learned_head, but this model folder has no change-pattern head",
+            )
 
 
 def _check_model_dir(model: Path) -> None:
@@ -190,6 +217,21 @@ def load_predictor(request: InferRequest) -> Any:
     return Predictor.from_folder(request.model, **kwargs)
 
 
+def load_pattern_head(request: InferRequest) -> Any:
+    """The learned change-pattern head of the model folder, or None for the rules.
+
+    ``auto`` uses the head when the folder has one (``head.json``); ``learned_head`` requires it;
+    ``rules`` never loads it. Single-scan runs need no pattern.
+    """
+    if request.mode == "single" or request.pattern_source == "rules":
+        return None
+    from petflare.inference.pattern import HEAD_METADATA_FILE, PatternClassifier
+
+    if request.pattern_source == "auto" and not (request.model / HEAD_METADATA_FILE).is_file():
+        return None
+    return PatternClassifier.from_folder(request.model, device=request.device)
+
+
 def run_request(request: InferRequest, predictor: Any | None = None) -> list[Path]:
     """Run a request end to end and return the paths written.
 
@@ -214,8 +256,10 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             predictor,
             request.out,
             overwrite=request.overwrite,
+            pattern_head=load_pattern_head(request),
             progress=progress,
             html=request.html,
+            registration=_registration(request),
         )
         return [request.out / item.folder for item in items]
     if request.mode == "single":
@@ -228,7 +272,14 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
         baseline = _read(request.baseline, "baseline", progress)
         followup = _read(request.followup, "followup", progress)
         predictor = predictor if predictor is not None else _load(request, progress)
-        result = pipeline.run_pair(baseline, followup, predictor, progress=progress)
+        result = pipeline.run_pair(
+            baseline,
+            followup,
+            predictor,
+            pattern_head=load_pattern_head(request),
+            progress=progress,
+            registration=_registration(request),
+        )
     written = writers.write_outputs(
         result, request.out, overwrite=request.overwrite, html=request.html
     )
@@ -237,6 +288,12 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
         how = f"p = {p.probability:.2f}" if p.probability is not None else f"rules, {p.rule}"
         print(f"petflare: pattern {p.label} ({how})", file=sys.stderr)
     return sorted(written.values())
+
+
+def _registration(request: InferRequest) -> Any:
+    from petflare.quant import RegistrationConfig
+
+    return RegistrationConfig(modality=request.registration)
 
 
 def _read(scan: ScanInput, name: str, progress: Any) -> Any:
@@ -309,4 +366,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """Entry point of ``petflare-infer`` and ``scripts/infer.py`` (see ``--help``)."""
     sys.argv = [sys.argv[0], *alias_model_argument(sys.argv[1:])]
+    # Library deprecation notices (MONAI's changing defaults) are for developers, not for the
+    # physician reading this command's output; pytest and python -W still show them.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai(\.|$)")
     _hydra_main()

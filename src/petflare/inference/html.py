@@ -105,11 +105,23 @@ def _pattern_section(report: Mapping[str, Any]) -> str:
         )
     if pattern.get("rule"):
         out.append(f"<p>Rule: <code>{_e(pattern['rule'])}</code></p>")
-    evidence = pattern.get("evidence")
-    if evidence:
-        items = evidence if isinstance(evidence, list) else [evidence]
+    items = _evidence_items(pattern.get("evidence"))
+    if items:
         out.append("<p>Evidence:</p><ul>" + "".join(f"<li>{_e(i)}</li>" for i in items) + "</ul>")
     return "".join(out)
+
+
+def _evidence_items(evidence: Any) -> list[str]:
+    """Evidence as sentences: a list as is; the learned head's dict by its ``explanations``."""
+    if not evidence:
+        return []
+    if isinstance(evidence, Mapping):
+        if evidence.get("explanations"):
+            return [str(e) for e in evidence["explanations"]]
+        return [f"{k}: {v}" for k, v in evidence.items()]
+    if isinstance(evidence, (list, tuple)):
+        return [str(e) for e in evidence]
+    return [str(evidence)]
 
 
 def _criteria_section(report: Mapping[str, Any]) -> str:

@@ -1,9 +1,9 @@
 """mip.png: coronal and sagittal MIPs of each timepoint with lesions coloured by their status.
 
 Panels, left to right: baseline coronal, baseline sagittal, follow-up coronal, follow-up sagittal
-(one scan: its coronal and sagittal). Inverted grey scale (SUV 0 white to ``vmax_suv`` black),
-patient right on the viewer's left in coronal views, anterior on the left in sagittal views, and
-millimetre aspect. Contours: persisting orange, new red, resolved blue; ``+`` marks the hottest
+(one scan: its coronal and sagittal). The projections are petflare.inference.figures' ``mip``
+(radiological orientation, millimetre aspect); inverted grey scale, SUV 0 white to ``vmax_suv``
+black. Contours: persisting orange, new red, resolved blue; ``+`` marks the hottest
 lesion of each scan and ``x`` a focal nodule within a mass. The title gives the pattern and its
 probability, or says "rules" when no calibrated model made the call.
 """
@@ -113,12 +113,26 @@ def focal_nodule_centres(result: InferenceResult) -> dict[str, list[np.ndarray]]
 # --------------------------------------------------------------------------- drawing
 
 
-def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The array reordered/flipped to the closest RAS axes, and its new affine (nibabel)."""
+def _display_position(
+    point_mm: np.ndarray, shape: Sequence[int], affine: np.ndarray, view: str
+) -> tuple[float, float]:
+    """Where a world point (RAS mm) lands on :func:`petflare.inference.figures.mip`'s image, in mm.
+
+    ``mip`` shows the closest-canonical (RAS) array with columns right-to-left (coronal) or
+    anterior-to-posterior (sagittal) and rows head-to-feet; the same flips are applied here.
+    """
     ornt = nib.orientations.io_orientation(affine)
-    arr = nib.orientations.apply_orientation(array, ornt)
-    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, array.shape)
-    return np.ascontiguousarray(arr), new_affine
+    canonical_affine = affine @ nib.orientations.inv_ornt_aff(ornt, tuple(shape))
+    canonical_shape = [0, 0, 0]
+    for axis, (target, _flip) in enumerate(ornt):
+        canonical_shape[int(target)] = int(shape[axis])
+    spacing = np.linalg.norm(canonical_affine[:3, :3], axis=0)
+    inv = np.linalg.inv(canonical_affine)
+    vox = inv[:3, :3] @ np.asarray(point_mm, dtype=float) + inv[:3, 3]
+    horizontal = 0 if view == "coronal" else 1
+    col = canonical_shape[horizontal] - 1 - vox[horizontal]
+    row = canonical_shape[2] - 1 - vox[2]
+    return (col + 0.5) * spacing[horizontal], (row + 0.5) * spacing[2]
 
 
 def _draw_panel(
@@ -129,46 +143,34 @@ def _draw_panel(
     markers: Sequence[tuple[str, np.ndarray | None, str]],
     vmax_suv: float,
 ) -> None:
-    pet, affine = _canonical(tp.study.pet, tp.study.affine)
-    labels, _ = _canonical(tp.instances, tp.study.affine)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    # coronal: project along A-P (axis 1) and show R-L x S-I; sagittal: along R-L (axis 0)
-    axis, horizontal = (1, 0) if view == "coronal" else (0, 1)
-    image = pet.max(axis=axis).T  # rows = superior-inferior (axis 2), columns = horizontal
-    width_mm = pet.shape[horizontal] * spacing[horizontal]
-    height_mm = pet.shape[2] * spacing[2]
-    extent = (0.0, width_mm, 0.0, height_mm)
+    """One MIP panel (petflare.inference.figures.mip) with status contours and markers."""
+    from petflare.inference.figures import mip
+
+    image, col_mm, row_mm = mip(tp.study.pet, tp.study.affine, view)
+    n_rows, n_cols = image.shape
     ax.imshow(
         image,
         cmap="gray_r",
         vmin=0.0,
         vmax=vmax_suv,
-        origin="lower",
-        extent=extent,
+        extent=(0.0, n_cols * col_mm, n_rows * row_mm, 0.0),
         interpolation="nearest",
-        aspect="equal",
     )
-    xs = (np.arange(pet.shape[horizontal]) + 0.5) * spacing[horizontal]
-    zs = (np.arange(pet.shape[2]) + 0.5) * spacing[2]
-    for lesion_id in np.unique(labels):
-        if lesion_id == 0:
-            continue
-        projected = (labels == lesion_id).max(axis=axis).T.astype(np.float32)
-        colour = STATUS_COLOURS.get(statuses.get(int(lesion_id), "lesion"), "#CC79A7")
-        if projected.shape[0] > 1 and projected.shape[1] > 1:
-            ax.contour(xs, zs, projected, levels=[0.5], colors=[colour], linewidths=1.2)
-    inv = np.linalg.inv(affine)
+    xs = (np.arange(n_cols) + 0.5) * col_mm
+    ys = (np.arange(n_rows) + 0.5) * row_mm
+    for lesion_id in tp.lesion_ids:
+        projected, _, _ = mip((tp.instances == lesion_id).astype(np.uint8), tp.study.affine, view)
+        colour = STATUS_COLOURS.get(statuses.get(lesion_id, "lesion"), "#CC79A7")
+        if n_rows > 1 and n_cols > 1:
+            ax.contour(xs, ys, projected, levels=[0.5], colors=[colour], linewidths=1.2)
     for symbol, centre, _ in markers:
         if centre is None:
             continue
-        vox = inv[:3, :3] @ np.asarray(centre, dtype=float) + inv[:3, 3]
-        x_mm = (vox[horizontal] + 0.5) * spacing[horizontal]
-        z_mm = (vox[2] + 0.5) * spacing[2]
-        ax.plot([x_mm], [z_mm], marker=symbol, color="#009E73", markersize=11, markeredgewidth=2.2)
-    if view == "sagittal":
-        ax.invert_xaxis()  # anterior (high y) on the viewer's left
+        x_mm, y_mm = _display_position(centre, tp.study.shape, tp.study.affine, view)
+        ax.plot([x_mm], [y_mm], marker=symbol, color="#009E73", markersize=11, markeredgewidth=2.2)
     ax.set_xticks([])
     ax.set_yticks([])
+    ax.set_aspect("equal")
 
 
 def _hottest_centre(tp: TimepointResult) -> np.ndarray | None:
