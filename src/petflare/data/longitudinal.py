@@ -655,7 +655,8 @@ def pair_samples(
             )
             if cached is not None:
                 atomic_write_text(cached, rep.to_json(indent=None), overwrite=True)
-        registration = rep.registration
+        if i == 0:  # the variants reuse the pair's own registration
+            registration = rep.registration
         reports.append(rep)
         unit_lists.append(lesion_units(rep))
     matrix = registration_matrix(reports[0])
