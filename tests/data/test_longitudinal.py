@@ -318,3 +318,13 @@ def test_image_batches_augment_both_scans_consistently(tmp_path: Path) -> None:
     assert diff.std() > 0.01
     batch2 = collate_images([plain, noisy])
     assert batch2[HeadKeys.FOLLOWUP_IMAGE].shape[0] == 2
+
+
+def test_variants_reuse_the_pairs_registration(encoder: EncoderFeatures) -> None:
+    """Unperturbed variants reproduce the pair's own features (same alignment every time)."""
+    base, fol = make_pair("nodule_within_mass", shift_mm=(9.0, -7.0, 5.0))
+    same = [(np.asarray(base.mask), np.asarray(fol.mask))] * 2
+    samples = pair_samples(base, fol, encoder, PRE, label=2, label_variants=same)
+    for s in samples[1:]:
+        np.testing.assert_allclose(s.lesion_features, samples[0].lesion_features, atol=1e-4)
+        np.testing.assert_allclose(s.lesion_pooled, samples[0].lesion_pooled, atol=1e-4)
