@@ -1017,14 +1017,24 @@ class LongitudinalDataModule(pl.LightningDataModule):
                 out[split] = []
                 continue
             tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
-            folder = self.data_dir / (f"{split}_n{n}_seed{seed}" + (f"_{tag}" if tag else ""))
+            suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
+            folder = self.data_dir / f"{split}_n{n}{suffix}"
             manifest = folder / "manifest.csv"
+            # pair i depends only on (seed, i): a larger set of the same seed holds this one
+            larger = sorted(
+                (int(m.parent.name[len(split) + 2 : -len(suffix)]), m)
+                for m in self.data_dir.glob(f"{split}_n*{suffix}/manifest.csv")
+                if m.parent.name[len(split) + 2 : -len(suffix)].isdigit()
+            )
+            larger = [(size, m) for size, m in larger if size >= n]
+            if not manifest.is_file() and larger:
+                manifest = larger[0][1]
             if not manifest.is_file():
                 log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
                 manifest = generate_dataset(
                     folder, n, seed, config=PhantomConfig(**self.phantom), overwrite=True
                 )
-            out[split] = load_manifest(manifest)
+            out[split] = load_manifest(manifest)[:n]
         return out
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
