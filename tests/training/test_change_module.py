@@ -146,3 +146,34 @@ def test_modes_are_validated() -> None:
         ChangePatternModule(head, partial(torch.optim.AdamW), segmentation_net=_net(), mode="joint")
     with pytest.raises(ValueError, match="mode must be"):
         ChangePatternModule(head, partial(torch.optim.AdamW), mode="other")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("experiment", ["head_debug", "head_synthetic_cpu"])
+def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) -> None:
+    """Every head experiment composes and builds its objects (head_debug also trains in
+    tests/inference/test_pattern.py)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from petflare.cli._common import config_dir
+    from petflare.data.longitudinal import LongitudinalDataModule
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train_head", overrides=[f"experiment={experiment}"])
+    net = _net()
+    head = instantiate(
+        cfg.head,
+        feature_channels=EncoderFeatures(net).channels(),
+        n_lesion_features=len(LESION_FEATURE_NAMES),
+        n_pair_features=len(PAIR_FEATURE_NAMES),
+    )
+    assert isinstance(head, ChangePatternHead)
+    dm = instantiate(cfg.data, _partial_=True, _convert_="all")(
+        segmentation_net=net, preprocessing=PRE, cache_dir=tmp_path
+    )
+    assert isinstance(dm, LongitudinalDataModule)
+    assert isinstance(instantiate(cfg.trainer), pl.Trainer)
+    module = ChangePatternModule(head, instantiate(cfg.module.optimizer), net, cfg.module.mode)
+    assert isinstance(module.configure_optimizers(), torch.optim.Optimizer)
+    if experiment == "head_synthetic_cpu":
+        assert cfg.module.mode == "frozen" and cfg.data.n_train_pairs >= 32
