@@ -46,7 +46,7 @@ from petflare.networks.encoder import EncoderFeatures
 log = logging.getLogger(__name__)
 
 #: Version of the cached per-pair feature layout; bump when features change.
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 
 
 class HeadKeys:
@@ -639,7 +639,9 @@ def pair_samples(
     if baseline.mask is None or followup.mask is None:
         raise ValueError("both studies need a lesion mask")
     variants = [(np.asarray(baseline.mask), np.asarray(followup.mask)), *label_variants]
-    variants = [(lesion_instances(b), lesion_instances(f)) for b, f in variants]
+    # lesions are the connected components of the mask, exactly as the inference pipeline
+    # labels a predicted mask, so training on ground truth sees lesions the same way
+    variants = [(lesion_instances(b > 0), lesion_instances(f > 0)) for b, f in variants]
     reports, unit_lists = [], []
     registration = None
     for i, (b_lab, f_lab) in enumerate(variants):

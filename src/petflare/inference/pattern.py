@@ -355,8 +355,8 @@ class PatternClassifier:
 
         if baseline.mask is None or followup.mask is None:
             raise ValueError("both studies need a lesion mask (segment them first)")
-        b_lab = np.asarray(lesion_instances(np.asarray(baseline.mask)))
-        f_lab = np.asarray(lesion_instances(np.asarray(followup.mask)))
+        b_lab = np.asarray(lesion_instances(np.asarray(baseline.mask) > 0))
+        f_lab = np.asarray(lesion_instances(np.asarray(followup.mask) > 0))
         return self.predict_samples([self.sample(baseline, followup, b_lab, f_lab, pair_report)])[0]
 
     def __call__(self, baseline: Any, followup: Any, pair_report: Any) -> Any:
