@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/mypy
 
 demo: setup
-	$(BIN)/python scripts/synthesize.py out=demo_out/phantom n_pairs=4 seed=2026 overwrite=true
+	$(BIN)/python scripts/demo.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
