@@ -178,3 +178,12 @@ def test_nodule_remnant_sign_and_focus_at_reactivated_site():
     # A 1 ml avid focus at a baseline site that stood out (contrast 1.8) but had no lesion.
     d = classify_pattern_rules(_pair([_change(i) for i in (1, 2, 3)], new=[(1.0, 5.0, 1.8)]))
     assert d.label == "nodule_within_mass" and "reactivated" in d.evidence[0]
+
+
+def test_small_focus_inside_hypodense_mass_is_a_nodule_not_a_new_lesion():
+    pair = _pair([_change(i) for i in (1, 2, 3)], new=[(1.2, 4.0)])
+    pair.matches[3].followup_shell_hu_mean = 14.0  # water-like shell: a responding GIST mass
+    d = classify_pattern_rules(pair)
+    assert d.label == "nodule_within_mass" and "hypodense" in d.evidence[0]
+    pair.matches[3].followup_shell_hu_mean = 55.0  # normal liver around it: new lesion
+    assert classify_pattern_rules(pair).label == "new_lesions"

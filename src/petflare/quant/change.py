@@ -148,15 +148,39 @@ def lesion_changes(
     return out
 
 
+def _shell(
+    site: np.ndarray, spacing: tuple[float, float, float], inner_mm: float, outer_mm: float
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """Crop around ``site``; the site and a shell ``inner_mm``-``outer_mm`` around it."""
+    px, py, pz = (int(np.ceil((outer_mm + 2.0) / s)) for s in spacing)
+    sl, _ = crop_slices(site, (px, py, pz))
+    inner = site[sl]
+    dist = ndimage.distance_transform_edt(~inner, sampling=spacing)
+    return sl, inner, (dist > inner_mm) & (dist <= outer_mm)
+
+
 def annotate_new_sites(
     matches: list[LesionMatch], geometry: PairGeometry, followup: ScanReport
 ) -> None:
-    """Fill the ``baseline_site_*`` evidence of every new follow-up lesion (in place)."""
+    """Fill the site evidence of every new follow-up lesion (in place).
+
+    ``baseline_site_*``: the mapped footprint on the baseline against a 3-12 mm shell.
+    ``followup_shell_hu_mean``: follow-up CT in a 3-12 mm shell around the lesion itself (a
+    hypodense shell means the focus sits inside a hypodense, i.e. responding, mass).
+    """
     g = geometry
     spacing = g.baseline.spacing_mm
     for m in matches:
         if m.timepoint != "followup" or m.status != NEW:
             continue
+        if g.followup.ct is not None:
+            fsl, _, fshell = _shell(
+                g.followup_labels == m.lesion_id, g.followup.spacing_mm, 3.0, 12.0
+            )
+            fct = g.followup.ct[fsl]
+            fshell &= fct > -500.0
+            if fshell.any():
+                m.followup_shell_hu_mean = float(fct[fshell].mean())
         site = g.followup_on_baseline == m.lesion_id
         if not site.any():  # too small to survive resampling: a ball at the mapped centroid
             les = followup.lesion(m.lesion_id)
@@ -165,11 +189,7 @@ def annotate_new_sites(
             if np.any(ijk < 0) or np.any(ijk >= np.array(g.baseline.shape)):
                 continue
             site[tuple(ijk)] = True
-        px, py, pz = (int(np.ceil(14.0 / s)) for s in spacing)  # shell reach + margin
-        sl, _ = crop_slices(site, (px, py, pz))
-        inner = site[sl]
-        dist = ndimage.distance_transform_edt(~inner, sampling=spacing)
-        shell = (dist > 3.0) & (dist <= 12.0)
+        sl, inner, shell = _shell(site, spacing, 3.0, 12.0)
         pet = g.baseline.pet[sl]
         body = pet > 0.1 if g.baseline.ct is None else g.baseline.ct[sl] > -500.0
         shell &= body

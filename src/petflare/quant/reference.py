@@ -42,7 +42,7 @@ class LiverSearchConfig:
     radius_mm: float = LIVER_SPHERE_RADIUS_MM
     liver_hu: tuple[float, float] = (30.0, 85.0)
     pet_suv: tuple[float, float] = (1.0, 4.0)
-    max_cov: float = 0.25
+    max_cov: float = 0.35
     body_hu: float = -300.0
     lung_hu: float = -400.0
     body_suv: float = 0.15

@@ -156,7 +156,9 @@ class LesionMatch:
     baseline (footprint mapped through the registration) against a 3-12 mm shell around it:
     SUV mean, SUV ratio site/shell and HU difference site - shell. A clear contrast means a
     structure (e.g. a non-avid responding mass) was already there: a reactivated site rather
-    than disease at a previously uninvolved site.
+    than disease at a previously uninvolved site. ``followup_shell_hu_mean`` is the follow-up
+    CT in a 3-12 mm shell around the new lesion: a hypodense shell (water-like, 0-30 HU) means
+    the focus lies inside a hypodense (responding) mass.
     """
 
     timepoint: str
@@ -168,6 +170,7 @@ class LesionMatch:
     baseline_site_suv_mean: float | None = None
     baseline_site_suv_contrast: float | None = None
     baseline_site_hu_contrast: float | None = None
+    followup_shell_hu_mean: float | None = None
 
 
 @dataclass

@@ -15,8 +15,10 @@ thresholds and their clinical reasons):
    ``max_focus_ml`` that R1 did not explain. PERCIST / EORTC / Choi progression.
 3. ``R3_nodule_within_mass``: a persisting mass shows the focal or the remnant sign of
    :class:`petflare.quant.change.NoduleCriteria`, or a small (<= ``max_focus_ml``) avid focus
-   appeared at a reactivated site (a nodule in a mass that was non-avid at baseline).
-   Shankar et al. 2005.
+   appeared at a reactivated site (a nodule in a mass that was non-avid at baseline), or a
+   small avid focus sits inside a hypodense mass on the follow-up CT (its 3-12 mm shell in
+   ``hypodense_shell_hu``: the water-like density of a responding GIST). Such foci are not
+   counted as new lesions in R1/R2. Shankar et al. 2005.
 4. ``R4_controlled``: none of the above (response or stable disease).
 """
 
@@ -48,6 +50,7 @@ class RuleThresholds:
     min_fraction_rose: float = 0.5
     min_mean_rise_pct: float = 20.0
     max_new_with_flare: int = 1
+    hypodense_shell_hu: tuple[float, float] = (0.0, 30.0)
 
 
 def _describe(les: LesionMetrics, what: str) -> str:
@@ -77,7 +80,16 @@ def classify_pattern_rules(
         if m.baseline_site_suv_contrast is not None
         and m.baseline_site_suv_contrast >= t.prior_site_contrast
     ]
-    new_sites = [rep.followup.lesion(m.lesion_id) for m in real if m not in reactivated]
+    lo_hu, hi_hu = t.hypodense_shell_hu
+    intramass = [
+        m
+        for m in real
+        if m not in reactivated
+        and m.followup_shell_hu_mean is not None
+        and lo_hu <= m.followup_shell_hu_mean <= hi_hu
+        and rep.followup.lesion(m.lesion_id).volume_ml <= focus_ml
+    ]
+    new_sites = [rep.followup.lesion(m.lesion_id) for m in real if m not in reactivated + intramass]
     react_les = [rep.followup.lesion(m.lesion_id) for m in reactivated]
 
     # R1: diffuse flare at known sites.
@@ -129,6 +141,11 @@ def classify_pattern_rules(
         _describe(les, "avid focus at a non-avid baseline mass (reactivated site)")
         for les in react_les
         if les.volume_ml <= focus_ml
+    ]
+    nodules += [
+        _describe(rep.followup.lesion(m.lesion_id), "avid focus")
+        + f" inside a hypodense mass (shell {m.followup_shell_hu_mean:.0f} HU)"
+        for m in intramass
     ]
     if nodules:
         return RuleDecision(NODULE_WITHIN_MASS, "R3_nodule_within_mass", nodules)
