@@ -251,7 +251,11 @@ class AugmentationConfig:
     Attributes:
         patch_size_vox: training patch size in voxels at the model spacing.
         num_samples: patches drawn per volume per visit.
-        pos_fraction: fraction of patches centred on lesion voxels (the rest on body voxels).
+        pos_fraction: fraction of patches centred on lesion voxels (the rest on non-lesion
+            voxels with SUV above ``neg_min_suv``).
+        neg_min_suv: negative patches are centred where SUV exceeds this; a value above the
+            liver's (e.g. 2) centres them on physiological uptake (brain, heart, bladder,
+            kidneys), the usual false positives, instead of on plain soft tissue.
         flip_prob: probability of a flip along each axis.
         affine_prob: probability of a small random rotation/scaling.
         rotate_deg: maximum rotation per axis in degrees.
@@ -262,6 +266,7 @@ class AugmentationConfig:
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
     num_samples: int = 2
     pos_fraction: float = 0.5
+    neg_min_suv: float = 0.05
     flip_prob: float = 0.5
     affine_prob: float = 0.2
     rotate_deg: float = 10.0
@@ -274,8 +279,11 @@ class AugmentationConfig:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
 
 
-def augmentation_transforms(aug: AugmentationConfig) -> list[Transform]:
+def augmentation_transforms(
+    aug: AugmentationConfig, config: PreprocessingConfig | None = None
+) -> list[Transform]:
     """Random transforms applied after caching: balanced patch sampling, spatial, intensity."""
+    config = config or PreprocessingConfig()
     keys = [Keys.IMAGE, Keys.LABEL]
     rot = float(np.deg2rad(aug.rotate_deg))
     return [
@@ -288,7 +296,8 @@ def augmentation_transforms(aug: AugmentationConfig) -> list[Transform]:
             neg=1.0 - aug.pos_fraction,
             num_samples=aug.num_samples,
             image_key=Keys.IMAGE,
-            image_threshold=0.0,  # negative patches inside the body, not in the air
+            # negative patch centres: non-lesion voxels above neg_min_suv (body or hot organs)
+            image_threshold=config.scaled_suv(aug.neg_min_suv),
         ),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
@@ -309,7 +318,7 @@ def augmentation_transforms(aug: AugmentationConfig) -> list[Transform]:
 
 def training_transforms(config: PreprocessingConfig, aug: AugmentationConfig) -> Compose:
     """Full training pipeline (CacheDataset caches up to the first random transform)."""
-    return Compose([*load_transforms(config, True), *augmentation_transforms(aug)])
+    return Compose([*load_transforms(config, True), *augmentation_transforms(aug, config)])
 
 
 def validation_transforms(config: PreprocessingConfig) -> Compose:

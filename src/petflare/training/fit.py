@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from petflare.io.atomic import atomic_write_text
+from petflare.training.callbacks import LastCheckpoint
 from petflare.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def fit_segmentation(
     checkpoint = trainer.checkpoint_callback
     best = ""
     if isinstance(checkpoint, ModelCheckpoint):
-        best = checkpoint.best_model_path or checkpoint.last_model_path
+        best = checkpoint.best_model_path
+    if not best:  # no validation set: the final state
+        last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)  # type: ignore[attr-defined]
+        best = str(last.path) if last is not None and last.path.is_file() else ""
     record: dict[str, Any] = {
         "checkpoint": best,
         "global_step": int(trainer.global_step),
