@@ -82,3 +82,15 @@ def test_lesion_crop_has_no_reference():
     pet = np.where(np.linalg.norm(xyz, axis=-1) < 20, 6.0, 1.0).astype(np.float32)
     ref = liver_reference(Study(pet, aff))
     assert not ref.found and ref.reason
+
+
+def test_pooled_spheres_stay_in_the_liver_and_do_not_overlap():
+    from petflare.quant import LiverSearchConfig
+
+    study, liver, _ = _torso()
+    one = liver_reference(study)
+    three = liver_reference(study, config=LiverSearchConfig(n_spheres=3))
+    assert three.found and "spheres" in three.reason
+    assert three.n_voxels > 2 * one.n_voxels  # more than two spheres' worth, no overlap
+    assert three.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+    assert three.centre_mm == one.centre_mm  # the first sphere is the PERCIST one

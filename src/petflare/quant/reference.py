@@ -37,7 +37,11 @@ LIVER_SPHERE_RADIUS_MM = 15.0
 
 @dataclass(frozen=True)
 class LiverSearchConfig:
-    """Thresholds of the automatic liver search (defaults: adult FDG PET/CT)."""
+    """Thresholds of the automatic liver search (defaults: adult FDG PET/CT).
+
+    ``n_spheres`` > 1 pools several non-overlapping 3 cm spheres of the right lobe (deepest
+    first); PERCIST specifies one, which is the default.
+    """
 
     radius_mm: float = LIVER_SPHERE_RADIUS_MM
     liver_hu: tuple[float, float] = (30.0, 85.0)
@@ -52,6 +56,7 @@ class LiverSearchConfig:
     above_lung_base_mm: float = 20.0
     smooth_sigma_mm: float = 4.0
     lesion_margin_mm: float = 10.0
+    n_spheres: int = 1
 
 
 def _world_grid(affine: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -68,19 +73,24 @@ def _world_grid(affine: np.ndarray, shape: tuple[int, ...], axis: int) -> np.nda
 
 
 def _sphere_stats(
-    pet: np.ndarray, affine: np.ndarray, centre: tuple[int, ...], radius_mm: float, within=None
+    pet: np.ndarray,
+    affine: np.ndarray,
+    centres: list[tuple[int, ...]],
+    radius_mm: float,
+    within=None,
 ) -> tuple[float, float, int]:
-    """Mean, SD and voxel count of PET in the ball around voxel ``centre`` (∩ ``within``)."""
+    """Mean, SD and voxel count of PET in the union of balls around ``centres`` (∩ ``within``)."""
     kernel = ball_kernel(affine, radius_mm)
     half = [s // 2 for s in kernel.shape]
     ball = np.zeros(pet.shape, dtype=bool)
-    src, dst = [], []
-    for ax in range(3):
-        lo = centre[ax] - half[ax]
-        d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], pet.shape[ax])
-        dst.append(slice(d0, d1))
-        src.append(slice(d0 - lo, d1 - lo))
-    ball[tuple(dst)] = kernel[tuple(src)]
+    for centre in centres:
+        src, dst = [], []
+        for ax in range(3):
+            lo = centre[ax] - half[ax]
+            d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], pet.shape[ax])
+            dst.append(slice(d0, d1))
+            src.append(slice(d0 - lo, d1 - lo))
+        ball[tuple(dst)] |= kernel[tuple(src)]
     if within is not None:
         ball &= within
     vals = pet[ball].astype(np.float64)
@@ -88,7 +98,9 @@ def _sphere_stats(
 
 
 def _found(pet, affine, centre, radius_mm, method, reason, within=None) -> LiverReference:
-    mean, sd, n = _sphere_stats(pet, affine, centre, radius_mm, within)
+    centres = centre if isinstance(centre, list) else [centre]
+    centre = centres[0]
+    mean, sd, n = _sphere_stats(pet, affine, centres, radius_mm, within)
     return LiverReference(
         found=True,
         method=method,
@@ -214,8 +226,17 @@ def _pick_liver(
     core = _largest_component(deep)
     core &= x >= np.median(x[core])  # its right half: the right lobe, away from the stomach
     masked = np.where(core, edt, -1.0)
-    centre = tuple(int(i) for i in np.unravel_index(int(np.argmax(masked)), masked.shape))
-    ref = _found(study.pet, affine, centre, cfg.radius_mm, method, "")
+    centres: list[tuple[int, ...]] = []
+    y = _world_grid(affine, study.shape, 1)
+    for _ in range(cfg.n_spheres):
+        if masked.max() < 0:
+            break
+        centre = tuple(int(i) for i in np.unravel_index(int(np.argmax(masked)), masked.shape))
+        centres.append(centre)
+        c_mm = voxel_to_world(affine, np.array(centre, dtype=float))[0]
+        near = (x - c_mm[0]) ** 2 + (y - c_mm[1]) ** 2 + (z - c_mm[2]) ** 2
+        masked[near < (2.0 * cfg.radius_mm) ** 2] = -1.0  # next sphere does not overlap
+    ref = _found(study.pet, affine, centres, cfg.radius_mm, method, "")
     assert ref.suv_mean is not None and ref.suv_sd is not None
     cov = ref.suv_sd / ref.suv_mean if ref.suv_mean > 0 else np.inf
     lo, hi = cfg.pet_suv
@@ -227,7 +248,12 @@ def _pick_liver(
         )
     ref.reason = (
         f"largest liver-like region on the patient's right within {cfg.below_lung_mm:.0f} mm "
-        f"below the right lung base (z={base_z:.0f} mm); sphere at its deepest point"
+        f"below the right lung base (z={base_z:.0f} mm); "
+        + (
+            "sphere at its deepest point"
+            if len(centres) == 1
+            else f"{len(centres)} non-overlapping spheres at its deepest points (pooled)"
+        )
     )
     return ref
 
