@@ -29,6 +29,8 @@ def debug_config(root: Path, max_steps: int, ckpt_path: str | None = None):  # n
         "model.scheduler.end_lr=0.0",
         f"model.optimizer.lr={BASE_LR}",
         "callbacks.progress_bar.refresh_rate=0",
+        # no monitored checkpoint is ever written: last.ckpt must still be kept current
+        "callbacks.model_checkpoint.save_top_k=0",
     ]
     if ckpt_path is not None:
         overrides.append(f"ckpt_path={ckpt_path}")
@@ -58,7 +60,8 @@ def logged_lrs(run: Path) -> dict[int, float]:
 
 
 def test_resume_continues_the_schedule(tmp_path: Path) -> None:
-    train(debug_config(tmp_path, max_steps=4))
+    record = train(debug_config(tmp_path, max_steps=4))
+    assert record["checkpoint"].endswith("last.ckpt")  # no best: the final state is recorded
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     first = torch.load(last, map_location="cpu", weights_only=True)
     assert first["global_step"] == 4
