@@ -18,7 +18,7 @@ import torch
 from conftest import make_non_ras_affine
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.longitudinal import (
-    LESION_FEATURE_NAMES,
+    HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
     HeadKeys,
     LongitudinalDataModule,
@@ -112,12 +112,12 @@ def test_pair_samples_units_and_shapes(encoder: EncoderFeatures) -> None:
     assert kinds == ["new", "persisting", "persisting", "persisting"]
     p = 4 * sum(encoder.channels())
     assert s.lesion_pooled.shape == (4, p)
-    assert s.lesion_features.shape == (4, len(LESION_FEATURE_NAMES))
+    assert s.lesion_features.shape == (4, len(HEAD_LESION_FEATURE_NAMES))
     assert s.global_pooled.shape == (2, p)
     assert s.pair_features.shape == (len(PAIR_FEATURE_NAMES),)
     assert np.isfinite(s.lesion_pooled).all() and np.isfinite(s.pair_features).all()
     new = next(i for i, u in enumerate(s.units) if u["kind"] == "new")
-    feats = dict(zip(LESION_FEATURE_NAMES, s.lesion_features[new], strict=True))
+    feats = dict(zip(HEAD_LESION_FEATURE_NAMES, s.lesion_features[new], strict=True))
     assert feats["present_baseline"] == 0 and feats["present_followup"] == 1
     assert s.rule_label == "new_lesions" and s.label == 3
 
@@ -125,7 +125,7 @@ def test_pair_samples_units_and_shapes(encoder: EncoderFeatures) -> None:
 def test_flare_raises_uptake_features(encoder: EncoderFeatures) -> None:
     flare = pair_samples(*make_pair("diffuse_flare"), encoder, PRE)[0]
     ctrl = pair_samples(*make_pair("controlled"), encoder, PRE)[0]
-    i = LESION_FEATURE_NAMES.index("log_suv_max_ratio")
+    i = HEAD_LESION_FEATURE_NAMES.index("log_suv_max_ratio")
     assert (flare.lesion_features[:, i] > 0.3).all()
     assert (ctrl.lesion_features[:, i] < -0.3).all()
 

@@ -180,3 +180,16 @@ def test_normalization_is_fitted_and_saved_with_the_weights() -> None:
     clone = ChangePatternHead(**head.config())
     clone.load_state_dict(head.state_dict())
     torch.testing.assert_close(clone.norm_lesion.std, head.norm_lesion.std)
+
+
+def test_image_dropout_hides_image_features_in_training_only() -> None:
+    enc, fb, ff, masks, valid, lf, pf = _inputs(4, 2)
+    head = ChangePatternHead(enc.channels(), 5, 3, hidden_dim=16, dropout=0.0, image_dropout=1.0)
+    head.train()
+    out = head(fb, ff, masks, valid, lf, pf)
+    ff2 = [f + 5.0 for f in ff]  # different images, same quantitative features
+    torch.testing.assert_close(head(fb, ff2, masks, valid, lf, pf).logits, out.logits)
+    head.eval()
+    assert not torch.allclose(
+        head(fb, ff2, masks, valid, lf, pf).logits, head(fb, ff, masks, valid, lf, pf).logits
+    )

@@ -14,7 +14,7 @@ from monai.losses import DiceCELoss
 
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS
 from petflare.data.longitudinal import (
-    LESION_FEATURE_NAMES,
+    HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
     HeadKeys,
     PairSampleDataset,
@@ -71,7 +71,11 @@ def _trainer(steps: int) -> pl.Trainer:
 
 def _head(channels: list[int]) -> ChangePatternHead:
     return ChangePatternHead(
-        channels, len(LESION_FEATURE_NAMES), len(PAIR_FEATURE_NAMES), hidden_dim=16, dropout=0.0
+        channels,
+        len(HEAD_LESION_FEATURE_NAMES),
+        len(PAIR_FEATURE_NAMES),
+        hidden_dim=16,
+        dropout=0.0,
     )
 
 
@@ -164,7 +168,7 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
     head = instantiate(
         cfg.head,
         feature_channels=EncoderFeatures(net).channels(),
-        n_lesion_features=len(LESION_FEATURE_NAMES),
+        n_lesion_features=len(HEAD_LESION_FEATURE_NAMES),
         n_pair_features=len(PAIR_FEATURE_NAMES),
     )
     assert isinstance(head, ChangePatternHead)

@@ -22,7 +22,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from petflare.data.longitudinal import (
-        LESION_FEATURE_NAMES,
+        HEAD_LESION_FEATURE_NAMES,
         PAIR_FEATURE_NAMES,
         PredictedMasks,
     )
@@ -52,7 +52,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     head = instantiate(
         cfg.head,
         feature_channels=channels,
-        n_lesion_features=len(LESION_FEATURE_NAMES),
+        n_lesion_features=len(HEAD_LESION_FEATURE_NAMES),
         n_pair_features=len(PAIR_FEATURE_NAMES),
     )
     trainer = instantiate(cfg.trainer)

@@ -42,11 +42,15 @@ from petflare.io.loading import resample_to_grid
 from petflare.io.study import Study
 from petflare.networks.change_head import global_regions, pool_regions
 from petflare.networks.encoder import EncoderFeatures
+from petflare.quant.change import NoduleCriteria, nodule_evidence
+from petflare.quant.rules import RuleThresholds
 
 log = logging.getLogger(__name__)
 
 #: Version of the cached per-pair feature layout; bump when features change.
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
+#: Version of the cached quantification (reports, predicted masks); independent of the features.
+REPORT_VERSION = "2"
 
 
 class HeadKeys:
@@ -84,7 +88,21 @@ LESION_FEATURE_NAMES = (
     "uptake_rose",
     "suv_peak_followup_over_liver",
     "suv_peak_baseline_over_liver",
+    "nodule_evidence",  # quant's intratumoural-nodule criteria met (Choi PD / rule R2)
+    "real_new_lesion",  # unmatched and above the rule-based size/uptake floor
 )
+
+#: Scaled PET (network input units) inside each unit's region, appended to the lesion features:
+#: the baseline uptake at a "new" site tells a re-activated known site from a really new one.
+REGION_PET_FEATURE_NAMES = (
+    "pet_mean_baseline_in_region",
+    "pet_mean_followup_in_region",
+    "pet_max_baseline_in_region",
+    "pet_max_followup_in_region",
+)
+
+#: Every per-lesion input of the head, in order (quantitative, then region PET).
+HEAD_LESION_FEATURE_NAMES = (*LESION_FEATURE_NAMES, *REGION_PET_FEATURE_NAMES)
 
 #: Per-pair quantitative change features.
 PAIR_FEATURE_NAMES = (
@@ -102,6 +120,7 @@ PAIR_FEATURE_NAMES = (
     "median_suv_peak_change",
     "fraction_units_rose",
     "liver_ratio_followup_baseline",
+    *(f"rules_say_{p}" for p in PATTERNS),  # the rule-based call, one-hot (stacking)
 )
 
 
@@ -150,7 +169,11 @@ class LesionUnit:
 
 
 def lesion_units(report: Any) -> list[LesionUnit]:
-    """Lesion units of a :class:`petflare.quant.PairReport` (follow-up lesions, then resolved)."""
+    """Lesion units of a :class:`petflare.quant.PairReport` (follow-up lesions, then resolved).
+
+    ``features`` holds the ``LESION_FEATURE_NAMES`` values; :func:`sample_from_features`
+    appends the ``REGION_PET_FEATURE_NAMES`` measured on the aligned images.
+    """
     liver_b = _f(report.baseline.liver.suv_mean, 0.0) or None
     liver_f = _f(report.followup.liver.suv_mean, 0.0) or None
     changes = {c.followup_id: c for c in report.changes}
@@ -223,6 +246,13 @@ def _unit(
             rose,
             peak_f / liver_f if liver_f else 0.0,
             peak_b / liver_b if liver_b else 0.0,
+            float(change is not None and nodule_evidence(change, NoduleCriteria()) is not None),
+            float(
+                not bases
+                and fol is not None
+                and fol.volume_ml >= RuleThresholds().min_new_volume_ml
+                and fol.suv_peak >= RuleThresholds().min_new_suv_peak
+            ),
         ],
         dtype=np.float32,
     )
@@ -251,6 +281,10 @@ def _unit(
 
 def pair_feature_vector(report: Any, units: Sequence[LesionUnit]) -> np.ndarray:
     """Whole-pair change features in ``PAIR_FEATURE_NAMES`` order."""
+    from petflare.quant import classify_pattern_rules
+
+    rules = report.pattern_rules or classify_pattern_rules(report)
+    rule_label = rules.label
     d = report.disease
     persisting = [u for u in units if u.kind == "persisting"]
     peak_changes = [float(u.features[7]) for u in persisting]
@@ -272,6 +306,7 @@ def pair_feature_vector(report: Any, units: Sequence[LesionUnit]) -> np.ndarray:
             float(np.median(peak_changes)) if peak_changes else 0.0,
             float(np.mean([u.features[14] for u in persisting])) if persisting else 0.0,
             np.log(liver_f / liver_b) if liver_b > 0 and liver_f > 0 else 0.0,
+            *(float(rule_label == p) for p in PATTERNS),
         ],
         dtype=np.float32,
     )
@@ -589,16 +624,26 @@ def sample_from_features(
     label: int,
     rule_label: str,
     patient_id: str = "",
+    images: PairImages | None = None,
 ) -> PairSample:
-    """Pool encoder features in the unit regions and attach the quantitative features."""
+    """Pool encoder features in the unit regions and attach the quantitative features.
+
+    ``images`` (the aligned crops the features came from) give the region PET statistics.
+    """
     masks = torch.from_numpy(lesion_masks[None].astype(np.float32))
     valid = torch.ones((1, masks.shape[1]), dtype=torch.bool)
     lesion_pooled = pool_regions(feats_b, feats_f, masks)[0].numpy()
     global_pooled = pool_regions(feats_b, feats_f, global_regions(masks, valid))[0].numpy()
-    n_lf = len(LESION_FEATURE_NAMES)
-    lesion_features = (
-        np.stack([u.features for u in units]) if units else np.zeros((0, n_lf), np.float32)
-    )
+    n_lf = len(HEAD_LESION_FEATURE_NAMES)
+    rows = []
+    for i, unit in enumerate(units):
+        stats = np.zeros(len(REGION_PET_FEATURE_NAMES), np.float32)
+        region = lesion_masks[i] > 0
+        if images is not None and region.any():
+            b_pet, f_pet = images.baseline_image[0][region], images.followup_image[0][region]
+            stats[:] = (b_pet.mean(), f_pet.mean(), b_pet.max(), f_pet.max())
+        rows.append(np.concatenate([unit.features, stats]))
+    lesion_features = np.stack(rows) if rows else np.zeros((0, n_lf), np.float32)
     return PairSample(
         lesion_pooled=lesion_pooled.astype(np.float32),
         lesion_features=lesion_features.astype(np.float32),
@@ -707,6 +752,7 @@ def pair_samples(
                 label,
                 classify_pattern_rules(rep).label,
                 baseline.meta.patient_id,
+                images,
             )
         )
     return out
@@ -1095,7 +1141,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         key = _cache_key(
             {
                 "files": [_file_stamp(f) for f in files],
-                "settings": self._settings() if with_encoder else FEATURE_VERSION,
+                "settings": self._settings() if with_encoder else REPORT_VERSION,
                 "n_variants": n_variants,
                 "mask_source": source,
                 "seed": seed,

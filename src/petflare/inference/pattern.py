@@ -30,7 +30,7 @@ from torch import nn
 from petflare.constants import PATTERNS
 from petflare.data.longitudinal import (
     FEATURE_VERSION,
-    LESION_FEATURE_NAMES,
+    HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
     PairSample,
     _with_mask,
@@ -88,7 +88,7 @@ def save_head(
         "encoder_scales": None if encoder_scales is None else [int(s) for s in encoder_scales],
         "margin_mm": float(margin_mm),
         "feature_version": FEATURE_VERSION,
-        "lesion_feature_names": list(LESION_FEATURE_NAMES),
+        "lesion_feature_names": list(HEAD_LESION_FEATURE_NAMES),
         "pair_feature_names": list(PAIR_FEATURE_NAMES),
         "classes": list(PATTERNS),
         "weights": {
@@ -345,6 +345,7 @@ class PatternClassifier:
             -1,
             rules.label,
             baseline.meta.patient_id,
+            images,
         )
 
     def predict(

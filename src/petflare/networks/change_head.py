@@ -150,6 +150,13 @@ class ChangePatternHead(nn.Module):
         hidden_dim: width of the lesion embedding and the MLPs.
         dropout: dropout inside the MLPs.
         n_classes: number of output classes (the four ``PATTERNS``).
+        image_dropout: during training, the probability of hiding a pair's image features
+            (lesion and global embeddings set to zero), so the head cannot lean on them alone;
+            with a few hundred training pairs, a frozen encoder's hundreds of pooled channels
+            overfit easily while the quantitative features generalise.
+
+    The logits are the MLP's output plus a linear ("wide") term on the pair features, so
+    the strong whole-pair evidence is learnt quickly and the MLP adds interactions.
     """
 
     def __init__(
@@ -160,8 +167,10 @@ class ChangePatternHead(nn.Module):
         hidden_dim: int = 64,
         dropout: float = 0.1,
         n_classes: int = len(PATTERNS),
+        image_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.image_dropout = float(image_dropout)
         self.feature_channels = [int(c) for c in feature_channels]
         self.n_lesion_features = int(n_lesion_features)
         self.n_pair_features = int(n_pair_features)
@@ -186,6 +195,7 @@ class ChangePatternHead(nn.Module):
         self.classifier = _mlp(
             3 * hidden_dim + hidden_dim + self.n_pair_features + 1, hidden_dim, n_classes, dropout
         )
+        self.pair_linear = nn.Linear(self.n_pair_features, n_classes)
 
     def config(self) -> dict[str, object]:
         """Constructor arguments, saved next to the weights so the head can be rebuilt."""
@@ -196,6 +206,7 @@ class ChangePatternHead(nn.Module):
             "hidden_dim": self.hidden_dim,
             "dropout": self.dropout,
             "n_classes": self.n_classes,
+            "image_dropout": self.image_dropout,
         }
 
     def fit_normalization(
@@ -232,8 +243,13 @@ class ChangePatternHead(nn.Module):
         """
         b, n_les = lesion_valid.shape
         valid = lesion_valid.bool()
+        keep_image = torch.ones((b, 1), device=lesion_valid.device)
+        if self.training and self.image_dropout > 0:
+            keep = torch.rand((b, 1), device=lesion_valid.device) >= self.image_dropout
+            # inverted scaling (as nn.Dropout): the expected input is the same in eval mode
+            keep_image = keep.float() / max(1.0 - self.image_dropout, 1e-6)
         if n_les:
-            img = self.image_proj(self.norm_pooled(lesion_pooled))
+            img = self.image_proj(self.norm_pooled(lesion_pooled)) * keep_image[:, :, None]
             h = self.lesion_mlp(torch.cat([img, self.norm_lesion(lesion_features)], dim=-1))
             score = self.attn_score(h).squeeze(-1).masked_fill(~valid, float("-inf"))
             any_valid = valid.any(1, keepdim=True)
@@ -248,10 +264,11 @@ class ChangePatternHead(nn.Module):
         else:
             attn = lesion_valid.new_zeros((b, 0), dtype=torch.float32)
             pooled = self.empty_token.expand(b, -1)
-        glob = self.global_proj(self.norm_global(global_pooled.flatten(1)))
+        glob = self.global_proj(self.norm_global(global_pooled.flatten(1))) * keep_image
         n_valid = torch.log1p(valid.sum(1, keepdim=True).float())
-        x = torch.cat([pooled, glob, self.norm_pair(pair_features), n_valid], dim=-1)
-        return HeadOutput(logits=self.classifier(x), attention=attn)
+        pair = self.norm_pair(pair_features)
+        x = torch.cat([pooled, glob, pair, n_valid], dim=-1)
+        return HeadOutput(logits=self.classifier(x) + self.pair_linear(pair), attention=attn)
 
     def forward(
         self,
