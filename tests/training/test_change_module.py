@@ -119,7 +119,9 @@ def test_a_few_steps_run_from_images_in_every_mode(mode: str) -> None:
         HeadKeys.FOLLOWUP_IMAGE: torch.from_numpy(imgs.followup_image[None]),
         HeadKeys.LESION_MASKS: torch.from_numpy(imgs.lesion_masks[None].astype(np.float32)),
         HeadKeys.LESION_VALID: torch.ones(1, len(units), dtype=torch.bool),
-        HeadKeys.LESION_FEATURES: torch.from_numpy(np.stack([u.features for u in units])[None]),
+        HeadKeys.LESION_FEATURES: torch.from_numpy(
+            np.stack([np.resize(u.features, len(HEAD_LESION_FEATURE_NAMES)) for u in units])[None]
+        ),
         HeadKeys.PAIR_FEATURES: torch.zeros(1, len(PAIR_FEATURE_NAMES)),
         HeadKeys.LABEL: torch.tensor([PATTERN_TO_INDEX["nodule_within_mass"]]),
         HeadKeys.BASELINE_SEG: torch.from_numpy(imgs.baseline_seg[None, None].astype(np.int64)),
