@@ -94,3 +94,82 @@ def test_pooled_spheres_stay_in_the_liver_and_do_not_overlap():
     assert three.n_voxels > 2 * one.n_voxels  # more than two spheres' worth, no overlap
     assert three.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
     assert three.centre_mm == one.centre_mm  # the first sphere is the PERCIST one
+
+
+def _ball(xyz, centre, radius_mm):
+    return np.linalg.norm(xyz - np.asarray(centre), axis=-1) <= radius_mm
+
+
+def _sphere_voxels(study, ref, xyz):
+    return _ball(xyz, ref.centre_mm, ref.radius_mm)
+
+
+@pytest.mark.parametrize("use_ct", [True, False])
+@pytest.mark.parametrize("in_mask", [True, False])
+def test_reference_excludes_lesions_and_hot_foci(use_ct, in_mask):
+    """A liver metastasis where the sphere would go: in the mask or not, it is not sampled."""
+    study, liver, xyz = _torso()
+    if not use_ct:
+        study.ct = None
+    clean = liver_reference(study)
+    assert clean.found, clean.reason
+    met = _ball(xyz, clean.centre_mm, 14.0)  # hot metastasis right where the sphere sat
+    study.pet[met] = 6.0
+    if study.ct is not None:
+        study.ct[met] = 45.0
+    ref = liver_reference(study, lesion_mask=met if in_mask else None)
+    assert ref.found, ref.reason
+    assert not (_sphere_voxels(study, ref, xyz) & met).any()  # no lesion voxel sampled
+    gap = np.linalg.norm(np.subtract(ref.centre_mm, clean.centre_mm))
+    assert gap >= 14.0 + ref.radius_mm  # the whole sphere clears the lesion
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+    assert _inside(np.array(ref.centre_mm), LIVER) and ref.centre_mm[0] > 0
+
+
+def test_reference_excludes_an_unmasked_cold_hypodense_lesion():
+    """A responding (cold, hypodense) metastasis that is not in the lesion mask."""
+    study, liver, xyz = _torso()
+    clean = liver_reference(study)
+    met = _ball(xyz, clean.centre_mm, 14.0)
+    study.pet[met] = 0.9
+    study.ct[met] = 25.0
+    ref = liver_reference(study)
+    assert ref.found, ref.reason
+    assert not (_sphere_voxels(study, ref, xyz) & met).any()
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+
+
+def test_liver_mask_route_excludes_lesions():
+    study, liver, xyz = _torso(noise=0.0)
+    clean = liver_reference(study, liver_mask=liver)
+    met = _ball(xyz, clean.centre_mm, 12.0)
+    study.pet[met] = 8.0
+    ref = liver_reference(study, liver_mask=liver, lesion_mask=met)
+    assert ref.found and ref.method == "mask"
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, abs=1e-6)  # not a single lesion voxel
+
+
+def test_pet_only_route_without_visible_lungs():
+    """FDG lungs often look like fat: the PET route still finds the right lobe of a trunk."""
+    study, liver, xyz = _torso(noise=0.05)
+    study.ct = None
+    lungs = np.zeros(study.shape, dtype=bool)
+    for lung in LUNGS:
+        lungs |= _inside(xyz, lung)
+    body = study.pet > 0
+    fat = body & ~lungs & (study.pet < 1.0)
+    study.pet[fat] = 0.45  # soft tissue as dark as the lungs: no lung cavity on PET
+    study.pet[lungs & body] = 0.45
+    ref = liver_reference(study)
+    assert ref.found and ref.method == "auto_pet", ref.reason
+    assert "no lung base" in ref.reason
+    assert ref.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+    assert _inside(np.array(ref.centre_mm), LIVER) and ref.centre_mm[0] >= 40.0
+
+
+def test_pet_only_route_refuses_a_short_field_of_view_without_lungs():
+    """A 10 cm slab through the liver without lungs: not enough context to call it liver."""
+    study, _, _ = _torso(shape=(52, 36, 16))
+    study.ct = None
+    ref = liver_reference(study)
+    assert not ref.found and ref.suv_mean is None and ref.reason

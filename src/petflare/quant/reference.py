@@ -2,21 +2,30 @@
 
 Three ways, in order of preference:
 
-1. ``mask``: a given liver mask. The sphere centre is the liver voxel deepest inside the mask
+1. ``mask``: a given liver mask. The sphere centre is the voxel deepest inside the mask
    (largest distance to its border, in mm) among voxels on the patient's right half of the
-   liver, i.e. the right lobe.
+   liver, i.e. the right lobe; known lesions (with a margin) are cut out of the mask first.
 2. ``auto_ct``: the liver found on CT as the largest soft-tissue region (smoothed HU in
    ``liver_hu``) on the patient's right, just below the right lung base, that can hold the
    sphere. PET must look like liver inside the sphere (SUV in ``pet_suv`` and homogeneous).
 3. ``auto_pet``: without CT, the largest homogeneous region of intermediate uptake
-   (Gaussian-smoothed SUV in ``pet_suv``, local coefficient of variation below ``max_cov``) on
-   the patient's right below the lungs (the lungs are the large low-uptake cavity inside the
-   body).
+   (Gaussian-smoothed SUV in ``pet_suv``, local coefficient of variation below ``max_cov / 2``)
+   on the patient's right, below the right lung base when the lungs are seen on PET
+   (FDG lungs are often no darker than fat, so they may not be), else anywhere in a
+   field of view that spans at least ``min_trunk_mm`` and only if that region is at least
+   ``min_liver_ml`` (a lesion crop or a limb has no liver to offer).
 
-When none succeeds the result has ``found=False`` and a reason; nothing is guessed.
-The patient's right is +x in the NIfTI RAS+ world frame (x grows towards the patient's right,
-as in nibabel's 'R' axis code), superior is +z; both come from the affine,
-so any array orientation works. See docs/report.md for the validation on the phantom.
+Automatic routes then keep the sphere in *normal* liver: voxels near known lesions
+(``lesion_margin_mm``), hot or cold foci (smoothed SUV outside ``focus_band`` x the region's
+median: unmasked metastases, hot nodules) and, with CT, voxels whose smoothed HU differs from
+the region's median by more than ``max_hu_offset`` (hypodense lesions, hepatic vessels on a
+non-contrast CT) are removed, and the sphere goes to the deepest point of the right half of
+what remains, i.e. as far as possible from the liver border (partial volume) and from
+every excluded voxel. When none succeeds the result has ``found=False`` and a reason;
+nothing is guessed. The patient's right is +x in the NIfTI RAS+ world frame (x grows towards
+the patient's right, as in nibabel's 'R' axis code), superior is +z; both come from the
+affine, so any array orientation works. See docs/report.md for the method and
+docs/bench_quant.md for its validation on the phantom.
 """
 
 from __future__ import annotations
@@ -40,7 +49,11 @@ class LiverSearchConfig:
     """Thresholds of the automatic liver search (defaults: adult FDG PET/CT).
 
     ``n_spheres`` > 1 pools several non-overlapping 3 cm spheres of the right lobe (deepest
-    first); PERCIST specifies one, which is the default.
+    first); PERCIST specifies one, which is the default. ``focus_band`` (x the liver's median
+    smoothed SUV) and ``max_hu_offset`` (HU from its median smoothed CT) define normal liver;
+    ``min_trunk_mm``, ``min_liver_ml`` and ``lateral_mm`` (distance right of the body's
+    centre) guard the PET route when no lung base is seen;
+    PET lungs count only when at least ``min_pet_lungs_ml`` of low-uptake cavity is found.
     """
 
     radius_mm: float = LIVER_SPHERE_RADIUS_MM
@@ -56,6 +69,12 @@ class LiverSearchConfig:
     above_lung_base_mm: float = 20.0
     smooth_sigma_mm: float = 4.0
     lesion_margin_mm: float = 10.0
+    focus_band: tuple[float, float] = (0.75, 1.3)
+    max_hu_offset: float = 15.0
+    min_trunk_mm: float = 300.0
+    min_liver_ml: float = 200.0
+    min_pet_lungs_ml: float = 1000.0
+    lateral_mm: float = 40.0
     n_spheres: int = 1
 
 
@@ -126,13 +145,21 @@ def _deepest_point(
     return tuple(int(i) for i in idx), float(edt[idx])
 
 
-def liver_from_mask(study: Study, liver_mask: np.ndarray, radius_mm: float) -> LiverReference:
-    """Liver reference from a given liver mask (sphere in the right lobe, clipped to the mask)."""
+def liver_from_mask(
+    study: Study, liver_mask: np.ndarray, radius_mm: float, avoid: np.ndarray | None = None
+) -> LiverReference:
+    """Liver reference from a given liver mask (sphere in the right lobe, clipped to the mask).
+
+    ``avoid`` (known lesions with a margin) is removed from the mask: the sphere samples
+    normal liver only.
+    """
     liver = np.asarray(liver_mask) > 0
     if liver.shape != study.shape:
         return _not_found("mask", f"liver mask shape {liver.shape} != PET {study.shape}", radius_mm)
+    if avoid is not None:
+        liver = liver & ~avoid
     if not liver.any():
-        return _not_found("mask", "liver mask is empty", radius_mm)
+        return _not_found("mask", "liver mask is empty (or all lesion)", radius_mm)
     x = _world_grid(study.affine, study.shape, 0)
     right = liver & (x >= np.median(x[liver]))  # RAS+: x grows towards the patient's right
     region = right if right.any() else liver
@@ -184,6 +211,26 @@ def _inner_cavities(low: np.ndarray, voxel_ml: float, min_ml: float) -> np.ndarr
     return np.isin(labels, keep)
 
 
+def _component_with(region: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """The connected components (6-connectivity) of ``region`` that overlap ``seed``."""
+    labels = cc3d.connected_components(region, connectivity=6)
+    keep = np.unique(labels[seed & region])
+    return np.isin(labels, keep[keep > 0])
+
+
+def _deep_right_core(
+    region: np.ndarray, x: np.ndarray, spacing: tuple[float, float, float], radius_mm: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(distance map, right half of the largest sphere-holding core) of ``region``, or None."""
+    edt = ndimage.distance_transform_edt(region, sampling=spacing)
+    deep = edt >= radius_mm
+    if not deep.any():
+        return None
+    core = _largest_component(deep)
+    core &= x >= np.median(x[core])  # its right half: the right lobe, away from the stomach
+    return edt, core
+
+
 def _pick_liver(
     study: Study,
     candidate: np.ndarray,
@@ -191,40 +238,82 @@ def _pick_liver(
     lungs: np.ndarray,
     cfg: LiverSearchConfig,
     method: str,
+    smooth_pet: np.ndarray,
+    smooth_ct: np.ndarray | None = None,
 ) -> LiverReference:
-    """Restrict candidates to the right upper abdomen, place the sphere, check it is liver."""
+    """Restrict candidates to the right upper abdomen, keep normal liver, place the sphere."""
     affine = study.affine
     x = _world_grid(affine, study.shape, 0)
     z = _world_grid(affine, study.shape, 2)
     body_x = float(np.mean(x[body]))
     base_z = _lung_base_z(lungs, affine, body_x)
-    if base_z is None:
+    region = candidate & (x > body_x) & ~lungs
+    if base_z is not None:
+        region &= (z <= base_z + cfg.above_lung_base_mm) & (z >= base_z - cfg.below_lung_mm)
+        where = (
+            f"on the patient's right within {cfg.below_lung_mm:.0f} mm below the right lung "
+            f"base (z={base_z:.0f} mm)"
+        )
+    elif method == "auto_pet":
+        z_body = z[body]
+        if float(z_body.max() - z_body.min()) < cfg.min_trunk_mm:
+            return _not_found(
+                method,
+                f"no lungs seen and the body spans less than {cfg.min_trunk_mm:.0f} mm: "
+                "not a trunk field of view",
+                cfg.radius_mm,
+            )
+        # Without a lung base only the lateral right trunk is searched: the right lobe lies
+        # well right of the midline, the mediastinal blood pool and the heart do not.
+        region &= x >= body_x + cfg.lateral_mm
+        where = (
+            f"at least {cfg.lateral_mm:.0f} mm right of the body's centre "
+            "(no lung base seen on PET)"
+        )
+    else:
         return _not_found(
             method,
             "no lungs in the field of view: the right upper abdomen cannot be located",
             cfg.radius_mm,
         )
-    region = (
-        candidate
-        & (x > body_x)
-        & (z <= base_z + cfg.above_lung_base_mm)
-        & (z >= base_z - cfg.below_lung_mm)
-        & ~lungs
-    )
     if not region.any():
         return _not_found(
             method, "no liver-like tissue on the right below the lungs", cfg.radius_mm
         )
-    edt = ndimage.distance_transform_edt(region, sampling=study.spacing_mm)
-    deep = edt >= cfg.radius_mm
-    if not deep.any():
+    placed = _deep_right_core(region, x, study.spacing_mm, cfg.radius_mm)
+    if placed is None:
         return _not_found(
             method,
             f"no liver-like region on the right can hold a {2 * cfg.radius_mm:.0f} mm sphere",
             cfg.radius_mm,
         )
-    core = _largest_component(deep)
-    core &= x >= np.median(x[core])  # its right half: the right lobe, away from the stomach
+    # Normal liver: the region holding the core, without hot/cold foci (and CT outliers).
+    liver = _component_with(region, placed[1])
+    liver_ml = float(liver.sum()) * study.voxel_volume_ml
+    if base_z is None and liver_ml < cfg.min_liver_ml:
+        return _not_found(
+            method,
+            f"largest liver-like region is {liver_ml:.0f} ml (< {cfg.min_liver_ml:.0f} ml) "
+            "and no lung base is seen: no liver in the field of view",
+            cfg.radius_mm,
+        )
+    level = float(np.median(smooth_pet[liver]))
+    normal = (
+        liver
+        & (smooth_pet >= cfg.focus_band[0] * level)
+        & (smooth_pet <= cfg.focus_band[1] * level)
+    )
+    if smooth_ct is not None:
+        normal &= np.abs(smooth_ct - float(np.median(smooth_ct[liver]))) <= cfg.max_hu_offset
+    placed = _deep_right_core(normal, x, study.spacing_mm, cfg.radius_mm)
+    if placed is None:
+        return _not_found(
+            method,
+            f"the liver has no homogeneous part that can hold a {2 * cfg.radius_mm:.0f} mm "
+            "sphere away from lesions and foci",
+            cfg.radius_mm,
+        )
+    edt, core = placed
     masked = np.where(core, edt, -1.0)
     centres: list[tuple[int, ...]] = []
     y = _world_grid(affine, study.shape, 1)
@@ -236,6 +325,7 @@ def _pick_liver(
         c_mm = voxel_to_world(affine, np.array(centre, dtype=float))[0]
         near = (x - c_mm[0]) ** 2 + (y - c_mm[1]) ** 2 + (z - c_mm[2]) ** 2
         masked[near < (2.0 * cfg.radius_mm) ** 2] = -1.0  # next sphere does not overlap
+    depth_mm = float(edt[centres[0]])
     ref = _found(study.pet, affine, centres, cfg.radius_mm, method, "")
     assert ref.suv_mean is not None and ref.suv_sd is not None
     cov = ref.suv_sd / ref.suv_mean if ref.suv_mean > 0 else np.inf
@@ -247,10 +337,12 @@ def _pick_liver(
             cfg.radius_mm,
         )
     ref.reason = (
-        f"largest liver-like region on the patient's right within {cfg.below_lung_mm:.0f} mm "
-        f"below the right lung base (z={base_z:.0f} mm); "
+        f"largest liver-like region {where}, without lesions and foci outside "
+        f"{cfg.focus_band[0]:g}-{cfg.focus_band[1]:g} x its median SUV {level:.2f}"
+        + (f" or {cfg.max_hu_offset:g} HU from its median HU" if smooth_ct is not None else "")
+        + "; "
         + (
-            "sphere at its deepest point"
+            f"sphere at its deepest point ({depth_mm:.0f} mm from the nearest excluded voxel)"
             if len(centres) == 1
             else f"{len(centres)} non-overlapping spheres at its deepest points (pooled)"
         )
@@ -281,7 +373,7 @@ def liver_from_ct(
     )
     if avoid is not None:
         candidate &= ~avoid
-    return _pick_liver(study, candidate, body, lungs, cfg, "auto_ct")
+    return _pick_liver(study, candidate, body, lungs, cfg, "auto_ct", smooth_pet, smooth_ct)
 
 
 def liver_from_pet(
@@ -303,6 +395,8 @@ def liver_from_pet(
         filled[tuple(sl)] = ndimage.binary_fill_holes(body[tuple(sl)])
     low = filled & (smooth < cfg.lung_suv)
     lungs = _inner_cavities(low, study.voxel_volume_ml, cfg.min_lung_ml)
+    if float(lungs.sum()) * study.voxel_volume_ml < cfg.min_pet_lungs_ml:
+        lungs = np.zeros_like(lungs)  # a pocket of fat, not lungs: FDG lungs often look like fat
     # Homogeneity: local coefficient of variation in a ~1 cm box.
     size = [max(3, int(round(10.0 / s)) | 1) for s in study.spacing_mm]
     m1 = ndimage.uniform_filter(smooth, size)
@@ -312,7 +406,7 @@ def liver_from_pet(
     candidate = body & (smooth >= lo) & (smooth <= hi) & (local_cov <= cfg.max_cov / 2)
     if avoid is not None:
         candidate &= ~avoid
-    return _pick_liver(study, candidate, body, lungs, cfg, "auto_pet")
+    return _pick_liver(study, candidate, body, lungs, cfg, "auto_pet", smooth)
 
 
 def liver_reference(
@@ -336,7 +430,7 @@ def liver_reference(
         ball = ball_kernel(study.affine, cfg.lesion_margin_mm)
         avoid = ndimage.binary_dilation(np.asarray(lesion_mask) > 0, structure=ball)
     if liver_mask is not None:
-        return liver_from_mask(study, liver_mask, cfg.radius_mm)
+        return liver_from_mask(study, liver_mask, cfg.radius_mm, avoid)
     if study.ct is not None:
         ref = liver_from_ct(study, cfg, avoid)
         if ref.found:

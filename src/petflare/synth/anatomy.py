@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from petflare.synth.canvas import Canvas
-from petflare.synth.geometry import Profile, Slices, capsule_sd, ellipsoid_sd, rotation_matrix
+from petflare.synth.geometry import Profile, capsule_sd, ellipsoid_sd, rotation_matrix
 
 _REF_HEIGHT_MM = 1750.0
 
@@ -511,8 +511,12 @@ def _draw(
     texture: tuple[float, float, float] | None = None,
     margin_mm: float = 4.0,
     clip: Shape | None = None,
+    tissue: str | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture."""
+    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture.
+
+    ``tissue`` names the shape for the canvas's tissue-fraction maps (``Canvas.fractions``).
+    """
     lo, hi = shape.bounds() if isinstance(shape, Profile) else shape.bounds()
     sl = canvas.geometry.box(lo - margin_mm, hi + margin_mm)
     if sl is None:
@@ -532,17 +536,15 @@ def _draw(
             suv_v = suv * np.clip(1.0 + rel * tex, 0.2, 3.0)
         if hu is not None:
             hu_v = hu + hu_sd * tex
-    canvas.paint(sl, occ, suv_v, hu_v)
+    canvas.paint(sl, occ, suv_v, hu_v, tissue=tissue)
     return sl, occ
 
 
-def render_anatomy(
-    canvas: Canvas, anatomy: Anatomy, phys: Physiology
-) -> dict[str, list[tuple[Slices, np.ndarray]]]:
+def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
     """Paint the patient's body into ``canvas``.
 
-    Returns:
-        ``{"liver": [(slices, occupancy), ...]}``: the liver's pieces, for its true SUVmean.
+    The liver is painted as tissue ``"liver"``: with a canvas that tracks it, its fraction map
+    (``canvas.fractions["liver"]``) says which voxels still show liver after everything else.
     """
     a, o, t = anatomy, anatomy.organs, anatomy.tubes
     rng = canvas.rng
@@ -600,11 +602,7 @@ def render_anatomy(
         _draw(canvas, t[name][0], phys.muscle * 1.1, 45.0, texture=(8.0, 0.1, 6.0))
 
     # solid organs
-    liver_occ = []
-    for name in ("liver", "liver_left", "liver_inferior"):
-        res = _draw(canvas, o[name], phys.liver, 58.0, texture=(10.0, 0.07, 5.0))
-        if res is not None:
-            liver_occ.append(res)
+    _paint_liver(canvas, a, phys)
     _draw(canvas, o["spleen"], phys.spleen, 45.0, texture=(10.0, 0.06, 4.0))
     _draw(canvas, o["stomach"], phys.stomach, 30.0, texture=(6.0, 0.25, 8.0))
     _draw(
@@ -639,7 +637,40 @@ def render_anatomy(
         _draw(canvas, o[f"tonsil_{s}"], phys.tonsil, 40.0)
     if phys.brown_fat:
         _paint_brown_fat(canvas, a)
-    return {"liver": liver_occ}
+
+
+#: Liver uptake heterogeneity (relative SD of SUV, correlation length as Gaussian sigma in mm).
+#: Real FDG livers are homogeneous at large scale: a 3 cm sphere is reproducible within 10-20%
+#: between scans (PERCIST) and regional differences are a few percent, while the voxel-level
+#: variation of a liver VOI (CoV ~10-20%) is mostly reconstruction noise (added in imaging).
+LIVER_BROAD_TEXTURE = (25.0, 0.025)  # lobar/segmental differences: a 3 cm sphere varies ~2%
+LIVER_FINE_TEXTURE = (5.0, 0.04)  # parenchymal texture near the PET resolution
+LIVER_HU = 58.0
+
+
+def _paint_liver(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
+    """The liver as one organ: union of its three lobes with one continuous texture field.
+
+    Painting the lobes one by one with a texture each would put seams and independent
+    uptake levels where they overlap; one field over the union keeps the organ continuous.
+    """
+    lobes = [a.organs[name] for name in ("liver", "liver_left", "liver_inferior")]
+    lo = np.min([lobe.bounds()[0] for lobe in lobes], axis=0) - 4.0
+    hi = np.max([lobe.bounds()[1] for lobe in lobes], axis=0) + 4.0
+    sl = canvas.geometry.box(lo, hi)
+    if sl is None:
+        return
+    x, y, z = canvas.coords(sl)
+    sd = lobes[0].sd(x, y, z)
+    for lobe in lobes[1:]:
+        np.minimum(sd, lobe.sd(x, y, z), out=sd)  # union of the lobes
+    occ = canvas.occupancy(sd)
+    if not occ.any():
+        return
+    broad = canvas.texture(sl, LIVER_BROAD_TEXTURE[0])
+    fine = canvas.texture(sl, LIVER_FINE_TEXTURE[0])
+    rel = 1.0 + LIVER_BROAD_TEXTURE[1] * broad + LIVER_FINE_TEXTURE[1] * fine
+    canvas.paint(sl, occ, phys.liver * rel, LIVER_HU + 5.0 * fine, tissue="liver")
 
 
 def _bone(

@@ -15,13 +15,28 @@ class Canvas:
 
     ``paint`` blends a value into the volumes with a soft occupancy, so later shapes cover
     earlier ones and boundaries keep their partial-volume fractions.
+
+    ``tracked`` tissues (e.g. ``"liver"``) get a fraction map: the share of each voxel's final
+    (noise-free) SUV that comes from paint of that tissue. Painting a tissue with occupancy
+    ``o`` sets ``f <- f + o (1 - f)``; painting anything else over it sets ``f <- f (1 - o)``,
+    the same blend as the SUV itself, so ``fraction == 1`` means the voxel shows that tissue
+    only (not covered by a later organ, vessel or lesion).
     """
 
-    def __init__(self, geometry: ScanGeometry, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        geometry: ScanGeometry,
+        rng: np.random.Generator,
+        tracked: tuple[str, ...] = (),
+    ) -> None:
         self.geometry = geometry
         self.rng = rng
         self.suv = np.zeros(geometry.shape, dtype=np.float32)
         self.hu = np.full(geometry.shape, -1000.0, dtype=np.float32)
+        #: Per tracked tissue, its fraction of each voxel's final SUV (see the class docstring).
+        self.fractions: dict[str, np.ndarray] = {
+            name: np.zeros(geometry.shape, dtype=np.float32) for name in tracked
+        }
         #: Edge width of the occupancy ramp: the mean voxel size (mm).
         self.edge_mm = float(np.mean(geometry.spacing_mm))
         self._fields: dict[tuple, np.ndarray] = {}
@@ -41,11 +56,21 @@ class Canvas:
         occ: np.ndarray,
         suv: ValueLike | None = None,
         hu: ValueLike | None = None,
+        tissue: str | None = None,
     ) -> None:
-        """Blend ``suv`` / ``hu`` (scalars or arrays on ``sl``) into the volumes with ``occ``."""
+        """Blend ``suv`` / ``hu`` (scalars or arrays on ``sl``) into the volumes with ``occ``.
+
+        ``tissue`` names what is painted, for the fraction maps of tracked tissues.
+        """
         if suv is not None:
             region = self.suv[sl]
             region += occ * (np.asarray(suv, dtype=np.float32) - region)
+            for name, fraction in self.fractions.items():
+                part = fraction[sl]
+                if name == tissue:
+                    part += occ * (1.0 - part)
+                else:
+                    part *= 1.0 - occ
         if hu is not None:
             region = self.hu[sl]
             region += occ * (np.asarray(hu, dtype=np.float32) - region)

@@ -51,21 +51,38 @@ def _render(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Render one scan: (PET SUV, CT HU, instance mask, true liver SUVmean)."""
-    canvas = Canvas(geometry, rng)
-    organs = render_anatomy(canvas, anatomy, phys)
-    liver_vals = [canvas.suv[sl][occ > 0.99] for sl, occ in organs["liver"]]
-    liver_true = float(np.concatenate(liver_vals).mean()) if liver_vals else phys.liver
+    canvas = Canvas(geometry, rng, tracked=("liver",))
+    render_anatomy(canvas, anatomy, phys)
     mask = np.zeros(geometry.shape, dtype=np.uint16)
     for lid in sorted(states):
         rendered = render_lesion(canvas, scenario.lesions[lid], states[lid])
         if rendered is None or lid not in in_mask:
             continue
         _label(mask, rendered, lid, in_mask[lid])
+    liver_true = true_liver_suv_mean(canvas.suv, canvas.fractions["liver"], phys.liver)
     spacing = geometry.spacing_mm
     pet = form_pet(canvas.suv, spacing, settings, liver_true, rng)
     ct = form_ct(canvas.hu, spacing, settings, rng)
     dtype = np.uint8 if mask.max() < 256 else np.uint16
     return pet, ct, mask.astype(dtype), liver_true
+
+
+#: A voxel is liver in the final label map when at least this fraction of its SUV is liver.
+LIVER_VOXEL_FRACTION = 0.99
+
+
+def true_liver_suv_mean(
+    activity_suv: np.ndarray, liver_fraction: np.ndarray, level: float
+) -> float:
+    """True liver SUVmean: mean noise-free activity over the voxels that show liver only.
+
+    Voxels count when the liver makes up at least ``LIVER_VOXEL_FRACTION`` of their final SUV,
+    i.e. liver that is still visible as liver after organs, vessels and lesions painted over it
+    (a liver metastasis or the right kidney is not liver) and away from its partial-volume
+    border. Falls back to the drawn parenchymal ``level`` when no voxel qualifies.
+    """
+    liver = liver_fraction >= LIVER_VOXEL_FRACTION
+    return float(activity_suv[liver].mean(dtype=np.float64)) if liver.any() else float(level)
 
 
 def _label(mask: np.ndarray, rendered: RenderedLesion, lid: int, part: str) -> None:
