@@ -16,16 +16,16 @@ Three ways, in order of preference:
    ``min_liver_ml`` (a lesion crop or a limb has no liver to offer).
 
 Automatic routes then keep the sphere in *normal* liver: voxels near known lesions
-(``lesion_margin_mm``), hot or cold foci (smoothed SUV outside ``focus_band`` x the region's
-median: unmasked metastases, hot nodules) and, with CT, voxels whose smoothed HU differs from
-the region's median by more than ``max_hu_offset`` (hypodense lesions, hepatic vessels on a
-non-contrast CT) are removed, and the sphere goes to the deepest point of the right half of
-what remains, i.e. as far as possible from the liver border (partial volume) and from
-every excluded voxel. When none succeeds the result has ``found=False`` and a reason;
-nothing is guessed. The patient's right is +x in the NIfTI RAS+ world frame (x grows towards
-the patient's right, as in nibabel's 'R' axis code), superior is +z; both come from the
-affine, so any array orientation works. See docs/report.md for the method and
-docs/bench_quant.md for its validation on the phantom.
+(``lesion_margin_mm``), hot or cold foci (SUV smoothed over ``focus_sigma_mm`` outside
+``focus_band`` x the region's median: unmasked metastases, hot nodules) and, with CT, voxels
+whose smoothed HU differs from the region's median by more than ``max_hu_offset`` (hypodense
+lesions, hepatic vessels on a non-contrast CT) are removed, and the sphere goes to the deepest
+point of the right half of what remains, i.e. as far as possible from the liver border
+(partial volume) and from every excluded voxel. When none succeeds the result has
+``found=False`` and a reason; nothing is guessed. The patient's right is +x in the NIfTI
+RAS+ world frame (x grows towards the patient's right, as in nibabel's 'R' axis code),
+superior is +z; both come from the affine, so any array orientation works. See
+docs/report.md for the method and docs/bench_quant.md for its validation on the phantom.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ class LiverSearchConfig:
 
     ``n_spheres`` > 1 pools several non-overlapping 3 cm spheres of the right lobe (deepest
     first); PERCIST specifies one, which is the default. ``focus_band`` (x the liver's median
-    smoothed SUV) and ``max_hu_offset`` (HU from its median smoothed CT) define normal liver;
-    ``min_trunk_mm``, ``min_liver_ml`` and ``lateral_mm`` (distance right of the body's
-    centre) guard the PET route when no lung base is seen;
+    SUV smoothed over ``focus_sigma_mm``) and ``max_hu_offset`` (HU from its median smoothed
+    CT) define normal liver; ``min_trunk_mm``, ``min_liver_ml`` and ``lateral_mm`` (distance
+    right of the body's centre) guard the PET route when no lung base is seen;
     PET lungs count only when at least ``min_pet_lungs_ml`` of low-uptake cavity is found.
     """
 
@@ -70,6 +70,7 @@ class LiverSearchConfig:
     smooth_sigma_mm: float = 4.0
     lesion_margin_mm: float = 10.0
     focus_band: tuple[float, float] = (0.75, 1.3)
+    focus_sigma_mm: float = 8.0
     max_hu_offset: float = 15.0
     min_trunk_mm: float = 300.0
     min_liver_ml: float = 200.0
@@ -297,11 +298,14 @@ def _pick_liver(
             "and no lung base is seen: no liver in the field of view",
             cfg.radius_mm,
         )
-    level = float(np.median(smooth_pet[liver]))
+    # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
+    # the noise of a low-count scan alone would punch holes everywhere.
+    focus_pet = ndimage.gaussian_filter(
+        study.pet.astype(np.float32), [cfg.focus_sigma_mm / s for s in study.spacing_mm]
+    )
+    level = float(np.median(focus_pet[liver]))
     normal = (
-        liver
-        & (smooth_pet >= cfg.focus_band[0] * level)
-        & (smooth_pet <= cfg.focus_band[1] * level)
+        liver & (focus_pet >= cfg.focus_band[0] * level) & (focus_pet <= cfg.focus_band[1] * level)
     )
     if smooth_ct is not None:
         normal &= np.abs(smooth_ct - float(np.median(smooth_ct[liver]))) <= cfg.max_hu_offset
