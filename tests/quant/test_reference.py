@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from quant_phantoms import centred_affine, world_coords
@@ -173,3 +175,25 @@ def test_pet_only_route_refuses_a_short_field_of_view_without_lungs():
     study.ct = None
     ref = liver_reference(study)
     assert not ref.found and ref.suv_mean is None and ref.reason
+
+
+REAL_WHOLEBODY = (
+    Path(__file__).resolve().parents[2] / ".." / "shared/data/real/sts001_wholebody_fdg_dicom/image"
+)
+
+
+@pytest.mark.skipif(not REAL_WHOLEBODY.is_dir(), reason="real whole-body FDG DICOM not available")
+def test_pet_only_route_finds_the_right_lobe_on_a_real_whole_body_scan():
+    """GE Discovery ST, no CT: its lungs are as dark as its fat, the liver is still found.
+
+    Hand-placed 3 cm spheres in this patient's right lobe give SUVmean 1.92-2.16.
+    """
+    from petflare.io.dicom import read_dicom_pet
+
+    study = read_dicom_pet(REAL_WHOLEBODY)
+    ref = liver_reference(study)
+    assert ref.found and ref.method == "auto_pet", ref.reason
+    assert 1.75 <= ref.suv_mean <= 2.2
+    x, _, z = ref.centre_mm
+    assert x > 40.0  # patient's right (RAS+)
+    assert -420.0 <= z <= -340.0  # upper abdomen, below the heart (z -300 to -250 mm)
