@@ -164,6 +164,13 @@ def test_unsafe_head_checkpoint_is_refused(trained: tuple[Path, Path], tmp_path:
     torch.save({"state_dict": {}, "payload": PatternClassifier}, bad / HEAD_WEIGHTS_FILE)
     with pytest.raises(PetflareInputError, match="head.pt"):
         load_head(bad)
+    # a head trained on another version of the network is refused
+    meta = json.loads((bad / HEAD_METADATA_FILE).read_text())
+    meta["segmentation_weights_sha256"] = "0" * 64
+    (bad / HEAD_METADATA_FILE).write_text(json.dumps(meta))
+    (bad / HEAD_WEIGHTS_FILE).write_bytes((model_dir / HEAD_WEIGHTS_FILE).read_bytes())
+    with pytest.raises(PetflareInputError, match="another version"):
+        load_head(bad)
     (bad / HEAD_METADATA_FILE).unlink()
     with pytest.raises(PetflareInputError, match="no change-pattern head"):
         PatternClassifier.from_folder(bad, device="cpu")

@@ -73,3 +73,8 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
     # argmax unchanged
     assert torch.equal(apply_temperature(overconfident, t).argmax(-1), overconfident.argmax(-1))
     assert len(PATTERNS) == 4
+
+
+def test_temperature_of_a_separated_validation_set_is_left_at_one() -> None:
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    assert fit_temperature(logits, np.array([0, 1, 2])) == 1.0

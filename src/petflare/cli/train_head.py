@@ -188,7 +188,8 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         overwrite=True,
     )
     val = record["val_metrics"] or {}
-    bal, ece = val.get("balanced_accuracy", float("nan")), val.get("ece") or float("nan")
+    bal = val.get("balanced_accuracy", float("nan"))
+    ece = float("nan") if val.get("ece") is None else val["ece"]
     print(f"petflare-train-head: head written to {target_dir / HEAD_WEIGHTS_FILE}")
     print(
         f"petflare-train-head: {record['n_train']} train / {record['n_val']} val pairs, "

@@ -76,6 +76,8 @@ def save_head(
     weights_path = check_can_write(model_dir / HEAD_WEIGHTS_FILE, overwrite)
     meta_path = check_can_write(model_dir / HEAD_METADATA_FILE, overwrite)
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    seg_meta = json.loads((model_dir / "metadata.json").read_text())
+    seg_sha = seg_meta.get("weights", {}).get("sha256")
     with atomic_path(weights_path, overwrite) as tmp:
         torch.save({"state_dict": state}, tmp)
     record = {
@@ -91,6 +93,8 @@ def save_head(
         "lesion_feature_names": list(HEAD_LESION_FEATURE_NAMES),
         "pair_feature_names": list(PAIR_FEATURE_NAMES),
         "classes": list(PATTERNS),
+        # the head reads this network's encoder: a retrained network needs a retrained head
+        "segmentation_weights_sha256": seg_sha,
         "weights": {
             "file": HEAD_WEIGHTS_FILE,
             "sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
@@ -118,6 +122,17 @@ def load_head(model_dir: str | Path) -> tuple[ChangePatternHead, dict[str, Any]]
         head = ChangePatternHead(**meta["head"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PetflareInputError(meta_path, f"malformed head metadata ({exc})") from exc
+    expected = meta.get("segmentation_weights_sha256")
+    seg_meta_path = model_dir / "metadata.json"
+    if expected is not None and seg_meta_path.is_file():
+        current = json.loads(seg_meta_path.read_text()).get("weights", {}).get("sha256")
+        if current is not None and current != expected:
+            raise PetflareInputError(
+                meta_path,
+                "the change-pattern head was trained on another version of this folder's "
+                "segmentation network (weights hash differs); retrain it with "
+                "petflare-train-head",
+            )
     weights_path = model_dir / meta.get("weights", {}).get("file", HEAD_WEIGHTS_FILE)
     checkpoint = safe_torch_load(weights_path)
     state = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None

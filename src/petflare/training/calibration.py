@@ -6,6 +6,8 @@ fitted by minimising the negative log-likelihood of the validation logits.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,8 @@ import torch.nn.functional as F
 from petflare.training.pattern_metrics import expected_calibration_error
 
 __all__ = ["apply_temperature", "expected_calibration_error", "fit_temperature"]
+
+log = logging.getLogger(__name__)
 
 
 def fit_temperature(
@@ -24,11 +28,17 @@ def fit_temperature(
     """Return the temperature minimising validation NLL (bounded search on log T).
 
     A 1D problem: golden-section search over log T in [log min, log max] is exact enough and
-    cannot diverge, unlike LBFGS on a near-separable validation set.
+    cannot diverge, unlike LBFGS on a near-separable validation set. When every validation
+    pair is classified correctly, the NLL keeps falling as T shrinks (to the lower bound): the
+    temperature is then not identifiable from these data, and 1 (no scaling) is returned
+    rather than an arbitrarily overconfident model.
     """
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if z.shape[0] == 0:
+        return 1.0
+    if bool((z.argmax(1) == y).all()):
+        log.warning("temperature not identifiable (validation set all correct); keeping T = 1")
         return 1.0
 
     def nll(log_t: float) -> float:
