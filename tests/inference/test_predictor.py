@@ -201,3 +201,20 @@ def test_remove_small_components(min_ml: float, expected_kept: int) -> None:
 
     assert cc3d.connected_components(out, connectivity=18).max() == expected_kept
     assert out.dtype == np.uint8
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "phantom-unet"
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped model folder models/phantom-unet absent")
+def test_shipped_model_folder() -> None:
+    size_mb = sum(p.stat().st_size for p in SHIPPED.iterdir()) / 1e6
+    assert size_mb < 20.0
+    predictor = Predictor.from_folder(SHIPPED, device="cpu")
+    meta = predictor.metadata
+    assert "synthetic phantoms" in meta["intended_use"] and "Research" in meta["intended_use"]
+    assert meta["channels"] == ["pet"] and len(meta["spacing_mm"]) == 3
+    assert 0.0 <= meta["metrics"]["validation"]["mean_dice"] <= 1.0
+    assert meta["training"]["seed"] == 42 and meta["versions"]["torch"]
+    study = off_centre_study(make_non_ras_affine())
+    assert predictor.predict(study).shape == study.shape
