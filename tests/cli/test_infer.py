@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TinyStudyFiles, make_non_ras_affine
+from petflare_testing import TinyStudyFiles, make_non_ras_affine
 from petflare.constants import PATTERNS
 from petflare.io.nifti import save_nifti
 

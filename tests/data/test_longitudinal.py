@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_non_ras_affine
+from petflare_testing import make_non_ras_affine
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.longitudinal import (
     HEAD_LESION_FEATURE_NAMES,

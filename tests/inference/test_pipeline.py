@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import make_non_ras_affine
+from petflare_testing import make_non_ras_affine
 from petflare.constants import PATTERNS
 from petflare.errors import OutputExistsError, PetflareInputError
 from petflare.inference import pipeline

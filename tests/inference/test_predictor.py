@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_non_ras_affine
+from petflare_testing import make_non_ras_affine
 from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import (
