@@ -511,12 +511,8 @@ def _draw(
     texture: tuple[float, float, float] | None = None,
     margin_mm: float = 4.0,
     clip: Shape | None = None,
-    tissue: str | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture.
-
-    ``tissue`` names the shape for the canvas's tissue-fraction maps (``Canvas.fractions``).
-    """
+    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture."""
     lo, hi = shape.bounds() if isinstance(shape, Profile) else shape.bounds()
     sl = canvas.geometry.box(lo - margin_mm, hi + margin_mm)
     if sl is None:
@@ -536,7 +532,7 @@ def _draw(
             suv_v = suv * np.clip(1.0 + rel * tex, 0.2, 3.0)
         if hu is not None:
             hu_v = hu + hu_sd * tex
-    canvas.paint(sl, occ, suv_v, hu_v, tissue=tissue)
+    canvas.paint(sl, occ, suv_v, hu_v)
     return sl, occ
 
 
