@@ -202,9 +202,9 @@ def test_explanations_name_the_driving_lesion() -> None:
     }
     lines = explain("nodule_within_mass", [other, unit], [0.2, 0.8])
     assert lines[0].startswith(
-        "focal nodule in follow-up lesion 2 at (12, -40, 102) mm: SUVmax 9.1"
+        "focal nodule in follow-up lesion 2 at (12, -40, 102) mm: hotspot SUVmean 7.0 vs rest "
+        "of the mass 2.3 (lesion SUVmax 9.1"
     )
-    assert "7.0 vs rest of the mass 2.3" in lines[0]
     flare = explain("diffuse_flare", [other, unit], [0.5, 0.5])
     assert flare[0].startswith("1 of 2 persisting lesions re-activated")
 

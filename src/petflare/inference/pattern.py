@@ -202,8 +202,9 @@ def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[fl
                 else f"focal ratio {info['focal_ratio_followup']:.1f}"
             )
             lines.append(
-                f"focal nodule in {_lesion_name(u)} at {_at(u)}: SUVmax "
-                f"{info['suv_max_followup']:.1f}, {detail}"
+                f"focal nodule in {_lesion_name(u)} at {_at(u)}: {detail} "
+                f"(lesion SUVmax {info['suv_max_followup']:.1f}, SUVpeak "
+                f"{info['suv_peak_baseline']:.1f} at baseline)"
             )
     elif label == "diffuse_flare":
         lines.append(
