@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from petflare_testing import make_non_ras_affine
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.longitudinal import (
     HEAD_LESION_FEATURE_NAMES,
@@ -34,6 +33,7 @@ from petflare.io.nifti import save_nifti
 from petflare.io.study import Study, StudyMeta
 from petflare.networks import build_unet
 from petflare.networks.encoder import EncoderFeatures
+from petflare_testing import make_non_ras_affine
 
 SHAPE = (26, 22, 16)
 #: Mass centres (mm, relative to the body centre) and their radius (mm).
