@@ -29,5 +29,13 @@ lint: setup
 demo: setup
 	$(BIN)/python scripts/demo.py
 
+# Reproduce the shipped model folder models/phantom-unet: segmentation U-Net, then the pattern head
+# (the head is tied to the exact segmentation weights, so it is retrained after every export).
+weights: setup
+	$(BIN)/python scripts/train.py experiment=synthetic_cpu overwrite=true
+	$(BIN)/python scripts/export_model.py run_dir=runs/synthetic_cpu out_dir=models/phantom-unet \
+		overwrite=true 'training_command="python scripts/train.py experiment=synthetic_cpu"'
+	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu overwrite=true
+
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache
