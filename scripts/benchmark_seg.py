@@ -5,7 +5,7 @@ Writes docs/bench_seg.md (numbers plus the exact command) and the full per-scan 
 
 1. a held-out phantom test set (a seed never used for training) generated with
    ``petflare.synth.generate_dataset``; the model folder and the two classical baselines are
-   scored with the autoPET metrics (``petflare.cli.evaluate.evaluate_entries``);
+   scored with the autoPET metrics (``petflare.inference.evaluation.evaluate_entries``);
 2. the real FDG-PET soft-tissue-sarcoma crops (IBSI, TCIA STS) with their GTV masks: Dice of the
    model beside the baselines;
 3. speed on a few CPU threads: seconds per whole-body scan and peak memory (each measured in a
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -37,15 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from petflare.cli.evaluate import (
+from petflare.errors import PetflareInputError
+from petflare.inference.baselines import CLASSICAL_BASELINES
+from petflare.inference.evaluation import (
     Evaluation,
     dataset_entries,
     evaluate_entries,
+    format_metric,
     summary_markdown_table,
     write_evaluation,
 )
-from petflare.errors import PetflareInputError
-from petflare.inference.baselines import CLASSICAL_BASELINES
 from petflare.io import atomic_write_text, check_can_write, load_study, study_entry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,14 +63,6 @@ TARGET_SECONDS_PER_SCAN = 30.0
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _shown(path: Path) -> str:
@@ -332,8 +324,8 @@ def _targets(evaluation: Evaluation) -> list[str]:
 
     fpv_ok, fnv_ok = lower("mean_fpv_ml"), lower("mean_fnv_ml")
     return [
-        f"- mean per-scan Dice >= {TARGET_DICE}: {_fmt(dice)} ({ok(dice >= TARGET_DICE)})",
-        f"- sensitivity for lesions >= 2 cm >= {TARGET_SENSITIVITY_LARGE}: {_fmt(sens)} "
+        f"- mean per-scan Dice >= {TARGET_DICE}: {format_metric(dice)} ({ok(dice >= TARGET_DICE)})",
+        f"- sensitivity for lesions >= 2 cm >= {TARGET_SENSITIVITY_LARGE}: {format_metric(sens)} "
         f"({ok(sens >= TARGET_SENSITIVITY_LARGE)})",
         f"- FPV below both baselines: {ok(fpv_ok)}",
         f"- FNV below both baselines: {ok(fnv_ok)}",
@@ -348,9 +340,9 @@ def _real_table(evaluation: Evaluation) -> list[str]:
     ]
     for c in evaluation.cases:
         gtv = next(iter(c.metrics.values())).gt_volume_ml
-        dices = [_fmt(c.metrics[n].dice) for n in names]
+        dices = [format_metric(c.metrics[n].dice) for n in names]
         lines.append(f"| {c.case} | {gtv:.1f} | " + " | ".join(dices) + " |")
-    means = [_fmt(evaluation.summary[n]["mean_dice"]) for n in names]
+    means = [format_metric(evaluation.summary[n]["mean_dice"]) for n in names]
     lines.append("| **mean** | | " + " | ".join(means) + " |")
     return lines
 
@@ -393,7 +385,7 @@ def _speed_table(results: list[dict[str, Any]]) -> list[str]:
         extra = r["peak_rss_mb"] - r.get("rss_before_inference_mb", float("nan"))
         lines.append(
             f"| {names[r['mode']]} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
-            f"{_fmt(extra, 0)} |"
+            f"{format_metric(extra, 0)} |"
         )
     pred = next(r for r in results if r["mode"] == "predictor")
     verdict = "met" if pred["seconds"] < TARGET_SECONDS_PER_SCAN else "NOT met"
