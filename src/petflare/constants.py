@@ -25,18 +25,18 @@ class Keys:
     FOLLOWUP_MASK: Final = "followup_mask"
 
 
-#: Columns of the longitudinal manifest CSV, in order.
-MANIFEST_COLUMNS: Final = (
-    Keys.PATIENT_ID,
+#: Columns of the longitudinal manifest CSV that hold file paths (PET, CT, mask per timepoint).
+MANIFEST_PATH_COLUMNS: Final = (
     Keys.BASELINE_PET,
     Keys.BASELINE_CT,
     Keys.BASELINE_MASK,
     Keys.FOLLOWUP_PET,
     Keys.FOLLOWUP_CT,
     Keys.FOLLOWUP_MASK,
-    Keys.PATTERN,
-    Keys.SPLIT,
 )
+
+#: Columns of the longitudinal manifest CSV, in order.
+MANIFEST_COLUMNS: Final = (Keys.PATIENT_ID, *MANIFEST_PATH_COLUMNS, Keys.PATTERN, Keys.SPLIT)
 
 #: The four temporal change patterns, in the fixed class-index order used by every model.
 PATTERNS: Final = ("controlled", "diffuse_flare", "nodule_within_mass", "new_lesions")

@@ -34,7 +34,7 @@ from scipy import ndimage
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
+from petflare.constants import MANIFEST_PATH_COLUMNS, PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.transforms import PreprocessingConfig, ScaleSuv
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_path, atomic_write_text
@@ -1122,17 +1122,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         With ``with_encoder=False``, the folder of what does not depend on the encoder
         (predicted masks, quantification reports) under ``cache_dir/reports``.
         """
-        files = [
-            row.get(k)
-            for k in (
-                Keys.BASELINE_PET,
-                Keys.BASELINE_CT,
-                Keys.BASELINE_MASK,
-                Keys.FOLLOWUP_PET,
-                Keys.FOLLOWUP_CT,
-                Keys.FOLLOWUP_MASK,
-            )
-        ]
+        files = [row.get(k) for k in MANIFEST_PATH_COLUMNS]
         source = (
             mask_source
             if isinstance(mask_source, str)

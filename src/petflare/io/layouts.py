@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from petflare.constants import MANIFEST_COLUMNS, PATTERNS, SPLITS, TIMEPOINTS, Keys
+from petflare.constants import (
+    MANIFEST_COLUMNS,
+    MANIFEST_PATH_COLUMNS,
+    PATTERNS,
+    SPLITS,
+    TIMEPOINTS,
+    Keys,
+)
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text
 
@@ -29,15 +36,7 @@ AUTOPET_PET_STEM = "SUV"
 AUTOPET_CT_STEMS = ("CTres", "CT")
 AUTOPET_LABEL_STEM = "SEG"
 
-#: Manifest columns that hold file paths, and those that must be present in every row.
-MANIFEST_PATH_COLUMNS = (
-    Keys.BASELINE_PET,
-    Keys.BASELINE_CT,
-    Keys.BASELINE_MASK,
-    Keys.FOLLOWUP_PET,
-    Keys.FOLLOWUP_CT,
-    Keys.FOLLOWUP_MASK,
-)
+#: Manifest columns that must be present in every row (path columns: MANIFEST_PATH_COLUMNS).
 MANIFEST_REQUIRED_COLUMNS = (Keys.PATIENT_ID, Keys.BASELINE_PET, Keys.FOLLOWUP_PET)
 
 #: Channel roles understood by :func:`load_nnunet_raw`.
