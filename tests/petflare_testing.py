@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,3 +100,56 @@ def make_study_arrays(
     ct[:, [0, -1], :] = -1000.0
     ct[inside] = 60.0
     return pet, ct, inside.astype(np.uint8), center_mm
+
+
+#: Network of :func:`make_tiny_model_folder` unless told otherwise: a 2-level MONAI U-Net.
+TINY_UNET_KWARGS: dict[str, Any] = {
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": (4, 8),
+    "strides": (2,),
+}
+
+
+def make_tiny_model_folder(
+    path: str | Path,
+    spacing_mm: tuple[float, float, float] = (4.0, 4.0, 4.0),
+    *,
+    network_kwargs: dict[str, Any] | None = None,
+    min_component_ml: float | None = None,
+    metadata: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Path:
+    """Export a tiny random U-Net model folder (``export_model_folder``) for contract tests.
+
+    Random weights: tests that use it check the product's contract, not segmentation quality.
+
+    Args:
+        path: model folder to write.
+        spacing_mm: model voxel size (coarse keeps tiny volumes tiny).
+        network_kwargs: ``build_unet`` arguments; :data:`TINY_UNET_KWARGS` when None.
+        min_component_ml: post-processing minimum component; InferenceSettings' default if None.
+        metadata: extra model metadata.
+        seed: torch seed of the random weights.
+    """
+    import torch
+
+    from petflare.data.transforms import PreprocessingConfig
+    from petflare.inference.model_folder import InferenceSettings, export_model_folder
+    from petflare.networks import build_unet
+
+    kwargs = dict(TINY_UNET_KWARGS if network_kwargs is None else network_kwargs)
+    inference: dict[str, Any] = {"roi_size_vox": (16, 16, 16)}
+    if min_component_ml is not None:
+        inference["min_component_ml"] = min_component_ml
+    torch.manual_seed(seed)
+    return export_model_folder(
+        Path(path),
+        build_unet(**kwargs).state_dict(),
+        network_target="petflare.networks.build_unet",
+        network_kwargs=kwargs,
+        preprocessing=PreprocessingConfig(spacing_mm=spacing_mm),
+        inference=InferenceSettings(**inference),
+        config_yaml=f"seed: {seed}\n",
+        metadata=metadata,
+    )

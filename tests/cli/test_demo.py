@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
 from petflare.cli.demo import format_table, run_demo
 from petflare.constants import PATTERNS
+from petflare_testing import make_tiny_model_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random U-Net model folder (the demo's contract, not its accuracy, is tested here)."""
-    from petflare.data.transforms import PreprocessingConfig
-    from petflare.inference.model_folder import InferenceSettings, export_model_folder
-    from petflare.networks import build_unet
-
-    kwargs: dict[str, Any] = {
-        "in_channels": 1,
-        "out_channels": 2,
-        "channels": (4, 8),
-        "strides": (2,),
-    }
-    torch.manual_seed(0)
-    return export_model_folder(
+    return make_tiny_model_folder(
         tmp_path_factory.mktemp("model") / "tiny-unet",
-        build_unet(**kwargs).state_dict(),
-        network_target="petflare.networks.build_unet",
-        network_kwargs=kwargs,
-        preprocessing=PreprocessingConfig(spacing_mm=(10.0, 10.0, 10.0)),
-        inference=InferenceSettings(roi_size_vox=(16, 16, 16), min_component_ml=0.0),
-        config_yaml="seed: 0\n",
+        spacing_mm=(10.0, 10.0, 10.0),
+        min_component_ml=0.0,
         metadata={"name": "tiny-test-unet", "version": "0.0.1", "intended_use": "tests only"},
     )
 

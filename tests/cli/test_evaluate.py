@@ -13,6 +13,7 @@ import pytest
 from petflare.cli.evaluate import dataset_entries, evaluate_entries
 from petflare.io import save_nifti, write_manifest
 from petflare.io.study import Study
+from petflare_testing import make_tiny_model_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "evaluate.py"
@@ -249,22 +250,9 @@ def test_nnunet_layout_case_names(tmp_path: Path) -> None:
 def test_cli_with_model_folder(autopet_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     """A (random, tiny) model folder is run through Predictor.from_folder and scored."""
     pytest.importorskip("petflare.inference.predictor")
-    torch = pytest.importorskip("torch")
-    from petflare.data.transforms import PreprocessingConfig
-    from petflare.inference.model_folder import InferenceSettings, export_model_folder
-    from petflare.networks import build_network
-
-    torch.manual_seed(0)
-    kwargs = {"channels": [8, 16], "strides": [2]}
-    net = build_network("petflare.networks.build_unet", kwargs)
-    model = export_model_folder(
-        tmp_path / "model",
-        net.state_dict(),
-        network_target="petflare.networks.build_unet",
-        network_kwargs=kwargs,
-        preprocessing=PreprocessingConfig(),
-        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
-        config_yaml="",
+    pytest.importorskip("torch")
+    model = make_tiny_model_folder(
+        tmp_path / "model", network_kwargs={"channels": [8, 16], "strides": [2]}
     )
     root, _ = autopet_dataset
     out = tmp_path / "eval"

@@ -20,11 +20,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
-from petflare_testing import TinyStudyFiles, make_non_ras_affine
 from petflare.constants import PATTERNS
 from petflare.io.nifti import save_nifti
+from petflare_testing import TinyStudyFiles, make_non_ras_affine, make_tiny_model_folder
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "infer.py"
@@ -61,26 +60,10 @@ def run_infer(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny U-Net model folder written by petflare.inference.model_folder.export_model_folder."""
-    from petflare.data.transforms import PreprocessingConfig
-    from petflare.inference.model_folder import InferenceSettings, export_model_folder
-    from petflare.networks import build_unet
-
-    kwargs: dict[str, Any] = {
-        "in_channels": 1,
-        "out_channels": 2,
-        "channels": (4, 8),
-        "strides": (2,),
-    }
-    torch.manual_seed(0)
-    net = build_unet(**kwargs)
-    return export_model_folder(
+    return make_tiny_model_folder(
         tmp_path_factory.mktemp("model") / "tiny-unet",
-        net.state_dict(),
-        network_target="petflare.networks.build_unet",
-        network_kwargs=kwargs,
-        preprocessing=PreprocessingConfig(spacing_mm=(8.0, 8.0, 8.0)),
-        inference=InferenceSettings(roi_size_vox=(16, 16, 16), min_component_ml=0.0),
-        config_yaml="seed: 0\n",
+        spacing_mm=(8.0, 8.0, 8.0),
+        min_component_ml=0.0,
         metadata={"name": "tiny-test-unet", "version": "0.0.1", "intended_use": "tests only"},
     )
 

@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from petflare.constants import PATTERNS
-from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
-from petflare.inference.model_folder import InferenceSettings, export_model_folder
 from petflare.inference.pattern import (
     HEAD_METADATA_FILE,
     HEAD_WEIGHTS_FILE,
@@ -24,8 +22,8 @@ from petflare.inference.pattern import (
     load_head,
 )
 from petflare.inference.pipeline import TimepointResult
-from petflare.networks import build_unet
 from petflare.quant import lesion_instances
+from petflare_testing import make_tiny_model_folder
 
 REPO = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -39,17 +37,7 @@ NET_KWARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
 
 
 def _model_folder(path: Path) -> Path:
-    torch.manual_seed(0)
-    net = build_unet(**NET_KWARGS)
-    return export_model_folder(
-        path,
-        net.state_dict(),
-        network_target="petflare.networks.build_unet",
-        network_kwargs=NET_KWARGS,
-        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0)),
-        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
-        config_yaml="tiny: true\n",
-    )
+    return make_tiny_model_folder(path, spacing_mm=(4.0, 4.0, 4.0), network_kwargs=NET_KWARGS)
 
 
 def _train_head(

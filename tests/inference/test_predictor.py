@@ -9,20 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from petflare_testing import make_non_ras_affine
 from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import (
     METADATA_FILE,
     WEIGHTS_FILE,
     InferenceSettings,
-    export_model_folder,
     load_model_folder,
 )
 from petflare.inference.postprocess import remove_small_components
 from petflare.inference.predictor import Predictor
 from petflare.io.study import Study
-from petflare.networks import build_unet
+from petflare_testing import make_non_ras_affine, make_tiny_model_folder
 
 SHAPE = (26, 20, 14)
 LESION_SUV = 8.0
@@ -126,18 +124,8 @@ def test_empty_scan_gives_empty_mask() -> None:
 
 
 def tiny_folder(tmp_path: Path) -> Path:
-    kwargs = {"in_channels": 1, "out_channels": 2, "channels": (4, 8), "strides": (2,)}
-    torch.manual_seed(0)
-    net = build_unet(**kwargs)  # type: ignore[arg-type]
-    return export_model_folder(
-        tmp_path / "model",
-        net.state_dict(),
-        network_target="petflare.networks.build_unet",
-        network_kwargs=kwargs,
-        preprocessing=PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0)),
-        inference=InferenceSettings(roi_size_vox=(16, 16, 16)),
-        config_yaml="seed: 0\n",
-        metadata={"intended_use": "tests"},
+    return make_tiny_model_folder(
+        tmp_path / "model", spacing_mm=(4.0, 4.0, 4.0), metadata={"intended_use": "tests"}
     )
 
 
