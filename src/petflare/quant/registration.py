@@ -221,22 +221,11 @@ def register_followup_to_baseline(
     final = reg.Execute(fixed, moving)
 
     mat = transform_to_matrix_ras(final)
-    ident = np.eye(4)
-    before = resample_to(
-        moving_arr.astype(np.float32),
-        followup.affine,
-        baseline.shape,
-        baseline.affine,
-        ident,
-        default=np.nan,
-    )
-    after = resample_to(
-        moving_arr.astype(np.float32),
-        followup.affine,
-        baseline.shape,
-        baseline.affine,
-        mat,
-        default=np.nan,
+    moving_f32 = moving_arr.astype(np.float32)
+    # The moving image on the baseline grid without (scanner frames) and with the registration.
+    before, after = (
+        resample_to(moving_f32, followup.affine, baseline.shape, baseline.affine, m, default=np.nan)
+        for m in (np.eye(4), mat)
     )
     return RegistrationResult(
         method="rigid_euler3d_mattes_mi",
