@@ -141,6 +141,7 @@ def test_cli_bad_inputs_exit_2(autopet_dataset: tuple[Path, Path], tmp_path: Pat
         ([f"dataset={tmp_path / 'nope'}", f"out={out}"], "nope"),
         ([f"out={out}"], "dataset=PATH is required"),
         ([f"dataset={root}", f"out={out}", "baselines=[otsu]"], "unknown baseline"),
+        ([f"dataset={root}", f"out={out}", "patterns=true"], "patterns=true needs a manifest"),
         ([f"dataset={root}", f"out={out}", f"predictions_dir={tmp_path / 'x'}"], "not found"),
     ]
     (preds / "p2_s1.nii.gz").unlink()

@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.constants import Keys
 from petflare.errors import PetflareInputError
 from petflare.inference.evaluation import (
     MODEL_METHOD,
@@ -21,6 +22,7 @@ from petflare.inference.evaluation import (
     check_output_free,
     dataset_entries,
     evaluate_entries,
+    evaluate_patterns,
     summary_markdown_table,
     write_evaluation,
 )
@@ -51,6 +53,22 @@ def _load_predictor(cfg: DictConfig) -> tuple[Segmenter, str, bool]:
     return predictor.predict, f"model folder {cfg.model_dir}", needs_ct
 
 
+def _pattern_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    """Change-pattern metrics of the manifest's pairs: rules, plus the model folder's head."""
+    from petflare.io import load_manifest
+
+    rows = load_manifest(cfg.dataset)
+    if cfg.split is not None:
+        rows = [r for r in rows if r.get(Keys.SPLIT) == cfg.split]
+    classifier = None
+    if cfg.model_dir is not None:
+        from petflare.inference.pattern import HEAD_WEIGHTS_FILE, PatternClassifier
+
+        if (Path(cfg.model_dir) / HEAD_WEIGHTS_FILE).is_file():
+            classifier = PatternClassifier.from_folder(cfg.model_dir, device=cfg.device)
+    return evaluate_patterns(rows, classifier=classifier, progress=bool(cfg.progress))
+
+
 def run_evaluation(cfg: DictConfig) -> tuple[Path, Path]:
     """Compose the typed calls from the config: list studies, score, write reports."""
     if cfg.dataset is None:
@@ -60,6 +78,8 @@ def run_evaluation(cfg: DictConfig) -> tuple[Path, Path]:
     check_output_free(cfg.out, bool(cfg.overwrite))
     roles = None if cfg.channel_roles is None else OmegaConf.to_container(cfg.channel_roles)
     entries, layout = dataset_entries(cfg.dataset, cfg.layout, cfg.split, roles)  # type: ignore[arg-type]
+    if bool(cfg.patterns) and layout != "manifest":
+        raise PetflareInputError(cfg.dataset, "patterns=true needs a manifest CSV dataset")
     baselines = list(cfg.baselines or [])
     segmenters: dict[str, Segmenter] = {}
     descriptions: dict[str, str] = {}
@@ -83,6 +103,8 @@ def run_evaluation(cfg: DictConfig) -> tuple[Path, Path]:
         progress=bool(cfg.progress),
         method_descriptions=descriptions,
     )
+    if bool(cfg.patterns):
+        evaluation.patterns = _pattern_evaluation(cfg)
     provenance = {
         "dataset": str(Path(cfg.dataset).resolve()),
         "layout": layout,

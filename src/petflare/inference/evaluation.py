@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from petflare import __version__ as petflare_version
-from petflare.constants import Keys
+from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import BASELINE_DESCRIPTIONS, CLASSICAL_BASELINES
 from petflare.io import (
@@ -37,12 +37,17 @@ from petflare.io import (
     validate_mask,
 )
 from petflare.io.study import Study
+from petflare.quant import RuleThresholds, classify_pattern_rules, compare_studies
 from petflare.training.metrics import (
     LARGE_LESION_DIAMETER_MM,
     ScanMetrics,
     scan_metrics,
     summarize,
 )
+from petflare.training.pattern_metrics import format_metrics_table, pattern_metrics
+
+if TYPE_CHECKING:
+    from petflare.inference.pattern import PatternClassifier
 
 #: Version of the metrics.json layout written by :func:`write_evaluation`.
 SCHEMA_VERSION = "1.0"
@@ -54,6 +59,9 @@ PREDICTIONS_METHOD = "predictions"
 #: Output file names inside the output folder.
 JSON_NAME = "metrics.json"
 MARKDOWN_NAME = "metrics.md"
+#: Names of the two change-pattern classifiers scored by :func:`evaluate_patterns`.
+PATTERN_RULES_METHOD = "rules"
+PATTERN_HEAD_METHOD = "head"
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 Segmenter = Callable[[Study], np.ndarray]
@@ -187,6 +195,8 @@ class Evaluation:
     skipped: list[str]
     connectivity: int
     large_lesion_diameter_mm: float
+    #: Change-pattern results of :func:`evaluate_patterns` (None when not asked for).
+    patterns: dict[str, Any] | None = None
 
 
 def evaluate_entries(
@@ -313,6 +323,84 @@ def evaluate_entries(
     )
 
 
+def evaluate_patterns(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    classifier: PatternClassifier | None = None,
+    rule_thresholds: RuleThresholds | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the change-pattern label of manifest pairs: rules, and the learned head if given.
+
+    Each pair is compared on its ground-truth masks (``compare_studies``), then labelled by
+    ``classify_pattern_rules`` and, with a ``classifier``, by the learned head on the same report,
+    so that both are scored side by side with ``pattern_metrics``.
+
+    Args:
+        rows: longitudinal manifest rows (``load_manifest``); rows without a ``pattern`` are
+            skipped, rows with one need both masks.
+        classifier: the learned head (``PatternClassifier.from_folder``), or None (rules only).
+        rule_thresholds: thresholds of the rules (defaults when None).
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        JSON-friendly dict: ``metrics`` (per method), ``pairs`` (truth and predictions per pair)
+        and ``skipped`` (patient ids without a pattern).
+
+    Raises:
+        PetflareInputError: no row with a pattern, or a labelled row without both masks.
+    """
+    labelled = [r for r in rows if r.get(Keys.PATTERN)]
+    skipped = [str(r[Keys.PATIENT_ID]) for r in rows if not r.get(Keys.PATTERN)]
+    if not labelled:
+        raise PetflareInputError(None, "patterns=true: no manifest row has a pattern")
+    for row in labelled:
+        if not row.get(Keys.BASELINE_MASK) or not row.get(Keys.FOLLOWUP_MASK):
+            raise PetflareInputError(
+                row[Keys.BASELINE_PET],
+                f"patient {row[Keys.PATIENT_ID]}: pattern evaluation needs baseline_mask and "
+                "followup_mask",
+            )
+    y_true: list[int] = []
+    predicted: dict[str, list[int]] = {PATTERN_RULES_METHOD: []}
+    head_probs: list[list[float]] = []
+    pairs: list[dict[str, Any]] = []
+    bar = tqdm(labelled, desc="patterns", unit="pair", disable=not progress, file=sys.stderr)
+    for row in bar:
+        baseline = load_study(
+            row[Keys.BASELINE_PET], row.get(Keys.BASELINE_CT), row[Keys.BASELINE_MASK]
+        )
+        followup = load_study(
+            row[Keys.FOLLOWUP_PET], row.get(Keys.FOLLOWUP_CT), row[Keys.FOLLOWUP_MASK]
+        )
+        report = compare_studies(baseline, followup, rule_thresholds=rule_thresholds)
+        rule_label = classify_pattern_rules(report, rule_thresholds).label
+        pair: dict[str, Any] = {
+            "patient_id": str(row[Keys.PATIENT_ID]),
+            "truth": str(row[Keys.PATTERN]),
+            PATTERN_RULES_METHOD: rule_label,
+        }
+        y_true.append(PATTERN_TO_INDEX[str(row[Keys.PATTERN])])
+        predicted[PATTERN_RULES_METHOD].append(PATTERN_TO_INDEX[rule_label])
+        if classifier is not None:
+            prediction = classifier.predict(baseline, followup, report)
+            predicted.setdefault(PATTERN_HEAD_METHOD, []).append(PATTERN_TO_INDEX[prediction.label])
+            head_probs.append([float(prediction.probabilities[p]) for p in PATTERNS])
+            pair[PATTERN_HEAD_METHOD] = prediction.label
+        pairs.append(pair)
+    metrics = {
+        name: pattern_metrics(
+            y_true,
+            labels,
+            np.asarray(head_probs) if name == PATTERN_HEAD_METHOD else None,
+        )
+        for name, labels in predicted.items()
+    }
+    # The head first, as in the issue's "head and rules side by side" table.
+    ordered = dict(sorted(metrics.items(), key=lambda kv: kv[0] != PATTERN_HEAD_METHOD))
+    return {"metrics": ordered, "pairs": pairs, "skipped": skipped}
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -343,6 +431,7 @@ def evaluation_to_dict(
             "summary": evaluation.summary,
             "skipped_unlabelled": evaluation.skipped,
             "scans": [c.to_dict() for c in evaluation.cases],
+            **({} if evaluation.patterns is None else {"patterns": evaluation.patterns}),
         }
     )
 
@@ -405,6 +494,16 @@ def evaluation_markdown(evaluation: Evaluation, title: str = "Segmentation evalu
         lines.append(f"| {c.case} | " + " | ".join(cells) + " |")
     if evaluation.skipped:
         lines += ["", f"Skipped (no label): {', '.join(evaluation.skipped)}"]
+    if evaluation.patterns is not None:
+        n_pairs = len(evaluation.patterns["pairs"])
+        lines += [
+            "",
+            "## Change pattern",
+            "",
+            f"{n_pairs} pairs labelled on their ground-truth masks.",
+            "",
+            format_metrics_table(evaluation.patterns["metrics"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
