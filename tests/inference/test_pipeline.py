@@ -18,7 +18,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from petflare_testing import make_non_ras_affine
 from petflare.constants import PATTERNS
 from petflare.errors import OutputExistsError, PetflareInputError
 from petflare.inference import pipeline
@@ -34,6 +33,7 @@ from petflare.inference.pipeline import (
 from petflare.io.nifti import save_nifti
 from petflare.io.study import Study
 from petflare.quant import RegistrationConfig
+from petflare_testing import make_non_ras_affine
 
 SHAPE = (30, 24, 16)
 #: The phantoms share one world frame (no repositioning), so registration is the identity; with

@@ -56,7 +56,9 @@ class Study:
         for name in ("ct", "mask"):
             arr = getattr(self, name)
             if arr is not None and arr.shape != self.pet.shape:
-                raise ValueError(f"{name} shape {arr.shape} differs from PET shape {self.pet.shape}")
+                raise ValueError(
+                    f"{name} shape {arr.shape} differs from PET shape {self.pet.shape}"
+                )
 
     @property
     def shape(self) -> tuple[int, int, int]:
