@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
+from petflare.constants import MANIFEST_COLUMNS, PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.longitudinal import (
     HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
@@ -199,20 +199,7 @@ def write_manifest(root: Path, patterns: list[str], splits: list[str]) -> Path:
         rows.append(entry)
     path = root / "manifest.csv"
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh,
-            fieldnames=[
-                Keys.PATIENT_ID,
-                Keys.BASELINE_PET,
-                Keys.BASELINE_CT,
-                Keys.BASELINE_MASK,
-                Keys.FOLLOWUP_PET,
-                Keys.FOLLOWUP_CT,
-                Keys.FOLLOWUP_MASK,
-                Keys.PATTERN,
-                Keys.SPLIT,
-            ],
-        )
+        writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
     return path
