@@ -117,6 +117,7 @@ def make_tiny_model_folder(
     *,
     network_kwargs: dict[str, Any] | None = None,
     min_component_ml: float | None = None,
+    roi_size_vox: tuple[int, int, int] = (16, 16, 16),
     metadata: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
@@ -129,6 +130,7 @@ def make_tiny_model_folder(
         spacing_mm: model voxel size (coarse keeps tiny volumes tiny).
         network_kwargs: ``build_unet`` arguments; :data:`TINY_UNET_KWARGS` when None.
         min_component_ml: post-processing minimum component; InferenceSettings' default if None.
+        roi_size_vox: sliding-window size (larger windows mean fewer, faster steps on big grids).
         metadata: extra model metadata.
         seed: torch seed of the random weights.
     """
@@ -139,7 +141,7 @@ def make_tiny_model_folder(
     from petflare.networks import build_unet
 
     kwargs = dict(TINY_UNET_KWARGS if network_kwargs is None else network_kwargs)
-    inference: dict[str, Any] = {"roi_size_vox": (16, 16, 16)}
+    inference: dict[str, Any] = {"roi_size_vox": tuple(roi_size_vox)}
     if min_component_ml is not None:
         inference["min_component_ml"] = min_component_ml
     torch.manual_seed(seed)

@@ -18,7 +18,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model_folder(
         tmp_path_factory.mktemp("model") / "tiny-unet",
         spacing_mm=(10.0, 10.0, 10.0),
-        min_component_ml=0.0,
+        min_component_ml=2.0,
+        roi_size_vox=(48, 48, 48),
         metadata={"name": "tiny-test-unet", "version": "0.0.1", "intended_use": "tests only"},
     )
 

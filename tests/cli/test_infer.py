@@ -64,6 +64,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("model") / "tiny-unet",
         spacing_mm=(8.0, 8.0, 8.0),
         min_component_ml=0.0,
+        roi_size_vox=(32, 32, 32),
         metadata={"name": "tiny-test-unet", "version": "0.0.1", "intended_use": "tests only"},
     )
 
