@@ -66,6 +66,21 @@ def crop_slices(
     return tuple(slices), tuple(outside)
 
 
+def ball_mask(shape: tuple[int, ...], kernel: np.ndarray, centre: tuple[int, ...]) -> np.ndarray:
+    """Boolean volume of ``shape`` holding ``kernel`` centred on voxel ``centre`` (clipped)."""
+    out = np.zeros(shape, dtype=bool)
+    src, dst = [], []
+    for ax in range(3):
+        lo = int(centre[ax]) - kernel.shape[ax] // 2
+        d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], shape[ax])
+        if d1 <= d0:
+            return out
+        dst.append(slice(d0, d1))
+        src.append(slice(d0 - lo, d1 - lo))
+    out[tuple(dst)] = kernel[tuple(src)]
+    return out
+
+
 def ball_mean_map(
     values: np.ndarray, kernel: np.ndarray, weight: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -133,15 +148,7 @@ def focal_hotspot(
         return None
     masked = np.where(ok, means, -np.inf)
     best = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    ball = np.zeros_like(les)
-    kc = [s // 2 for s in kernel.shape]
-    src, dst = [], []
-    for ax in range(3):
-        lo = best[ax] - kc[ax]
-        d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], les.shape[ax])
-        dst.append(slice(d0, d1))
-        src.append(slice(d0 - lo, d1 - lo))
-    ball[tuple(dst)] = kernel[tuple(src)]
+    ball = ball_mask(les.shape, kernel, best)
     hot = ball & les
     rest = les & ~ball
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0

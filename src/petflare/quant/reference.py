@@ -37,7 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from petflare.io.study import Study
-from petflare.quant.metrics import ball_kernel, voxel_to_world
+from petflare.quant.metrics import ball_kernel, ball_mask, voxel_to_world
 from petflare.quant.report import LiverReference
 
 #: PERCIST liver reference: a 3 cm diameter sphere.
@@ -101,16 +101,9 @@ def _sphere_stats(
 ) -> tuple[float, float, int]:
     """Mean, SD and voxel count of PET in the union of balls around ``centres`` (∩ ``within``)."""
     kernel = ball_kernel(affine, radius_mm)
-    half = [s // 2 for s in kernel.shape]
     ball = np.zeros(pet.shape, dtype=bool)
     for centre in centres:
-        src, dst = [], []
-        for ax in range(3):
-            lo = centre[ax] - half[ax]
-            d0, d1 = max(lo, 0), min(lo + kernel.shape[ax], pet.shape[ax])
-            dst.append(slice(d0, d1))
-            src.append(slice(d0 - lo, d1 - lo))
-        ball[tuple(dst)] |= kernel[tuple(src)]
+        ball |= ball_mask(pet.shape, kernel, centre)
     if within is not None:
         ball &= within
     vals = pet[ball].astype(np.float64)
