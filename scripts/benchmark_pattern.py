@@ -28,7 +28,11 @@ import numpy as np
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text, check_can_write
-from petflare.training.pattern_metrics import format_metrics_table, pattern_metrics
+from petflare.training.pattern_metrics import (
+    format_confusion_matrix,
+    format_metrics_table,
+    pattern_metrics,
+)
 
 #: Phantom settings of each evaluation set (PhantomConfig keyword arguments).
 SETS: dict[str, dict[str, Any]] = {
@@ -110,15 +114,6 @@ def evaluate_set(
     return head, rules, {"seconds": seconds, "per_pair_s": seconds / max(len(rows), 1)}
 
 
-def confusion_md(m: dict[str, Any]) -> str:
-    """Confusion matrix as a Markdown table (rows: truth)."""
-    names = m["class_names"]
-    lines = ["| truth \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for name, row in zip(names, m["confusion_matrix"], strict=True):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
 def set_section(
     name: str,
     source: str,
@@ -140,11 +135,11 @@ def set_section(
         "",
         "Learned head confusion matrix (rows: truth):",
         "",
-        confusion_md(head),
+        format_confusion_matrix(head),
         "",
         "Rules confusion matrix (rows: truth):",
         "",
-        confusion_md(rules),
+        format_confusion_matrix(rules),
         "",
         f"Time: {timing['per_pair_s']:.1f} s per pair (segmentation of both scans when masks "
         "are predicted, quantification with registration, encoder; 2 CPU cores shared with "

@@ -27,6 +27,7 @@ from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text
 from petflare.quant import analyze_study, compare_studies, lesion_instances
 from petflare.quant.metrics import suv_peak
+from petflare.training.pattern_metrics import format_confusion_matrix, pattern_metrics
 
 DEFAULT_REAL_ROOT = Path(__file__).resolve().parents[1] / ".." / "shared/data/real/ibsi_sts_crops"
 
@@ -64,22 +65,13 @@ def real_table(root: Path) -> str:
 
 def _confusion_table(truth: list[str], pred: list[str]) -> str:
     idx = {p: i for i, p in enumerate(PATTERNS)}
-    cm = np.zeros((len(PATTERNS), len(PATTERNS)), dtype=int)
-    for t, p in zip(truth, pred, strict=True):
-        cm[idx[t], idx[p]] += 1
-    head = "| true \\ predicted | " + " | ".join(PATTERNS) + " | recall |"
-    rows = [head, "|---" * (len(PATTERNS) + 2) + "|"]
-    for i, name in enumerate(PATTERNS):
-        n = cm[i].sum()
-        recall = f"{cm[i, i] / n:.2f} ({cm[i, i]}/{n})" if n else "n/a"
-        rows.append(f"| {name} | " + " | ".join(str(v) for v in cm[i]) + f" | {recall} |")
-    acc = np.trace(cm) / max(cm.sum(), 1)
-    recalls = [cm[i, i] / cm[i].sum() for i in range(len(PATTERNS)) if cm[i].sum()]
-    rows.append("")
-    rows.append(
-        f"Accuracy {acc:.2f} ({np.trace(cm)}/{cm.sum()}); balanced accuracy {np.mean(recalls):.2f}."
+    m = pattern_metrics(np.array([idx[t] for t in truth]), np.array([idx[p] for p in pred]))
+    cm = np.asarray(m["confusion_matrix"])
+    return (
+        format_confusion_matrix(m, with_recall=True)
+        + f"\n\nAccuracy {m['accuracy']:.2f} ({np.trace(cm)}/{cm.sum()}); "
+        + f"balanced accuracy {m['balanced_accuracy']:.2f}."
     )
-    return "\n".join(rows)
 
 
 def _true_liver(truth: dict, timepoint: str) -> float | None:

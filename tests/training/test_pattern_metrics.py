@@ -11,6 +11,7 @@ from petflare.training.calibration import apply_temperature, fit_temperature
 from petflare.training.pattern_metrics import (
     binary_auroc,
     expected_calibration_error,
+    format_confusion_matrix,
     format_metrics_table,
     pattern_metrics,
 )
@@ -78,3 +79,12 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
 def test_temperature_of_a_separated_validation_set_is_left_at_one() -> None:
     logits = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
     assert fit_temperature(logits, np.array([0, 1, 2])) == 1.0
+
+
+def test_confusion_matrix_markdown_rows_are_truth_with_recall() -> None:
+    m = pattern_metrics(np.array([0, 0, 1, 2, 3]), np.array([0, 1, 1, 2, 3]))
+    lines = format_confusion_matrix(m, with_recall=True).splitlines()
+    assert lines[0].endswith("| recall |")
+    assert lines[2] == "| controlled | 1 | 1 | 0 | 0 | 0.50 (1/2) |"
+    assert lines[3] == "| diffuse_flare | 0 | 1 | 0 | 0 | 1.00 (1/1) |"
+    assert "recall" not in format_confusion_matrix(m).splitlines()[0]

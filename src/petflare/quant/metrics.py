@@ -148,7 +148,7 @@ def focal_hotspot(
         return None
     masked = np.where(ok, means, -np.inf)
     best = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    ball = ball_mask(les.shape, kernel, best)
+    ball = ball_mask(les.shape, kernel, tuple(int(b) for b in best))
     hot = ball & les
     rest = les & ~ball
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0

@@ -141,3 +141,23 @@ def format_metrics_table(rows: dict[str, dict[str, Any]]) -> str:
             f"{fmt(m['auroc_macro_ovr'])} | {fmt(m['ece'])} |"
         )
     return "\n".join(lines)
+
+
+def format_confusion_matrix(metrics: dict[str, Any], with_recall: bool = False) -> str:
+    """Markdown confusion matrix (rows: truth) from :func:`pattern_metrics`' output.
+
+    With ``with_recall`` a last column gives each class's recall as ``0.88 (7/8)``.
+    """
+    names = metrics["class_names"]
+    cm = np.asarray(metrics["confusion_matrix"], dtype=int)
+    extra = " recall |" if with_recall else ""
+    n_cols = len(names) + 1 + int(with_recall)
+    lines = ["| truth \\ predicted | " + " | ".join(names) + " |" + extra, "|---" * n_cols + "|"]
+    for i, name in enumerate(names):
+        cells = " | ".join(str(v) for v in cm[i])
+        tail = ""
+        if with_recall:
+            n = int(cm[i].sum())
+            tail = f" {cm[i, i] / n:.2f} ({cm[i, i]}/{n}) |" if n else " n/a |"
+        lines.append(f"| {name} | {cells} |{tail}")
+    return "\n".join(lines)
