@@ -86,6 +86,21 @@ def test_positive_patches_contain_lesion(tiny_study) -> None:  # noqa: ANN001
         assert float(patch[Keys.LABEL].sum()) > 0
 
 
+def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  # noqa: ANN001
+    config = PreprocessingConfig(spacing_mm=(2.0, 2.0, 2.0))
+    item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
+    common = dict(patch_size_vox=(8, 8, 8), num_samples=1, pos_fraction=1.0, flip_prob=0.0)
+    common |= dict(affine_prob=0.0, intensity_prob=0.0)
+    sharp = AugmentationConfig(**common)
+    blurred = AugmentationConfig(**common, smooth_prob=1.0, smooth_sigma_vox=(1.0, 1.0))
+    a = training_transforms(config, sharp).set_random_state(seed=0)(item)[0]
+    b = training_transforms(config, blurred).set_random_state(seed=0)(item)[0]
+    assert torch.equal(a[Keys.LABEL], b[Keys.LABEL])  # the label is never blurred
+    assert float(b[Keys.IMAGE].max()) < float(a[Keys.IMAGE].max())  # the peak is spread out
+    with pytest.raises(ValueError, match="smooth_sigma_vox"):
+        AugmentationConfig(smooth_sigma_vox=(1.0, 0.5))
+
+
 def test_missing_ct_is_refused() -> None:
     entry = {"patient_id": "p", "study_id": "s", "pet": "/x/SUV.nii.gz", "ct": None, "label": "l"}
     with pytest.raises(PetflareInputError, match="CT"):

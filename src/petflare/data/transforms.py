@@ -28,6 +28,7 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatchd,
@@ -261,6 +262,9 @@ class AugmentationConfig:
         rotate_deg: maximum rotation per axis in degrees.
         scale_fraction: maximum relative zoom.
         intensity_prob: probability of each intensity augmentation.
+        smooth_prob: probability of an extra Gaussian blur (a scanner with a wider
+            point-spread function or stronger post-filter than the training data).
+        smooth_sigma_vox: range of that blur's standard deviation, in voxels.
     """
 
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
@@ -272,9 +276,15 @@ class AugmentationConfig:
     rotate_deg: float = 10.0
     scale_fraction: float = 0.1
     intensity_prob: float = 0.3
+    smooth_prob: float = 0.0
+    smooth_sigma_vox: tuple[float, float] = (0.25, 0.75)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
+        sigma = tuple(float(s) for s in self.smooth_sigma_vox)
+        if len(sigma) != 2 or not 0.0 <= sigma[0] <= sigma[1]:
+            raise ValueError(f"smooth_sigma_vox must be (low, high), got {self.smooth_sigma_vox}")
+        object.__setattr__(self, "smooth_sigma_vox", sigma)
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
 
@@ -313,6 +323,13 @@ def augmentation_transforms(
         RandScaleIntensityd(keys=Keys.IMAGE, factors=0.1, prob=aug.intensity_prob),
         RandShiftIntensityd(keys=Keys.IMAGE, offsets=0.05, prob=aug.intensity_prob),
         RandGaussianNoised(keys=Keys.IMAGE, std=0.02, prob=aug.intensity_prob),
+        RandGaussianSmoothd(
+            keys=Keys.IMAGE,
+            sigma_x=aug.smooth_sigma_vox,
+            sigma_y=aug.smooth_sigma_vox,
+            sigma_z=aug.smooth_sigma_vox,
+            prob=aug.smooth_prob,
+        ),
     ]
 
 
