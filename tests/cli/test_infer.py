@@ -259,7 +259,8 @@ def check_outputs(out: Path, inputs: dict[str, tuple[np.ndarray, tuple[int, ...]
     """Check every output file; ``inputs`` maps timepoint -> (input affine, input shape)."""
     is_pair = "baseline" in inputs
     names = {p.name for p in out.iterdir()}
-    assert names == (PAIR_OUTPUTS if is_pair else SINGLE_OUTPUTS), names
+    dicom_segs = {n for n in names if n.endswith("_seg.dcm")}
+    assert names - dicom_segs == (PAIR_OUTPUTS if is_pair else SINGLE_OUTPUTS), names
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == "1.0" and report["quant_schema_version"]
     assert report["mode"] == ("pair" if is_pair else "single")
@@ -453,6 +454,18 @@ def test_dicom_pair_end_to_end(tmp_path: Path, model_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = check_outputs(out, inputs)
     assert report["inputs"]["baseline"]["format"] == "dicom"
+    import pydicom
+
+    for name in ("baseline", "followup"):  # a DICOM SEG of each timepoint's lesions
+        seg_file = report["masks"][name]["dicom_seg_file"]
+        assert seg_file == f"{name}_lesions_seg.dcm"
+        seg = pydicom.dcmread(out / seg_file)
+        assert seg.Modality == "SEG"
+        assert len(seg.SegmentSequence) == len(report["masks"][name]["lesion_ids"])
+        source_uid = pydicom.dcmread(
+            next((tmp_path / "dcm" / name).glob("*.dcm")), stop_before_pixels=True
+        ).SeriesInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source_uid
     assert (
         report["timepoints"]["followup"]["orientation"]
         != report["timepoints"]["baseline"]["orientation"]

@@ -56,6 +56,7 @@ class InferRequest:
     tta: bool = False
     overwrite: bool = False
     html: bool = True
+    dicom_seg: bool = True
     progress: bool = True
     scan: ScanInput | None = None
     baseline: ScanInput | None = None
@@ -122,6 +123,7 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         "tta": bool(get("tta")),
         "overwrite": bool(get("overwrite")),
         "html": bool(get("html", True)),
+        "dicom_seg": bool(get("dicom_seg", True)),
         "progress": bool(get("progress", True)),
         "sw_batch_size": _number(cfg, "sw_batch_size", int),
         "min_component_ml": _number(cfg, "min_component_ml", float),
@@ -260,6 +262,7 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             progress=progress,
             html=request.html,
             registration=_registration(request),
+            dicom_seg=request.dicom_seg,
         )
         return [request.out / item.folder for item in items]
     if request.mode == "single":
@@ -281,7 +284,11 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             registration=_registration(request),
         )
     written = writers.write_outputs(
-        result, request.out, overwrite=request.overwrite, html=request.html
+        result,
+        request.out,
+        overwrite=request.overwrite,
+        html=request.html,
+        dicom_seg=request.dicom_seg,
     )
     if result.pattern is not None:
         p = result.pattern

@@ -500,6 +500,7 @@ def run_manifest(
     progress: ProgressFn | None = None,
     html: bool = True,
     registration: Any = None,
+    dicom_seg: bool = True,
 ) -> list[BatchItem]:
     """Run every pair of a longitudinal manifest into ``out_dir/<patient>/``.
 
@@ -518,6 +519,7 @@ def run_manifest(
         progress: called with one line per stage event.
         html: also write report.html per row.
         registration: ``petflare.quant.RegistrationConfig`` (None: quant's default).
+        dicom_seg: also write a DICOM SEG per DICOM-series input.
 
     Returns:
         One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv).
@@ -559,7 +561,7 @@ def run_manifest(
                     str(row.get(Keys.PATIENT_ID) or ""),
                     registration,
                 )
-                write_outputs_into(result, tmp / folders[index], html=html)
+                write_outputs_into(result, tmp / folders[index], html=html, dicom_seg=dicom_seg)
                 items.append(
                     BatchItem(
                         patient_id=result.patient_id,

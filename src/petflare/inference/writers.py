@@ -31,7 +31,12 @@ BATCH_SUMMARY_CSV = "batch_summary.csv"
 
 
 def write_outputs(
-    result: InferenceResult, out_dir: str | Path, *, overwrite: bool = False, html: bool = True
+    result: InferenceResult,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    html: bool = True,
+    dicom_seg: bool = True,
 ) -> dict[str, Path]:
     """Write all outputs of one run into ``out_dir`` atomically.
 
@@ -40,6 +45,8 @@ def write_outputs(
         out_dir: output folder; an existing non-empty one is refused unless ``overwrite``.
         overwrite: replace an existing non-empty ``out_dir`` (only once the new one is complete).
         html: also write report.html.
+        dicom_seg: also write a DICOM SEG per timepoint read from a DICOM series (one segment
+            per lesion, referencing the source slices; none for a timepoint without lesions).
 
     Returns:
         Output name (``report.json``, ``mip.png``, ``baseline_lesions.nii.gz``, ...) -> final path.
@@ -49,12 +56,12 @@ def write_outputs(
     """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, overwrite) as tmp:
-        written = write_outputs_into(result, tmp, html=html)
+        written = write_outputs_into(result, tmp, html=html, dicom_seg=dicom_seg)
     return {name: out_dir / name for name in written}
 
 
 def write_outputs_into(
-    result: InferenceResult, folder: str | Path, *, html: bool = True
+    result: InferenceResult, folder: str | Path, *, html: bool = True, dicom_seg: bool = True
 ) -> dict[str, Path]:
     """Write the outputs into ``folder`` (a fresh folder, e.g. inside an atomic directory).
 
@@ -74,11 +81,34 @@ def write_outputs_into(
             path = folder / mask_filename(name, result.is_pair)
             save_nifti(_label_array(tp.instances), tp.study.affine, path)
             written[path.name] = path
+    dicom_timepoints = [
+        (name, tp)
+        for name, tp in result.timepoints.items()
+        if (tp.study.meta.source or {}).get("format") == "DICOM"
+    ]
+    if dicom_seg and dicom_timepoints:
+        import petflare
+        from petflare.io.dicom_seg import write_dicom_seg
+
+        with timer.stage("write_dicom_seg"):
+            for name, tp in dicom_timepoints:
+                seg_path = write_dicom_seg(
+                    tp.study,
+                    tp.instances,
+                    folder / dicom_seg_filename(name, result.is_pair),
+                    version=petflare.__version__,
+                    model_name=str(result.model.get("name", "")),
+                )
+                if seg_path is not None:
+                    written[seg_path.name] = seg_path
     with timer.stage("figure"):
         mip_path = folder / MIP_PNG
         status_mip_figure(result, mip_path)
         written[MIP_PNG] = mip_path
     report = result.report()
+    for name in report.get("masks", {}):
+        seg_name = dicom_seg_filename(name, result.is_pair)
+        report["masks"][name]["dicom_seg_file"] = seg_name if seg_name in written else None
     written[REPORT_JSON] = atomic_write_text(
         folder / REPORT_JSON, json.dumps(report, indent=2, allow_nan=False) + "\n"
     )
@@ -93,6 +123,11 @@ def write_outputs_into(
             report, folder / REPORT_HTML, mip_png=mip_path.read_bytes()
         )
     return written
+
+
+def dicom_seg_filename(timepoint: str, is_pair: bool) -> str:
+    """Output file name of a timepoint's DICOM SEG."""
+    return f"{timepoint}_lesions_seg.dcm" if is_pair else "lesions_seg.dcm"
 
 
 def write_batch_summary(items: Sequence[BatchItem], path: str | Path) -> Path:
