@@ -257,6 +257,43 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     assert not np.allclose(new.lesion_pooled, old.lesion_pooled)
 
 
+class _OneVoxelShort:
+    """A mask source that mimics a model: the ground truth minus its first voxel."""
+
+    cache_tag = "test-source"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, study: Any) -> np.ndarray:
+        self.calls += 1
+        mask = (np.asarray(study.mask) > 0).astype(np.uint8)
+        hits = np.argwhere(mask)
+        if len(hits):
+            mask[tuple(hits[0])] = 0
+        return mask
+
+
+def test_training_pairs_gain_a_variant_from_the_extra_mask_source(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "data", ["diffuse_flare", "controlled"], ["train"] * 2)
+    source = _OneVoxelShort()
+    dm = LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)),
+        PRE,
+        tmp_path / "cache",
+        manifest=manifest,
+        n_mask_variants=1,
+        train_extra_mask_source=source,
+        batch_size=2,
+    )
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert all(len(v) == 3 for v in train.variants)  # exact GT, 1 perturbed, 1 from the source
+    assert source.calls == 4  # both scans of both pairs, once
+    for variants in train.variants:
+        assert variants[-1].label == variants[0].label
+
+
 def test_image_batches_augment_both_scans_consistently(tmp_path: Path) -> None:
     """Images mode: shared flips keep each lesion's mean under its mask; noise is independent."""
     from petflare.data.longitudinal import ImagePairDataset, collate_images

@@ -81,6 +81,7 @@ def test_cli_writes_the_head_into_the_model_folder(trained: tuple[Path, Path]) -
     assert meta["temperature"] > 0
     assert meta["validation"]["n"] == 4
     assert meta["training"]["val_mask_source"] == "ground_truth"
+    assert meta["training"]["train_predicted_variant"] is True  # head_debug sets it
     run = json.loads((model_dir.parent / "run" / "head_run.json").read_text())
     assert run["n_train"] == 4 and run["n_val"] == 4
     head, _ = load_head(model_dir)

@@ -174,7 +174,10 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
         n_pair_features=len(PAIR_FEATURE_NAMES),
     )
     assert isinstance(head, ChangePatternHead)
-    dm = instantiate(cfg.data, _partial_=True, _convert_="all")(
+    from petflare.cli.train_head import datamodule_config
+
+    data_cfg, _ = datamodule_config(cfg)
+    dm = instantiate(data_cfg, _partial_=True, _convert_="all")(
         segmentation_net=net, preprocessing=PRE, cache_dir=tmp_path
     )
     assert isinstance(dm, LongitudinalDataModule)

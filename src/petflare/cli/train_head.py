@@ -17,6 +17,15 @@ from petflare.errors import PetflareInputError
 RUN_RECORD_FILE = "head_run.json"
 
 
+def datamodule_config(cfg: DictConfig) -> tuple[dict[str, Any], bool]:
+    """The DataModule's instantiable config and whether training pairs get a variant from the
+    model's own masks (``data.train_predicted_variant``, handled here: it needs the Predictor)."""
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data_cfg, dict)
+    train_predicted = bool(data_cfg.pop("train_predicted_variant", False))
+    return {str(k): v for k, v in data_cfg.items()}, train_predicted
+
+
 def build(cfg: DictConfig) -> dict[str, Any]:
     """Load the segmentation model and build the DataModule, head, LightningModule and Trainer."""
     from hydra.utils import instantiate
@@ -33,14 +42,19 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     loaded = load_model_folder(model_dir)
     net = loaded.net
     data_kwargs: dict[str, Any] = {}
-    if cfg.data.val_mask_source == "predicted":
+    data_cfg, train_predicted = datamodule_config(cfg)
+    if cfg.data.val_mask_source == "predicted" or train_predicted:
         from petflare.inference.predictor import Predictor
 
         predictor = Predictor.from_folder(model_dir, device=cfg.data.device)
         tag = str(loaded.metadata.get("weights", {}).get("sha256", model_dir.resolve()))
-        data_kwargs["val_mask_source"] = PredictedMasks(predictor, tag)
+        predicted = PredictedMasks(predictor, tag)
+        if cfg.data.val_mask_source == "predicted":
+            data_kwargs["val_mask_source"] = predicted
+        if train_predicted:
+            data_kwargs["train_extra_mask_source"] = predicted
     # objects are passed after instantiation: Hydra would turn a dataclass argument into a config
-    make_datamodule = instantiate(cfg.data, _partial_=True, _convert_="all")
+    make_datamodule = instantiate(data_cfg, _partial_=True, _convert_="all")
     datamodule = make_datamodule(
         segmentation_net=net,
         preprocessing=loaded.preprocessing,
@@ -156,6 +170,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         },
         "n_mask_variants": int(cfg.data.n_mask_variants),
         "val_mask_source": str(cfg.data.val_mask_source),
+        "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
     }
     torch.set_grad_enabled(True)
     if mode != "frozen":

@@ -985,6 +985,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
         n_mask_variants: perturbed ground-truth mask variants per training pair.
         val_mask_source: ``"ground_truth"``, or a callable ``study -> mask`` (e.g. a
             ``Predictor.predict``) used for validation pairs.
+        train_extra_mask_source: optional callable ``study -> mask`` (the segmentation
+            model's own predictions); each training pair gains one more variant computed from
+            its masks, so the head also learns from the errors it meets at inference.
         batch_size: pairs per batch.
         balance: ``"sampler"`` (class-balanced sampling), ``"weights"`` (expose
             ``class_weights`` for the loss) or ``"none"``.
@@ -1011,6 +1014,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         phantom: Mapping[str, Any] | None = None,
         n_mask_variants: int = 3,
         val_mask_source: str | MaskSource = "ground_truth",
+        train_extra_mask_source: MaskSource | None = None,
         batch_size: int = 16,
         balance: str = "weights",
         encoder_scales: Sequence[int] | None = None,
@@ -1038,6 +1042,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.phantom = dict(phantom or {})
         self.n_mask_variants = int(n_mask_variants)
         self.val_mask_source = val_mask_source
+        self.train_extra_mask_source = train_extra_mask_source
         self.batch_size = int(batch_size)
         self.balance = balance
         self.encoder_scales = None if encoder_scales is None else list(encoder_scales)
@@ -1178,6 +1183,12 @@ class LongitudinalDataModule(pl.LightningDataModule):
             self.samples_for_row(r, self.n_mask_variants, "ground_truth", self.seed + i)
             for i, r in enumerate(rows.get("train", []))
         ]
+        extra = self.train_extra_mask_source
+        if extra is not None:
+            train = [
+                variants + self.samples_for_row(r, 0, extra, 0)
+                for r, variants in zip(rows.get("train", []), train, strict=True)
+            ]
         val = [self.samples_for_row(r, 0, self.val_mask_source, 0) for r in rows.get("val", [])]
         self.datasets = {
             "train": PairSampleDataset(train, random_variant=True, seed=self.seed),
