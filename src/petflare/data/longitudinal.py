@@ -1178,18 +1178,29 @@ class LongitudinalDataModule(pl.LightningDataModule):
         """Compute (or read from the cache) the samples of every pair."""
         if self.datasets:
             return
+        from tqdm.auto import tqdm
+
         rows = self.rows()
+        train_rows, val_rows = rows.get("train", []), rows.get("val", [])
+        # Quantification, registration and encoding take seconds per pair (cached afterwards).
         train = [
             self.samples_for_row(r, self.n_mask_variants, "ground_truth", self.seed + i)
-            for i, r in enumerate(rows.get("train", []))
+            for i, r in enumerate(tqdm(train_rows, desc="pair features (train)", unit="pair"))
         ]
         extra = self.train_extra_mask_source
         if extra is not None:
             train = [
                 variants + self.samples_for_row(r, 0, extra, 0)
-                for r, variants in zip(rows.get("train", []), train, strict=True)
+                for r, variants in zip(
+                    tqdm(train_rows, desc="pair features (train, model masks)", unit="pair"),
+                    train,
+                    strict=True,
+                )
             ]
-        val = [self.samples_for_row(r, 0, self.val_mask_source, 0) for r in rows.get("val", [])]
+        val = [
+            self.samples_for_row(r, 0, self.val_mask_source, 0)
+            for r in tqdm(val_rows, desc="pair features (val)", unit="pair")
+        ]
         self.datasets = {
             "train": PairSampleDataset(train, random_variant=True, seed=self.seed),
             "val": PairSampleDataset(val, random_variant=False),
