@@ -188,12 +188,8 @@ def inference_parts(
     network at full resolution, and CPU vs GPU agreement."""
     import torch
     from hydra.utils import instantiate
-    from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Compose
 
-    from petflare.constants import Keys
-    from petflare.data.transforms import preprocessing_transforms
     from petflare.inference.predictor import Predictor
     from petflare.io import load_study
 
@@ -210,15 +206,7 @@ def inference_parts(
     out["predictor_s"] = min(times)
     out["predictor_peak_gpu_gb"] = clock.peak_gb()
 
-    channels = tuple(predictor.preprocessing.channels)
-    prep = Compose(preprocessing_transforms(predictor.preprocessing, with_label=False))
-    affine = torch.as_tensor(study.affine, dtype=torch.float64)
-    arrays = {Keys.PET: study.pet, Keys.CT: study.ct}
-    inputs = {
-        c: MetaTensor(torch.as_tensor(np.asarray(arrays[c])[None]).float(), affine=affine)
-        for c in channels
-    }
-    image = prep(inputs)[Keys.IMAGE][None].as_tensor().to(device)
+    image = predictor.preprocess(study)[None].as_tensor().to(device)
     roi = tuple(int(s) for s in predictor.inference.roi_size_vox)
     out["model_grid_shape"] = list(image.shape[2:])
 

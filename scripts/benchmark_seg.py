@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import CLASSICAL_BASELINES
 from petflare.inference.evaluation import (
@@ -211,12 +209,9 @@ def speed_worker(
     preprocessed volume; only the network pass is timed).
     """
     import torch
-    from monai.data import MetaTensor
     from monai.inferers import sliding_window_inference
-    from monai.transforms import Compose
 
     from petflare.constants import Keys
-    from petflare.data.transforms import preprocessing_transforms
 
     predictor = _load_predictor(model_dir, threads)
     channels = tuple(predictor.preprocessing.channels)
@@ -248,14 +243,7 @@ def speed_worker(
         result["n_lesion_voxels"] = int(mask.sum())
     else:
         # The same preprocessed volume the Predictor feeds its network (untimed).
-        prep = Compose(preprocessing_transforms(predictor.preprocessing, with_label=False))
-        affine = torch.as_tensor(study.affine, dtype=torch.float64)
-        arrays = {Keys.PET: study.pet, Keys.CT: study.ct}
-        inputs = {
-            c: MetaTensor(torch.as_tensor(np.asarray(arrays[c])[None]).float(), affine=affine)
-            for c in channels
-        }
-        image = prep(inputs)[Keys.IMAGE][None].as_tensor()
+        image = predictor.preprocess(study)[None].as_tensor()
         result["model_grid_shape"] = list(image.shape[2:])
         result["rss_before_inference_mb"] = _proc_status_mb().get("VmRSS", float("nan"))
         result["peak_reset"] = _reset_peak_rss()

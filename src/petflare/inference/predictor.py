@@ -142,10 +142,14 @@ class Predictor:
                 total += torch.flip(prob, axes) if axes else prob
         return (total / len(flips))[0].cpu()
 
+    def preprocess(self, study: Study) -> MetaTensor:
+        """The network input of a study: channels stacked, RAS, model spacing, body crop."""
+        image: MetaTensor = self._transform(self._inputs(study))[Keys.IMAGE]
+        return image
+
     def predict_proba(self, study: Study) -> np.ndarray:
         """Float32 lesion probability on the study's own grid (same shape and affine)."""
-        data = self._transform(self._inputs(study))
-        image: MetaTensor = data[Keys.IMAGE]
+        image = self.preprocess(study)
         if min(image.shape[1:]) == 0:  # nothing above the body threshold: no lesion possible
             return np.zeros(study.shape, dtype=np.float32)
         prob = MetaTensor(self._lesion_probability(image.as_tensor()), affine=image.affine)
