@@ -105,7 +105,12 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from petflare.io.dicom import LPS_TO_RAS, _select_series, _slice_geometry
+    from petflare.io.dicom import (
+        DEFAULT_SPACING_TOLERANCE,
+        LPS_TO_RAS,
+        _select_series,
+        _slice_geometry,
+    )
 
     source = study.meta.source or {}
     if source.get("format") != "DICOM" or not source.get("pet"):
@@ -120,7 +125,7 @@ def write_dicom_seg(
 
     series = _select_series(folder, source.get("series_instance_uid") or None)
     headers = list(series.headers)
-    order, affine_lps, _ = _slice_geometry(headers, folder, spacing_tolerance=0.05)
+    order, affine_lps, _ = _slice_geometry(headers, folder, DEFAULT_SPACING_TOLERANCE)
     if not np.allclose(LPS_TO_RAS @ affine_lps, study.affine, atol=1e-3):
         raise PetflareInputError(
             folder, "the DICOM series' geometry no longer matches the study it was read into"
