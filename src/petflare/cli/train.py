@@ -56,8 +56,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     check_run_folder(output_dir, cfg.get("ckpt_path"), bool(cfg.get("overwrite", False)))
+    init_weights = cfg.get("init_weights")
+    if init_weights and cfg.get("ckpt_path"):
+        raise PetflareInputError(
+            init_weights,
+            "init_weights (fine-tune: weights only) and ckpt_path (resume: weights, optimizer "
+            "and step) exclude each other; give one",
+        )
     pl.seed_everything(int(cfg.seed), workers=True)
     objects = build_training(cfg)
+    if init_weights:
+        from petflare.inference.model_folder import load_network_weights
+
+        read = load_network_weights(objects["net"], init_weights)
+        print(f"petflare-train: network initialised from {read}")
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         output_dir / RUN_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True), overwrite=True

@@ -110,6 +110,45 @@ def network_state_dict(checkpoint: Mapping[str, Any], path: str | Path) -> dict[
     return dict(state)
 
 
+def load_network_weights(net: nn.Module, source: str | Path) -> Path:
+    """Initialise ``net`` from a model folder or a checkpoint file (fine-tuning; safe loading).
+
+    ``source`` is a model folder (its weights file is read) or a ``.ckpt``/``.pt`` file holding
+    a Lightning checkpoint or ``{"state_dict": ...}``. Only the network weights are taken: no
+    optimizer state or step count (that is what resuming with ``ckpt_path`` is for).
+
+    Returns:
+        The weights file that was read.
+
+    Raises:
+        PetflareInputError: missing or unsafe file, or weights that do not fit ``net``.
+    """
+    source = Path(source)
+    path = source
+    if source.is_dir():
+        meta_path = source / METADATA_FILE
+        name = WEIGHTS_FILE
+        if meta_path.is_file():
+            try:
+                name = json.loads(meta_path.read_text()).get("weights", {}).get("file", name)
+            except (ValueError, AttributeError) as exc:
+                raise PetflareInputError(meta_path, f"malformed model metadata ({exc})") from exc
+        path = source / name
+    state = network_state_dict(safe_torch_load(path), path)
+    reference = net.state_dict()
+    try:
+        net.load_state_dict(
+            {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()},
+            strict=True,
+        )
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PetflareInputError(
+            path, f"weights do not fit the configured network (check net=...): {first}"
+        ) from exc
+    return path
+
+
 def _versions() -> dict[str, str]:
     import lightning
     import monai
