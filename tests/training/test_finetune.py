@@ -1,4 +1,4 @@
-"""Fine-tuning: ``init_weights`` starts a fresh run from another run's or a model folder's weights."""
+"""Fine-tuning: ``init_weights`` starts a run from a checkpoint's or model folder's weights."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def test_loads_lightning_checkpoint_and_model_folder(tmp_path: Path) -> None:
     (folder / "metadata.json").write_text(json.dumps({"weights": {"file": "weights.pt"}}))
     other = tiny_unet()
     assert load_network_weights(other, folder) == folder / "weights.pt"
-    assert all(v.dtype == torch.float32 for v in other.state_dict().values() if v.is_floating_point())
+    floats = [v for v in other.state_dict().values() if v.is_floating_point()]
+    assert all(v.dtype == torch.float32 for v in floats)
     for k, v in other.state_dict().items():
         assert torch.equal(v, half[k].to(v.dtype)), k
 

@@ -1060,6 +1060,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
     def _phantom_rows(self) -> dict[str, list[dict[str, Any]]]:
         from petflare.io import load_manifest
         from petflare.synth import PhantomConfig, generate_dataset
+        from petflare.synth.config import phantom_tag
 
         out: dict[str, list[dict[str, Any]]] = {}
         for split, n, seed in (
@@ -1069,7 +1070,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
             if n <= 0:
                 out[split] = []
                 continue
-            tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
+            tag = phantom_tag(self.phantom)
             suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
             folder = self.data_dir / f"{split}_n{n}{suffix}"
             manifest = folder / "manifest.csv"

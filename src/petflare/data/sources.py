@@ -128,7 +128,9 @@ class SyntheticSource:
         self.workers = int(workers)
 
     def _folder(self, split: str, n_pairs: int, seed: int) -> Path:
-        tag = "_".join(f"{k}-{v}" for k, v in sorted(self.phantom.items()))
+        from petflare.synth.config import phantom_tag
+
+        tag = phantom_tag(self.phantom)
         name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")  # cache key
         return self.cache_dir / name
 

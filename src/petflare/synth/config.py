@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -100,3 +102,18 @@ class PhantomConfig:
             raise ValueError("spacings must be positive")
         if not 0.0 <= self.arms_up_probability <= 1.0:
             raise ValueError("arms_up_probability must lie in [0, 1]")
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "-".join(_tag_value(v) for v in value)
+    return re.sub(r"[^A-Za-z0-9.+-]", "", str(value))
+
+
+def phantom_tag(overrides: Mapping[str, Any]) -> str:
+    """File-name-safe cache-key part for PhantomConfig overrides ('' for none).
+
+    ``{"psf_fwhm_mm": [4.5, 9.0]}`` -> ``"psf_fwhm_mm-4.5-9.0"`` (no spaces or brackets, so the
+    folder name is also a valid glob pattern).
+    """
+    return "_".join(f"{k}-{_tag_value(v)}" for k, v in sorted(overrides.items()))
