@@ -35,37 +35,55 @@ from petflare.training.pattern_metrics import (
 )
 
 #: Phantom settings of each evaluation set (PhantomConfig keyword arguments). Each robustness
-#: set lies outside the training phantoms' range (PhantomConfig defaults) in one property.
+#: set lies outside the head's training phantoms (the shipped head: voxels 3-5 mm, noise CV
+#: 0.06-0.30, repositioning 10 mm) in one property; the report checks this against the
+#: PhantomConfig overrides recorded in head.json and says so when a set overlaps.
 SETS: dict[str, dict[str, Any]] = {
     "main": {},
     "shift20": {"max_shift_mm": 20.0},  # repositioning up to 2 cm per axis
     "noise": {"noise_cv_liver": (0.32, 0.40)},  # noisier than any training scan
-    "spacing": {"spacing_inplane_mm": (5.0, 5.5), "spacing_slice_mm": (5.0, 5.5)},
+    "spacing": {"spacing_inplane_mm": (5.2, 6.0), "spacing_slice_mm": (5.2, 6.0)},
 }
 
 
-def set_title(name: str) -> str:
-    """What an evaluation set changes, beside the training range (from PhantomConfig)."""
+def training_phantom(meta: dict[str, Any]) -> Any:
+    """PhantomConfig of the head's training pairs (its recorded overrides on the defaults)."""
     from petflare.synth import PhantomConfig
 
-    train = PhantomConfig()
+    pairs = (meta.get("training") or {}).get("phantom_pairs") or {}
+    overrides = pairs.get("phantom")
+    if overrides is None:  # heads trained before the overrides were recorded: the config
+        overrides = ((meta.get("config") or {}).get("data") or {}).get("phantom") or {}
+    return PhantomConfig(**overrides)
+
+
+def _outside(lo: float, hi: float, train: tuple[float, float]) -> str:
+    return "" if lo > train[1] or hi < train[0] else " **(overlaps the training range)**"
+
+
+def set_title(name: str, train: Any) -> str:
+    """What an evaluation set changes, beside the head's training range (a PhantomConfig)."""
     if name == "main":
         return "held-out phantoms (training distribution)"
     if name == "shift20":
+        shift = SETS[name]["max_shift_mm"]
+        note = "" if shift > train.max_shift_mm else " **(overlaps the training range)**"
         return (
-            f"repositioning up to {SETS[name]['max_shift_mm']:.0f} mm per axis between scans "
-            f"(training: {train.max_shift_mm:.0f} mm)"
+            f"repositioning up to {shift:.0f} mm per axis between scans "
+            f"(training: {train.max_shift_mm:.0f} mm){note}"
         )
     if name == "noise":
         lo, hi = SETS[name]["noise_cv_liver"]
         tlo, thi = train.noise_cv_liver
-        return f"liver noise CV {lo:.2f}-{hi:.2f} (training: {tlo:.2f}-{thi:.2f})"
+        return f"liver noise CV {lo:.2f}-{hi:.2f} (training: {tlo:.2f}-{thi:.2f})" + _outside(
+            lo, hi, train.noise_cv_liver
+        )
     if name == "spacing":
         lo, hi = SETS[name]["spacing_inplane_mm"]
         return (
             f"{lo:.1f}-{hi:.1f} mm voxels (training: in-plane {train.spacing_inplane_mm[0]:.1f}-"
             f"{train.spacing_inplane_mm[1]:.1f} mm, slices {train.spacing_slice_mm[0]:.1f}-"
-            f"{train.spacing_slice_mm[1]:.1f} mm)"
+            f"{train.spacing_slice_mm[1]:.1f} mm)" + _outside(lo, hi, train.spacing_inplane_mm)
         )
     raise KeyError(name)
 
@@ -93,8 +111,10 @@ def set_rows(data_dir: Path, name: str, n_pairs: int, seed: int) -> list[dict[st
     """
     from petflare.io import load_manifest
     from petflare.synth import PhantomConfig, generate_dataset
+    from petflare.synth.config import phantom_tag
 
-    suffix = f"_seed{seed}" + ("" if name == "main" else f"_{name}")
+    # the settings are part of the cache key: changing a set never reuses stale phantoms
+    suffix = f"_seed{seed}" + ("" if name == "main" else f"_{name}_{phantom_tag(SETS[name])}")
     existing = []
     for m in data_dir.glob(f"test_n*{suffix}/manifest.csv"):
         size = m.parent.name[len("test_n") : len(m.parent.name) - len(suffix)]
@@ -137,6 +157,7 @@ def evaluate_set(
 
 def set_section(
     name: str,
+    train: Any,
     source: str,
     n: int,
     head: dict[str, Any],
@@ -145,7 +166,7 @@ def set_section(
 ) -> list[str]:
     """Markdown lines of one evaluation set and mask source."""
     return [
-        f"## {name}: {set_title(name)} ({n} pairs, {source})",
+        f"## {name}: {set_title(name, train)} ({n} pairs, {source})",
         "",
         format_metrics_table({"learned head": head, "rules (quant)": rules}),
         "",
@@ -232,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                     "timing": timing,
                     "n_pairs": n,
                 }
-                sections += set_section(name, source_name, n, head, rules, timing)
+                sections += set_section(
+                    name, training_phantom(meta), source_name, n, head, rules, timing
+                )
                 if args.out is not None:  # keep what is measured even if a later set fails
                     write_outputs(args.out, sections, raw)
         print("\n".join(sections))

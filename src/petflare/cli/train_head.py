@@ -167,6 +167,11 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
             "n_val_pairs": int(cfg.data.n_val_pairs),
             "train_seed": int(cfg.data.train_seed),
             "val_seed": int(cfg.data.val_seed),
+            "phantom": (
+                OmegaConf.to_container(cfg.data.phantom, resolve=True)
+                if cfg.data.get("phantom")
+                else {}
+            ),
         },
         "n_mask_variants": int(cfg.data.n_mask_variants),
         "val_mask_source": str(cfg.data.val_mask_source),

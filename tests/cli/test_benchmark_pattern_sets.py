@@ -1,0 +1,46 @@
+"""scripts/benchmark_pattern.py: robustness sets are described against the head's training range."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_script():  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_pattern", REPO / "scripts" / "benchmark_pattern.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sets_are_outside_the_recorded_training_range() -> None:
+    bench = load_script()
+    wide = {"spacing_inplane_mm": [3.0, 5.0], "spacing_slice_mm": [3.0, 5.0]}
+    meta = {"training": {"phantom_pairs": {"train_seed": 1, "phantom": wide}}}
+    train = bench.training_phantom(meta)
+    assert train.spacing_inplane_mm == (3.0, 5.0)
+    for name in bench.SETS:
+        title = bench.set_title(name, train)
+        assert "overlaps" not in title, title
+    assert "training: in-plane 3.0-5.0 mm" in bench.set_title("spacing", train)
+
+
+def test_overlap_is_reported_and_config_fallback_is_read() -> None:
+    bench = load_script()
+    # an older head.json: the overrides only in the recorded config
+    meta = {"config": {"data": {"phantom": {"noise_cv_liver": [0.05, 0.35]}}}}
+    train = bench.training_phantom(meta)
+    assert train.noise_cv_liver == (0.05, 0.35)
+    assert "overlaps the training range" in bench.set_title("noise", train)
+    assert "overlaps" not in bench.set_title("spacing", train)  # defaults: 3.6-4.4 mm
+    assert "overlaps" in bench.set_title(
+        "shift20",
+        bench.training_phantom(
+            {"training": {"phantom_pairs": {"phantom": {"max_shift_mm": 25.0}}}}
+        ),
+    )
