@@ -31,13 +31,10 @@ demo: setup
 
 # Reproduce the shipped model folder models/phantom-unet: segmentation U-Net, then the pattern head
 # (the head is tied to the exact segmentation weights, so it is retrained after every export).
-# The U-Net is trained in two stages: synthetic_cpu, then synthetic_cpu_finetune (init_weights).
 weights: setup
 	$(BIN)/python scripts/train.py experiment=synthetic_cpu overwrite=true
-	$(BIN)/python scripts/train.py experiment=synthetic_cpu_finetune overwrite=true
-	$(BIN)/python scripts/export_model.py run_dir=runs/synthetic_cpu_finetune \
-		out_dir=models/phantom-unet overwrite=true \
-		'training_command="python scripts/train.py experiment=synthetic_cpu && python scripts/train.py experiment=synthetic_cpu_finetune"'
+	$(BIN)/python scripts/export_model.py run_dir=runs/synthetic_cpu out_dir=models/phantom-unet \
+		overwrite=true 'training_command="python scripts/train.py experiment=synthetic_cpu"'
 	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu overwrite=true
 
 clean:
