@@ -116,13 +116,13 @@ def _training_seeds(metadata: Any) -> set[int]:
     return seeds
 
 
-def _load_predictor(model_dir: Path, threads: int) -> Any:
+def _load_predictor(model_dir: Path, threads: int, tta: bool = False) -> Any:
     import torch
 
     from petflare.inference.predictor import Predictor
 
     torch.set_num_threads(threads)
-    return Predictor.from_folder(model_dir, device="cpu")
+    return Predictor.from_folder(model_dir, device="cpu", tta=tta)
 
 
 # --------------------------------------------------------------------------- parts 1 and 2
@@ -405,7 +405,8 @@ def write_report(
         f"threads; Python {platform.python_version()}, torch {torch.__version__}. "
         f"Total run time {elapsed_s / 60:.1f} min.",
         f"Model folder: `{_shown(args.model)}` "
-        f"({'found' if 'model' in phantom.methods else 'absent'}).",
+        f"({'found' if 'model' in phantom.methods else 'absent'})"
+        + ("; masks with flip test-time augmentation (8 flips averaged)." if args.tta else "."),
         "",
         "## Held-out phantom test set",
         "",
@@ -470,6 +471,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (min)")
     parser.add_argument("--skip-speed", action="store_true", help="skip the speed part")
+    parser.add_argument(
+        "--tta", action="store_true", help="model masks with flip test-time augmentation"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--speed-worker", choices=("predictor", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--speed-pet", type=Path, help=argparse.SUPPRESS)
@@ -488,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         predictor = None
         if (args.model / "metadata.json").is_file():
-            predictor = _load_predictor(args.model, args.threads)
+            predictor = _load_predictor(args.model, args.threads, tta=args.tta)
             if args.seed in _training_seeds(predictor.metadata):
                 raise PetflareInputError(
                     args.model / "metadata.json",
