@@ -35,9 +35,9 @@ from petflare.training.pattern_metrics import (
 )
 
 #: Phantom settings of each evaluation set (PhantomConfig keyword arguments). Each robustness
-#: set lies outside the head's training phantoms (the shipped head: voxels 3-5 mm, noise CV
-#: 0.06-0.30, repositioning 10 mm) in one property; the report checks this against the
-#: PhantomConfig overrides recorded in head.json and says so when a set overlaps.
+#: set lies outside the head's training phantoms (the shipped head: PhantomConfig defaults,
+#: voxels 3.6-4.4 mm in-plane, noise CV 0.06-0.30, repositioning 10 mm) in one property; the
+#: report checks this against the overrides recorded in head.json and flags an overlap.
 SETS: dict[str, dict[str, Any]] = {
     "main": {},
     "shift20": {"max_shift_mm": 20.0},  # repositioning up to 2 cm per axis
