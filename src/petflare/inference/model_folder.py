@@ -110,6 +110,32 @@ def network_state_dict(checkpoint: Mapping[str, Any], path: str | Path) -> dict[
     return dict(state)
 
 
+def _weights_file(model_dir: Path, metadata: Mapping[str, Any]) -> Path:
+    """The weights file a model folder's metadata names (``model.pt`` by default)."""
+    weights = metadata.get("weights")
+    name = weights.get("file", WEIGHTS_FILE) if isinstance(weights, Mapping) else WEIGHTS_FILE
+    return model_dir / name
+
+
+def _load_weights_into(net: nn.Module, path: Path, mismatch: str) -> None:
+    """Read ``path`` safely and load its network weights into ``net`` (cast to its dtypes).
+
+    Raises:
+        PetflareInputError: unsafe/missing file, or weights that do not fit ``net``; the
+            message is ``weights do not <mismatch> (<first line of the error>)``.
+    """
+    state = network_state_dict(safe_torch_load(path), path)
+    reference = net.state_dict()
+    try:
+        net.load_state_dict(
+            {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()},
+            strict=True,
+        )
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise PetflareInputError(path, f"weights do not {mismatch} ({first})") from exc
+
+
 def load_network_weights(net: nn.Module, source: str | Path) -> Path:
     """Initialise ``net`` from a model folder or a checkpoint file (fine-tuning; safe loading).
 
@@ -123,29 +149,17 @@ def load_network_weights(net: nn.Module, source: str | Path) -> Path:
     Raises:
         PetflareInputError: missing or unsafe file, or weights that do not fit ``net``.
     """
-    source = Path(source)
-    path = source
-    if source.is_dir():
-        meta_path = source / METADATA_FILE
-        name = WEIGHTS_FILE
+    path = Path(source)
+    if path.is_dir():
+        meta_path = path / METADATA_FILE
+        metadata: Any = {}
         if meta_path.is_file():
             try:
-                name = json.loads(meta_path.read_text()).get("weights", {}).get("file", name)
-            except (ValueError, AttributeError) as exc:
+                metadata = json.loads(meta_path.read_text())
+            except ValueError as exc:
                 raise PetflareInputError(meta_path, f"malformed model metadata ({exc})") from exc
-        path = source / name
-    state = network_state_dict(safe_torch_load(path), path)
-    reference = net.state_dict()
-    try:
-        net.load_state_dict(
-            {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()},
-            strict=True,
-        )
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise PetflareInputError(
-            path, f"weights do not fit the configured network (check net=...): {first}"
-        ) from exc
+        path = _weights_file(path, metadata if isinstance(metadata, Mapping) else {})
+    _load_weights_into(net, path, "fit the configured network (check net=...)")
     return path
 
 
@@ -255,13 +269,8 @@ def load_model_folder(model_dir: str | Path) -> LoadedModel:
         net = build_network(network["target"], network["kwargs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PetflareInputError(meta_path, f"malformed model metadata ({exc!r})") from exc
-    weights_path = model_dir / metadata.get("weights", {}).get("file", WEIGHTS_FILE)
-    state = network_state_dict(safe_torch_load(weights_path), weights_path)
-    try:
-        net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise PetflareInputError(
-            weights_path, f"weights do not match the network in metadata.json ({exc})"
-        ) from exc
+    _load_weights_into(
+        net, _weights_file(model_dir, metadata), "match the network in metadata.json"
+    )
     net.eval()
     return LoadedModel(net=net, preprocessing=preprocessing, inference=inference, metadata=metadata)
