@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 
 from petflare.constants import Keys
 from petflare.data import (
@@ -16,10 +17,12 @@ from petflare.data import (
     ScaleSuv,
     SegmentationDataModule,
     SyntheticSource,
+    augmentation_transforms,
     to_monai_items,
     training_transforms,
     validation_transforms,
 )
+from petflare.data.transforms import LesionBalancedIndicesd
 from petflare.errors import PetflareInputError
 
 
@@ -99,6 +102,52 @@ def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  
     assert float(b[Keys.IMAGE].max()) < float(a[Keys.IMAGE].max())  # the peak is spread out
     with pytest.raises(ValueError, match="smooth_sigma_vox"):
         AugmentationConfig(smooth_sigma_vox=(1.0, 0.5))
+
+
+def _two_lesions() -> tuple[np.ndarray, np.ndarray]:
+    """A 20^3 mass and a 2^3 nodule: 8000 vs 8 lesion voxels."""
+    label = np.zeros((1, 40, 40, 40), np.float32)
+    label[0, 2:22, 2:22, 2:22] = 1
+    label[0, 30:32, 30:32, 30:32] = 1
+    image = np.where(label > 0, 2.0, 1.0).astype(np.float32)
+    image[0, :, :, 36:] = 0.0  # outside the body: never a background centre
+    return label, image
+
+
+@pytest.mark.parametrize("balance", [0.0, 0.5, 0.8])
+def test_lesion_balanced_indices_share_of_small_lesion(balance: float) -> None:
+    label, image = _two_lesions()
+    out = LesionBalancedIndicesd(Keys.LABEL, Keys.IMAGE, 0.5, balance)(
+        {Keys.LABEL: label, Keys.IMAGE: image}
+    )
+    fg, bg = out["fg_indices"], out["bg_indices"]
+    assert np.all(label.ravel()[fg] > 0)  # only lesion voxels are positive centres
+    assert np.all(label.ravel()[bg] == 0) and np.all(image.ravel()[bg] > 0.5)
+    small = np.unravel_index(fg, label.shape[1:])[0] >= 30
+    # voxel-uniform share: 8 / 8008; lesion-first share: balance / 2 per lesion
+    expected = (1 - balance) * 8 / 8008 + balance / 2
+    assert abs(small.mean() - expected) < 0.01
+    assert set(np.unique(fg)) == set(np.flatnonzero(label.ravel()))  # every lesion voxel
+
+
+def test_lesion_balanced_sampling_reaches_the_small_lesion() -> None:
+    """With balance, patches centred on the 8-voxel nodule are common; without, almost never."""
+    label, image = _two_lesions()
+    hits = {}
+    for balance in (0.0, 0.5):
+        aug = AugmentationConfig(
+            patch_size_vox=(4, 4, 4), num_samples=400, pos_fraction=1.0, lesion_balance=balance
+        )
+        steps = augmentation_transforms(aug, PreprocessingConfig())
+        crop = Compose(steps[:3] if balance else steps[:2])  # pad, (indices,) crop
+        crop.set_random_state(seed=0)
+        patches = crop({Keys.IMAGE: torch.tensor(image), Keys.LABEL: torch.tensor(label)})
+        hits[balance] = np.mean([float(p[Keys.LABEL].sum()) <= 8 for p in patches])
+        assert all("fg_indices" not in p for p in patches)  # consumed by the crop
+    assert hits[0.0] < 0.02
+    assert 0.15 < hits[0.5] < 0.4
+    with pytest.raises(ValueError, match="lesion_balance"):
+        AugmentationConfig(lesion_balance=1.0)
 
 
 def test_missing_ct_is_refused() -> None:

@@ -174,6 +174,71 @@ class Binarized(MapTransform):
         return d
 
 
+class LesionBalancedIndicesd(MapTransform):
+    """Patch-centre candidates that give small lesions a fair share of the positive patches.
+
+    ``RandCropByPosNegLabeld`` draws a positive centre uniformly over lesion *voxels*, so a
+    500 ml mass is drawn a thousand times as often as a 0.5 ml nodule, and the small, faint
+    lesions (nodules inside a mass, early new sites) are rarely seen. This deterministic step
+    (cached with the volume) writes the crop's ``fg_indices`` / ``bg_indices``: every lesion
+    voxel once (the voxel-uniform share) plus, for each connected lesion (26-connectivity), its
+    voxels repeated to an equal count per lesion, sized so that a fraction ``balance`` of the
+    positive draws is lesion-first. The background candidates are the crop's own (non-lesion
+    voxels with an image value above ``image_threshold``).
+
+    Args:
+        label_key: binary lesion label, channel first.
+        image_key: image whose values define the background candidates.
+        image_threshold: background candidates have an image value above this.
+        balance: fraction in [0, 1) of positive centres drawn lesion-first.
+        fg_key / bg_key: output keys (read by ``RandCropByPosNegLabeld``).
+    """
+
+    def __init__(
+        self,
+        label_key: str,
+        image_key: str,
+        image_threshold: float,
+        balance: float,
+        fg_key: str = "fg_indices",
+        bg_key: str = "bg_indices",
+    ) -> None:
+        super().__init__(keys=[label_key])
+        if not 0.0 <= balance < 1.0:
+            raise ValueError(f"lesion balance must be in [0, 1), got {balance}")
+        self.label_key, self.image_key = label_key, image_key
+        self.image_threshold = float(image_threshold)
+        self.balance = float(balance)
+        self.fg_key, self.bg_key = fg_key, bg_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import cc3d
+        from monai.transforms.utils import map_binary_to_indices
+
+        d = dict(data)
+        label = np.asarray(d[self.label_key])
+        image = np.asarray(d[self.image_key])
+        fg, bg = map_binary_to_indices(label, image, self.image_threshold)
+        fg = np.asarray(fg, dtype=np.int64)
+        components = cc3d.connected_components(
+            np.ascontiguousarray(label[0] > 0, dtype=np.uint8), connectivity=26
+        )
+        flat = components.ravel()[fg]
+        n_lesions = int(flat.max()) if flat.size else 0
+        parts = [fg]
+        if self.balance > 0 and n_lesions > 0:
+            per_lesion = int(np.ceil(self.balance / (1.0 - self.balance) * fg.size / n_lesions))
+            order = np.argsort(flat, kind="stable")
+            starts = np.searchsorted(flat[order], np.arange(1, n_lesions + 2))
+            for i in range(n_lesions):
+                voxels = fg[order[starts[i] : starts[i + 1]]]
+                if voxels.size:
+                    parts.append(np.resize(voxels, per_lesion))
+        d[self.fg_key] = np.concatenate(parts)
+        d[self.bg_key] = np.asarray(bg, dtype=np.int64)
+        return d
+
+
 class AboveThreshold:
     """Picklable foreground selector for ``CropForegroundd`` (a lambda is not picklable)."""
 
@@ -265,6 +330,9 @@ class AugmentationConfig:
         smooth_prob: probability of an extra Gaussian blur (a scanner with a wider
             point-spread function or stronger post-filter than the training data).
         smooth_sigma_vox: range of that blur's standard deviation, in voxels.
+        lesion_balance: fraction in [0, 1) of the positive patches centred lesion-first (each
+            connected lesion equally likely) instead of voxel-first (large masses dominate);
+            0 keeps MONAI's voxel-uniform draw.
     """
 
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
@@ -278,6 +346,7 @@ class AugmentationConfig:
     intensity_prob: float = 0.3
     smooth_prob: float = 0.0
     smooth_sigma_vox: tuple[float, float] = (0.25, 0.75)
+    lesion_balance: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
@@ -287,6 +356,8 @@ class AugmentationConfig:
         object.__setattr__(self, "smooth_sigma_vox", sigma)
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+        if not 0.0 <= self.lesion_balance < 1.0:
+            raise ValueError(f"lesion_balance must be in [0, 1), got {self.lesion_balance}")
 
 
 def augmentation_transforms(
@@ -296,8 +367,15 @@ def augmentation_transforms(
     config = config or PreprocessingConfig()
     keys = [Keys.IMAGE, Keys.LABEL]
     rot = float(np.deg2rad(aug.rotate_deg))
+    neg_threshold = config.scaled_suv(aug.neg_min_suv)
+    balanced = aug.lesion_balance > 0
     return [
         SpatialPadd(keys=keys, spatial_size=aug.patch_size_vox, mode="constant"),
+        *(
+            [LesionBalancedIndicesd(Keys.LABEL, Keys.IMAGE, neg_threshold, aug.lesion_balance)]
+            if balanced
+            else []
+        ),
         RandCropByPosNegLabeld(
             keys=keys,
             label_key=Keys.LABEL,
@@ -307,7 +385,9 @@ def augmentation_transforms(
             num_samples=aug.num_samples,
             image_key=Keys.IMAGE,
             # negative patch centres: non-lesion voxels above neg_min_suv (body or hot organs)
-            image_threshold=config.scaled_suv(aug.neg_min_suv),
+            image_threshold=neg_threshold,
+            fg_indices_key="fg_indices" if balanced else None,
+            bg_indices_key="bg_indices" if balanced else None,
         ),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
