@@ -41,20 +41,37 @@ from petflare.training.pattern_metrics import (
 SETS: dict[str, dict[str, Any]] = {
     "main": {},
     "shift20": {"max_shift_mm": 20.0},  # repositioning up to 2 cm per axis
-    "noise": {"noise_cv_liver": (0.32, 0.40)},  # noisier than any training scan
+    "noise": {"noise_cv_liver": (0.45, 0.55)},  # noisier than any training scan
     "spacing": {"spacing_inplane_mm": (5.2, 6.0), "spacing_slice_mm": (5.2, 6.0)},
 }
 
 
 def training_phantom(meta: dict[str, Any]) -> Any:
-    """PhantomConfig of the head's training pairs (its recorded overrides on the defaults)."""
+    """PhantomConfig spanning the head's training pairs: the recorded overrides of its main set
+    and of each extra training set, as one range per setting (the union)."""
+    from dataclasses import replace
+
     from petflare.synth import PhantomConfig
 
     pairs = (meta.get("training") or {}).get("phantom_pairs") or {}
     overrides = pairs.get("phantom")
     if overrides is None:  # heads trained before the overrides were recorded: the config
         overrides = ((meta.get("config") or {}).get("data") or {}).get("phantom") or {}
-    return PhantomConfig(**overrides)
+    configs = [PhantomConfig(**overrides)]
+    configs += [
+        PhantomConfig(**(e.get("phantom") or {})) for e in pairs.get("extra_train_sets") or []
+    ]
+
+    def span(name: str) -> tuple[float, float]:
+        values = [getattr(c, name) for c in configs]
+        return (min(v[0] for v in values), max(v[1] for v in values))
+
+    names = ("spacing_inplane_mm", "spacing_slice_mm", "psf_fwhm_mm", "noise_cv_liver")
+    return replace(
+        configs[0],
+        max_shift_mm=max(c.max_shift_mm for c in configs),
+        **{name: span(name) for name in names},
+    )
 
 
 def _outside(lo: float, hi: float, train: tuple[float, float]) -> str:

@@ -33,9 +33,9 @@ def test_sets_are_outside_the_recorded_training_range() -> None:
 def test_overlap_is_reported_and_config_fallback_is_read() -> None:
     bench = load_script()
     # an older head.json: the overrides only in the recorded config
-    meta = {"config": {"data": {"phantom": {"noise_cv_liver": [0.05, 0.35]}}}}
+    meta = {"config": {"data": {"phantom": {"noise_cv_liver": [0.05, 0.5]}}}}
     train = bench.training_phantom(meta)
-    assert train.noise_cv_liver == (0.05, 0.35)
+    assert train.noise_cv_liver == (0.05, 0.5)
     assert "overlaps the training range" in bench.set_title("noise", train)
     assert "overlaps" not in bench.set_title("spacing", train)  # defaults: 3.6-4.4 mm
     assert "overlaps" in bench.set_title(
@@ -44,3 +44,24 @@ def test_overlap_is_reported_and_config_fallback_is_read() -> None:
             {"training": {"phantom_pairs": {"phantom": {"max_shift_mm": 25.0}}}}
         ),
     )
+
+
+def test_extra_training_sets_widen_the_training_range() -> None:
+    """A head trained on a main set and an extra, wider set: the sets are described against the
+    union of both, so an extra set reaching into a robustness set's range is flagged."""
+    bench = load_script()
+    extra = {"noise_cv_liver": [0.06, 0.5], "spacing_inplane_mm": [3.0, 5.0]}
+    meta = {
+        "training": {
+            "phantom_pairs": {
+                "phantom": {},
+                "extra_train_sets": [{"n_pairs": 4, "seed": 7, "phantom": extra}],
+            }
+        }
+    }
+    train = bench.training_phantom(meta)
+    assert train.noise_cv_liver == (0.06, 0.5)
+    assert train.spacing_inplane_mm == (3.0, 5.0)
+    assert train.spacing_slice_mm == (3.3, 4.5)  # both sets keep the default slices
+    assert "overlaps the training range" in bench.set_title("noise", train)
+    assert "overlaps" not in bench.set_title("spacing", train)

@@ -352,3 +352,35 @@ def test_variants_reuse_the_pairs_registration(encoder: EncoderFeatures) -> None
     for s in samples[1:]:
         np.testing.assert_allclose(s.lesion_features, samples[0].lesion_features, atol=1e-4)
         np.testing.assert_allclose(s.lesion_pooled, samples[0].lesion_pooled, atol=1e-4)
+
+
+def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
+    """Extra phantom sets (own seed and PhantomConfig overrides) join the training pairs only."""
+    coarse = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
+    wider = {**coarse, "noise_cv_liver": [0.3, 0.4]}
+    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
+    dm = LongitudinalDataModule(
+        net,
+        PRE,
+        tmp_path / "cache",
+        data_dir=tmp_path / "pairs",
+        n_train_pairs=1,
+        n_val_pairs=1,
+        train_seed=11,
+        val_seed=12,
+        phantom=coarse,
+        extra_train_sets=[{"n_pairs": 1, "seed": 13, "phantom": wider}],
+    )
+    rows = dm.rows()
+    assert len(rows["train"]) == 2 and len(rows["val"]) == 1
+    folders = sorted(p.name for p in (tmp_path / "pairs").iterdir())
+    assert any("_seed13_" in f and "noise_cv_liver-0.3-0.4" in f for f in folders), folders
+    assert not any(f.startswith("val") and "_seed13" in f for f in folders)
+    main_pet, extra_pet = (Path(r[Keys.BASELINE_PET]) for r in rows["train"])
+    assert main_pet.parent.parent.parent != extra_pet.parent.parent.parent
+    with pytest.raises(ValueError, match="validation seed"):
+        LongitudinalDataModule(
+            net, PRE, tmp_path / "c", val_seed=12, extra_train_sets=[{"n_pairs": 1, "seed": 12}]
+        )
+    with pytest.raises(ValueError, match="n_pairs and seed"):
+        LongitudinalDataModule(net, PRE, tmp_path / "c", extra_train_sets=[{"seed": 5}])

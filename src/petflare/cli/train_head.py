@@ -172,6 +172,9 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
                 if cfg.data.get("phantom")
                 else {}
             ),
+            "extra_train_sets": OmegaConf.to_container(
+                cfg.data.get("extra_train_sets") or [], resolve=True
+            ),
         },
         "n_mask_variants": int(cfg.data.n_mask_variants),
         "val_mask_source": str(cfg.data.val_mask_source),

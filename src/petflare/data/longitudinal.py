@@ -963,6 +963,22 @@ def weights_digest(net: nn.Module) -> str:
 MaskSource = Callable[[Study], np.ndarray]
 
 
+def _extra_set(entry: Mapping[str, Any], val_seed: int) -> dict[str, Any]:
+    """A validated extra phantom training set: ``{n_pairs, seed, phantom}``."""
+    unknown = set(entry) - {"n_pairs", "seed", "phantom"}
+    if unknown or "n_pairs" not in entry or "seed" not in entry:
+        raise ValueError(
+            f"an extra training set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
+        )
+    if int(entry["seed"]) == int(val_seed):
+        raise ValueError(f"extra training set seed {entry['seed']} is the validation seed")
+    return {
+        "n_pairs": int(entry["n_pairs"]),
+        "seed": int(entry["seed"]),
+        "phantom": dict(entry.get("phantom") or {}),
+    }
+
+
 class LongitudinalDataModule(pl.LightningDataModule):
     """Labelled baseline/follow-up pairs for the change-pattern head (precomputed features).
 
@@ -982,6 +998,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
         n_train_pairs, n_val_pairs: phantom pairs per split.
         train_seed, val_seed: phantom generator seeds (must differ).
         phantom: keyword arguments of ``petflare.synth.PhantomConfig``.
+        extra_train_sets: more phantom training sets, each ``{n_pairs, seed, phantom}`` with
+            its own PhantomConfig overrides (e.g. wider voxel sizes and noise than the main set),
+            appended to the training pairs; validation stays on the main set's settings.
         n_mask_variants: perturbed ground-truth mask variants per training pair.
         val_mask_source: ``"ground_truth"``, or a callable ``study -> mask`` (e.g. a
             ``Predictor.predict``) used for validation pairs.
@@ -1012,6 +1031,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         train_seed: int = 3100,
         val_seed: int = 3200,
         phantom: Mapping[str, Any] | None = None,
+        extra_train_sets: Sequence[Mapping[str, Any]] = (),
         n_mask_variants: int = 3,
         val_mask_source: str | MaskSource = "ground_truth",
         train_extra_mask_source: MaskSource | None = None,
@@ -1040,6 +1060,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.train_seed = int(train_seed)
         self.val_seed = int(val_seed)
         self.phantom = dict(phantom or {})
+        self.extra_train_sets = [_extra_set(e, val_seed) for e in extra_train_sets]
+        if self.extra_train_sets and manifest is not None:
+            raise ValueError("extra_train_sets are phantom pairs: not used with a manifest")
         self.n_mask_variants = int(n_mask_variants)
         self.val_mask_source = val_mask_source
         self.train_extra_mask_source = train_extra_mask_source
@@ -1057,39 +1080,44 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.image_datasets: dict[str, ImagePairDataset] = {}
 
     # -- rows
-    def _phantom_rows(self) -> dict[str, list[dict[str, Any]]]:
+    def _phantom_set(
+        self, split: str, n: int, seed: int, phantom: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The first ``n`` pairs of one phantom set, generated once into ``data_dir``."""
         from petflare.io import load_manifest
         from petflare.synth import PhantomConfig, generate_dataset
         from petflare.synth.config import phantom_tag
 
-        out: dict[str, list[dict[str, Any]]] = {}
-        for split, n, seed in (
-            ("train", self.n_train_pairs, self.train_seed),
-            ("val", self.n_val_pairs, self.val_seed),
-        ):
-            if n <= 0:
-                out[split] = []
-                continue
-            tag = phantom_tag(self.phantom)
-            suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
-            folder = self.data_dir / f"{split}_n{n}{suffix}"
-            manifest = folder / "manifest.csv"
-            # pair i depends only on (seed, i): a larger set of the same seed holds this one
-            larger = sorted(
-                (int(m.parent.name[len(split) + 2 : -len(suffix)]), m)
-                for m in self.data_dir.glob(f"{split}_n*{suffix}/manifest.csv")
-                if m.parent.name[len(split) + 2 : -len(suffix)].isdigit()
+        if n <= 0:
+            return []
+        tag = phantom_tag(dict(phantom))
+        suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
+        folder = self.data_dir / f"{split}_n{n}{suffix}"
+        manifest = folder / "manifest.csv"
+        # pair i depends only on (seed, i): a larger set of the same seed holds this one
+        larger = sorted(
+            (int(m.parent.name[len(split) + 2 : -len(suffix)]), m)
+            for m in self.data_dir.glob(f"{split}_n*{suffix}/manifest.csv")
+            if m.parent.name[len(split) + 2 : -len(suffix)].isdigit()
+        )
+        larger = [(size, m) for size, m in larger if size >= n]
+        if not manifest.is_file() and larger:
+            manifest = larger[0][1]
+        if not manifest.is_file():
+            log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
+            manifest = generate_dataset(
+                folder, n, seed, config=PhantomConfig(**phantom), overwrite=True
             )
-            larger = [(size, m) for size, m in larger if size >= n]
-            if not manifest.is_file() and larger:
-                manifest = larger[0][1]
-            if not manifest.is_file():
-                log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
-                manifest = generate_dataset(
-                    folder, n, seed, config=PhantomConfig(**self.phantom), overwrite=True
-                )
-            out[split] = load_manifest(manifest)[:n]
-        return out
+        return load_manifest(manifest)[:n]
+
+    def _phantom_rows(self) -> dict[str, list[dict[str, Any]]]:
+        train = self._phantom_set("train", self.n_train_pairs, self.train_seed, self.phantom)
+        for extra in self.extra_train_sets:
+            train += self._phantom_set("train", extra["n_pairs"], extra["seed"], extra["phantom"])
+        return {
+            "train": train,
+            "val": self._phantom_set("val", self.n_val_pairs, self.val_seed, self.phantom),
+        }
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """Manifest rows per split (``train``, ``val``; ``test`` rows are not used here)."""
