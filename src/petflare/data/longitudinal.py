@@ -968,7 +968,8 @@ def _extra_set(entry: Mapping[str, Any], val_seed: int) -> dict[str, Any]:
     unknown = set(entry) - {"n_pairs", "seed", "phantom"}
     if unknown or "n_pairs" not in entry or "seed" not in entry:
         raise ValueError(
-            f"an extra training set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
+            "an extra training set needs n_pairs and seed (and optional phantom), "
+            f"got {dict(entry)}"
         )
     if int(entry["seed"]) == int(val_seed):
         raise ValueError(f"extra training set seed {entry['seed']} is the validation seed")
