@@ -43,6 +43,14 @@ SETS: dict[str, dict[str, Any]] = {
     "shift20": {"max_shift_mm": 20.0},  # repositioning up to 2 cm per axis
     "noise": {"noise_cv_liver": (0.45, 0.55)},  # noisier than any training scan
     "spacing": {"spacing_inplane_mm": (5.2, 6.0), "spacing_slice_mm": (5.2, 6.0)},
+    # not a one-property shift: the range of scanners petflare is meant for (voxels 3-5 mm on
+    # every axis, PSF 4.5-9 mm FWHM, liver noise CV 0.06-0.40), all at once
+    "scanners": {
+        "spacing_inplane_mm": (3.0, 5.0),
+        "spacing_slice_mm": (3.0, 5.0),
+        "psf_fwhm_mm": (4.5, 9.0),
+        "noise_cv_liver": (0.06, 0.40),
+    },
 }
 
 
@@ -101,6 +109,29 @@ def set_title(name: str, train: Any) -> str:
             f"{lo:.1f}-{hi:.1f} mm voxels (training: in-plane {train.spacing_inplane_mm[0]:.1f}-"
             f"{train.spacing_inplane_mm[1]:.1f} mm, slices {train.spacing_slice_mm[0]:.1f}-"
             f"{train.spacing_slice_mm[1]:.1f} mm)" + _outside(lo, hi, train.spacing_inplane_mm)
+        )
+    if name == "scanners":
+        st = SETS[name]
+        (slo, shi), (plo, phi), (nlo, nhi) = (
+            st["spacing_inplane_mm"],
+            st["psf_fwhm_mm"],
+            st["noise_cv_liver"],
+        )
+        inside = (
+            train.spacing_inplane_mm[0] <= slo
+            and train.spacing_inplane_mm[1] >= shi
+            and train.psf_fwhm_mm[0] <= plo
+            and train.psf_fwhm_mm[1] >= phi
+            and train.noise_cv_liver[0] <= nlo
+            and train.noise_cv_liver[1] >= nhi
+        )
+        return (
+            f"mixed scanners: voxels {slo:.0f}-{shi:.0f} mm, PSF {plo:.1f}-{phi:.1f} mm, noise CV "
+            f"{nlo:.2f}-{nhi:.2f} (training: voxels {train.spacing_inplane_mm[0]:.1f}-"
+            f"{train.spacing_inplane_mm[1]:.1f} mm in-plane, PSF {train.psf_fwhm_mm[0]:.1f}-"
+            f"{train.psf_fwhm_mm[1]:.1f} mm, noise CV {train.noise_cv_liver[0]:.2f}-"
+            f"{train.noise_cv_liver[1]:.2f})"
+            + (" **(within the training range)**" if inside else " (wider than training)")
         )
     raise KeyError(name)
 

@@ -65,3 +65,25 @@ def test_extra_training_sets_widen_the_training_range() -> None:
     assert train.spacing_slice_mm == (3.3, 4.5)  # both sets keep the default slices
     assert "overlaps the training range" in bench.set_title("noise", train)
     assert "overlaps" not in bench.set_title("spacing", train)
+
+
+def test_scanner_mix_set_says_whether_training_covered_it() -> None:
+    bench = load_script()
+    shipped_like = bench.training_phantom({"training": {"phantom_pairs": {"phantom": {}}}})
+    assert "(wider than training)" in bench.set_title("scanners", shipped_like)
+    wide = {
+        "spacing_inplane_mm": [3.0, 5.0],
+        "spacing_slice_mm": [3.0, 5.0],
+        "psf_fwhm_mm": [4.5, 9.0],
+        "noise_cv_liver": [0.06, 0.4],
+    }
+    meta = {
+        "training": {
+            "phantom_pairs": {
+                "phantom": {},
+                "extra_train_sets": [{"n_pairs": 64, "seed": 3300, "phantom": wide}],
+            }
+        }
+    }
+    title = bench.set_title("scanners", bench.training_phantom(meta))
+    assert "within the training range" in title and "voxels 3-5 mm" in title
