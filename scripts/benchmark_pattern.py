@@ -4,13 +4,16 @@ For every pair of a held-out phantom set (a generator seed never used in trainin
 scans are segmented by the model folder's own network (``--masks predicted``; or the phantom's
 ground-truth masks), quantified and matched once; the learned head (calibrated probabilities)
 and the rules (``petflare.quant.classify_pattern_rules``) then label the same pair from the
-same masks. Robustness sets change one acquisition property the head was not trained on.
+same masks. Robustness sets (shift20, noise, spacing) change one acquisition property beyond
+the head's training range; the scanners set varies voxel size, PSF and noise at once over the
+range petflare is meant for (3-5 mm voxels). Each title says how a set relates to the head's
+recorded training phantoms.
 
 Prints Markdown and, with ``--out``, writes it (with the raw metrics as a JSON block).
 
 Examples:
     .venv/bin/python scripts/benchmark_pattern.py --model-dir models/phantom-unet --n-pairs 100
-    .venv/bin/python scripts/benchmark_pattern.py --sets main shift20 noise spacing \\
+    .venv/bin/python scripts/benchmark_pattern.py --sets main scanners shift20 noise spacing \\
         --n-pairs 100 --robust-pairs 40 --out docs/bench_pattern.md --overwrite
 """
 
