@@ -5,7 +5,7 @@ scans are segmented by the model folder's own network (``--masks predicted``; or
 ground-truth masks), quantified and matched once; the learned head (calibrated probabilities)
 and the rules (``petflare.quant.classify_pattern_rules``) then label the same pair from the
 same masks. Robustness sets (shift20, noise, spacing) change one acquisition property beyond
-the head's training range; the scanners set varies voxel size, PSF and noise at once over the
+the head's training range; pet_only reads main-set pairs without their CT; the scanners set varies voxel size, PSF and noise at once over the
 range petflare is meant for (3-5 mm voxels). Each title says how a set relates to the head's
 recorded training phantoms.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from petflare.constants import PATTERN_TO_INDEX, PATTERNS
+from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text, check_can_write
 from petflare.training.pattern_metrics import (
@@ -54,7 +54,12 @@ SETS: dict[str, dict[str, Any]] = {
         "psf_fwhm_mm": (4.5, 9.0),
         "noise_cv_liver": (0.06, 0.40),
     },
+    # the main set's first pairs read without their CT (PET-only studies): the head's CT
+    # features are zero, the registration and the rules use PET alone
+    "pet_only": {},
 }
+#: Sets whose rows drop the CT columns.
+PET_ONLY_SETS = frozenset({"pet_only"})
 
 
 def training_phantom(meta: dict[str, Any]) -> Any:
@@ -93,6 +98,8 @@ def set_title(name: str, train: Any) -> str:
     """What an evaluation set changes, beside the head's training range (a PhantomConfig)."""
     if name == "main":
         return "held-out phantoms (training distribution)"
+    if name == "pet_only":
+        return "the main set's pairs without CT (PET only; training pairs all had a CT)"
     if name == "shift20":
         shift = SETS[name]["max_shift_mm"]
         note = "" if shift > train.max_shift_mm else " **(overlaps the training range)**"
@@ -165,7 +172,8 @@ def set_rows(data_dir: Path, name: str, n_pairs: int, seed: int) -> list[dict[st
     from petflare.synth.config import phantom_tag
 
     # the settings are part of the cache key: changing a set never reuses stale phantoms
-    suffix = f"_seed{seed}" + ("" if name == "main" else f"_{name}_{phantom_tag(SETS[name])}")
+    same_as_main = name == "main" or (name in PET_ONLY_SETS and not SETS[name])
+    suffix = f"_seed{seed}" + ("" if same_as_main else f"_{name}_{phantom_tag(SETS[name])}")
     existing = []
     for m in data_dir.glob(f"test_n*{suffix}/manifest.csv"):
         size = m.parent.name[len("test_n") : len(m.parent.name) - len(suffix)]
@@ -179,7 +187,10 @@ def set_rows(data_dir: Path, name: str, n_pairs: int, seed: int) -> list[dict[st
         manifest = generate_dataset(
             folder, n_pairs, seed, config=PhantomConfig(**SETS[name]), overwrite=True
         )
-    return load_manifest(manifest)[:n_pairs]
+    rows = load_manifest(manifest)[:n_pairs]
+    if name in PET_ONLY_SETS:
+        rows = [{**row, Keys.BASELINE_CT: None, Keys.FOLLOWUP_CT: None} for row in rows]
+    return rows
 
 
 def evaluate_set(

@@ -87,3 +87,34 @@ def test_scanner_mix_set_says_whether_training_covered_it() -> None:
     }
     title = bench.set_title("scanners", bench.training_phantom(meta))
     assert "within the training range" in title and "voxels 3-5 mm" in title
+
+
+def test_pet_only_set_reads_the_main_pairs_without_ct(tmp_path: Path) -> None:
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    bench = load_script()
+    folder = tmp_path / "test_n2_seed7"
+    folder.mkdir()
+    rows = []
+    for i in range(2):
+        row = {"patient_id": f"P{i}", "pattern": "controlled", "split": "test"}
+        for tp in ("baseline", "followup"):
+            for kind in ("pet", "ct", "mask"):
+                name = f"P{i}_{tp}_{kind}.nii.gz"
+                nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / name)
+                row[f"{tp}_{kind}"] = name
+        rows.append(row)
+    with open(folder / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    main = bench.set_rows(tmp_path, "main", 2, 7)
+    pet_only = bench.set_rows(tmp_path, "pet_only", 2, 7)
+    assert [r["patient_id"] for r in pet_only] == [r["patient_id"] for r in main]
+    assert all(r["baseline_ct"] and r["followup_ct"] for r in main)
+    assert all(r["baseline_ct"] is None and r["followup_ct"] is None for r in pet_only)
+    assert all(r["baseline_pet"] == m["baseline_pet"] for r, m in zip(pet_only, main, strict=True))
+    assert "without CT" in bench.set_title("pet_only", None)

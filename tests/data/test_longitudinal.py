@@ -17,16 +17,19 @@ import torch
 
 from petflare.constants import MANIFEST_COLUMNS, PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.data.longitudinal import (
+    CT_FEATURE_COLUMNS,
     HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
     HeadKeys,
     LongitudinalDataModule,
     PairSample,
+    PairSampleDataset,
     class_weights,
     collate_samples,
     crop_grid,
     pair_samples,
     perturb_labels,
+    without_ct,
 )
 from petflare.data.transforms import PreprocessingConfig
 from petflare.io.nifti import save_nifti
@@ -119,7 +122,43 @@ def test_pair_samples_units_and_shapes(encoder: EncoderFeatures) -> None:
     new = next(i for i, u in enumerate(s.units) if u["kind"] == "new")
     feats = dict(zip(HEAD_LESION_FEATURE_NAMES, s.lesion_features[new], strict=True))
     assert feats["present_baseline"] == 0 and feats["present_followup"] == 1
+    # the new mass sits where the baseline PET shows background: new uptake, a real new lesion
+    assert 0.0 < feats["new_site_uptake_ratio"] < 0.6 and feats["real_new_lesion"] == 1
+    persisting = [i for i, u in enumerate(s.units) if u["kind"] == "persisting"]
+    j = HEAD_LESION_FEATURE_NAMES.index("new_site_uptake_ratio")
+    assert (s.lesion_features[persisting, j] == 0).all()
     assert s.rule_label == "new_lesions" and s.label == 3
+    # CT correlates: the new focus and its shell are soft tissue (HU 40) on the follow-up CT
+    assert feats["has_ct"] == 1 and feats["hu_followup"] == pytest.approx(0.4, abs=0.05)
+    assert feats["followup_shell_hu"] == pytest.approx(0.4, abs=0.15)
+
+
+def test_pet_only_pair_has_zero_ct_features_and_ct_dropout_matches_it(
+    encoder: EncoderFeatures,
+) -> None:
+    base, fol = make_pair("new_lesions")
+    with_ct = pair_samples(base, fol, encoder, PRE)[0]
+    base.ct, fol.ct = None, None
+    pet_only = pair_samples(base, fol, encoder, PRE)[0]
+    cols = list(CT_FEATURE_COLUMNS)
+    assert (pet_only.lesion_features[:, cols] == 0).all()
+    assert (with_ct.lesion_features[:, cols] != 0).any()
+    dropped = without_ct(with_ct)
+    np.testing.assert_array_equal(dropped.lesion_features[:, cols], 0.0)
+    others = [i for i in range(len(HEAD_LESION_FEATURE_NAMES)) if i not in cols]
+    np.testing.assert_array_equal(
+        dropped.lesion_features[:, others], with_ct.lesion_features[:, others]
+    )
+    # ct_dropout 1 always hides the CT, 0 never; about half with 0.5
+    always = PairSampleDataset([[with_ct]], random_variant=True, ct_dropout=1.0)
+    assert (always[0].lesion_features[:, cols] == 0).all()
+    never = PairSampleDataset([[with_ct]], random_variant=True, ct_dropout=0.0)
+    np.testing.assert_array_equal(never[0].lesion_features, with_ct.lesion_features)
+    half = PairSampleDataset([[with_ct]], random_variant=True, seed=1, ct_dropout=0.5)
+    hidden = sum(bool((half[0].lesion_features[:, cols] == 0).all()) for _ in range(200))
+    assert 70 < hidden < 130
+    with pytest.raises(ValueError, match="ct_dropout"):
+        PairSampleDataset([[with_ct]], random_variant=True, ct_dropout=1.5)
 
 
 def test_flare_raises_uptake_features(encoder: EncoderFeatures) -> None:

@@ -54,7 +54,8 @@ def _change(fid, *, peak=(4.0, 4.0), mean=(2.5, 2.5), focal=(1.1, 1.1), hot=(3.0
 def _pair(changes, *, n_base=3, new=()):
     """Pair report with baseline lesions 1..n_base, changes for some, and new lesions.
 
-    ``new`` holds (volume_ml, suv_peak) or (volume_ml, suv_peak, baseline-site SUV contrast).
+    ``new`` holds (volume_ml, suv_peak), optionally followed by the baseline-site SUV contrast
+    (default 1.0) and the baseline-site SUVmean (default 0.6: background, so the uptake is new).
     """
     base = scan([lesion(i, 4.0, centroid_mm=(50.0 * i, 0, 0)) for i in range(1, n_base + 1)])
     f_les = [lesion(c.followup_id, c.suv_peak_followup) for c in changes]
@@ -66,7 +67,16 @@ def _pair(changes, *, n_base=3, new=()):
         for c in changes
     ]
     matches += [
-        LesionMatch("followup", 100 + k, "new", [], 0, 80.0, 2.0, n[2] if len(n) > 2 else 1.0)
+        LesionMatch(
+            "followup",
+            100 + k,
+            "new",
+            [],
+            0,
+            80.0,
+            n[3] if len(n) > 3 else 0.6,
+            n[2] if len(n) > 2 else 1.0,
+        )
         for k, n in enumerate(new)
     ]
     matches += [
@@ -109,6 +119,17 @@ def test_new_lesion_fires_first_and_small_faint_ones_do_not():
     # A 0.1 ml speck, or a faint (SUVpeak 1.0) unmatched region, is not called new disease.
     assert classify_pattern_rules(_pair(changes, new=[(0.1, 5.0)])).label == "controlled"
     assert classify_pattern_rules(_pair(changes, new=[(3.0, 1.0)])).label == "controlled"
+
+
+def test_unmatched_lesion_with_the_same_uptake_at_baseline_is_not_new():
+    changes = [_change(i) for i in (1, 2, 3)]
+    # SUVmean 3.0 (peak 5.0); the same site held SUV 2.7 on the baseline PET: the mask differs
+    # (physiological uptake, or a lesion the baseline mask missed), the uptake is not new.
+    d = classify_pattern_rules(_pair(changes, new=[(2.0, 5.0, 1.0, 2.7)]))
+    assert d.label == "controlled"
+    assert any("1 at sites with the same uptake" in e for e in d.evidence)
+    # 1.2 at baseline (40% of today's uptake): new uptake, new lesion.
+    assert classify_pattern_rules(_pair(changes, new=[(2.0, 5.0, 1.0, 1.2)])).label == "new_lesions"
 
 
 def test_diffuse_flare():

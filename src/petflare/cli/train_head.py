@@ -179,6 +179,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         "n_mask_variants": int(cfg.data.n_mask_variants),
         "val_mask_source": str(cfg.data.val_mask_source),
         "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
+        "ct_dropout": float(cfg.data.get("ct_dropout", 0.0)),
     }
     torch.set_grad_enabled(True)
     if mode != "frozen":

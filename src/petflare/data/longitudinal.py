@@ -18,6 +18,7 @@ the pooling is cheap and the encoder runs once per scan, each variant costs one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -43,12 +44,12 @@ from petflare.io.study import Study
 from petflare.networks.change_head import global_regions, pool_regions
 from petflare.networks.encoder import EncoderFeatures
 from petflare.quant.change import NoduleCriteria, nodule_evidence
-from petflare.quant.rules import RuleThresholds
+from petflare.quant.rules import RuleThresholds, counts_as_new
 
 log = logging.getLogger(__name__)
 
 #: Version of the cached per-pair feature layout; bump when features change.
-FEATURE_VERSION = "3"
+FEATURE_VERSION = "5"
 #: Version of the cached quantification (reports, predicted masks); independent of the features.
 REPORT_VERSION = "2"
 
@@ -68,6 +69,15 @@ class HeadKeys:
     BASELINE_SEG = "baseline_seg"
     FOLLOWUP_SEG = "followup_seg"
 
+
+#: Per-lesion-unit CT correlate (all 0 without a CT; see ``PairSampleDataset.ct_dropout``).
+CT_FEATURE_NAMES = (
+    "has_ct",
+    "hu_followup",  # lesion HU / 100 on the follow-up CT (fat density: brown fat)
+    "hu_change",  # persisting: Choi's HU change as a fraction (responding GIST: hypodense)
+    "followup_shell_hu",  # unmatched: follow-up HU / 100 in a 3-12 mm shell around it
+    "baseline_site_hu_contrast",  # unmatched: baseline HU site - shell, / 100
+)
 
 #: Per-lesion-unit quantitative change features (log1p of SUVs and volumes keeps scales tame).
 LESION_FEATURE_NAMES = (
@@ -89,7 +99,9 @@ LESION_FEATURE_NAMES = (
     "suv_peak_followup_over_liver",
     "suv_peak_baseline_over_liver",
     "nodule_evidence",  # quant's intratumoural-nodule criteria met (Choi PD / rule R2)
-    "real_new_lesion",  # unmatched and above the rule-based size/uptake floor
+    "real_new_lesion",  # unmatched, above the rules' size/uptake floor, uptake new at its site
+    "new_site_uptake_ratio",  # unmatched: baseline SUVmean at the site / the lesion's SUVmean
+    *CT_FEATURE_NAMES,
 )
 
 #: Scaled PET (network input units) inside each unit's region, appended to the lesion features:
@@ -194,6 +206,7 @@ def lesion_units(report: Any) -> list[LesionUnit]:
                     change,
                     liver_b,
                     liver_f,
+                    None if bases else match,
                 )
             )
         elif match.status == "resolved":
@@ -213,6 +226,7 @@ def _unit(
     change: Any,
     liver_b: float | None,
     liver_f: float | None,
+    new_match: Any | None = None,
 ) -> LesionUnit:
     vol_b = sum(b.volume_ml for b in bases)
     vol_f = fol.volume_ml if fol is not None else 0.0
@@ -227,6 +241,22 @@ def _unit(
     hot_change = _pct(change.hotspot_change_pct) if change is not None else 0.0
     rest_change = _pct(change.rest_change_pct) if change is not None else 0.0
     rose = float(bool(change.uptake_rose)) if change is not None else 0.0
+    site_ratio = 0.0
+    if new_match is not None and new_match.baseline_site_suv_mean is not None and mean_f > 0:
+        site_ratio = float(np.clip(new_match.baseline_site_suv_mean / mean_f, 0.0, 3.0))
+    hu_f = None if fol is None else fol.hu_mean
+    has_ct = hu_f is not None or any(b.hu_mean is not None for b in bases)
+
+    def hu(value: float | None) -> float:
+        return float(np.clip(_f(value) / 100.0, -10.0, 10.0))
+
+    ct_features = [
+        float(has_ct),
+        hu(hu_f),
+        _pct(change.hu_change_pct) if change is not None else 0.0,
+        hu(new_match.followup_shell_hu_mean) if new_match is not None else 0.0,
+        hu(new_match.baseline_site_hu_contrast) if new_match is not None else 0.0,
+    ]
     features = np.array(
         [
             float(bool(bases)),
@@ -247,12 +277,9 @@ def _unit(
             peak_f / liver_f if liver_f else 0.0,
             peak_b / liver_b if liver_b else 0.0,
             float(change is not None and nodule_evidence(change, NoduleCriteria()) is not None),
-            float(
-                not bases
-                and fol is not None
-                and fol.volume_ml >= RuleThresholds().min_new_volume_ml
-                and fol.suv_peak >= RuleThresholds().min_new_suv_peak
-            ),
+            float(new_match is not None and counts_as_new(new_match, fol, RuleThresholds())),
+            site_ratio,
+            *ct_features,
         ],
         dtype=np.float32,
     )
@@ -276,6 +303,11 @@ def _unit(
         "suv_peak_change_pct": None if change is None else change.suv_peak_change_pct,
         "uptake_rose": bool(rose),
     }
+    if new_match is not None:
+        info["baseline_site_uptake_ratio"] = (
+            None if new_match.baseline_site_suv_mean is None or mean_f <= 0 else site_ratio
+        )
+        info["counts_as_new"] = bool(features[LESION_FEATURE_NAMES.index("real_new_lesion")])
     return LesionUnit(kind, followup_ids, baseline_ids, centre, features, info)
 
 
@@ -693,6 +725,8 @@ def pair_samples(
         cached = None if report_cache is None else report_cache / f"report{i}.json"
         if cached is not None and cached.is_file():
             rep = pair_report_from_json(cached.read_text())
+            # the measurements are cached; the rules' call is re-derived (rules may change)
+            rep.pattern_rules = classify_pattern_rules(rep)
         else:
             rep = compare_pair(
                 _with_mask(baseline, b_lab),
@@ -809,6 +843,17 @@ def collate_samples(samples: Sequence[PairSample]) -> dict[str, torch.Tensor]:
     }
 
 
+#: Columns of ``PairSample.lesion_features`` that come from the CT.
+CT_FEATURE_COLUMNS = tuple(HEAD_LESION_FEATURE_NAMES.index(n) for n in CT_FEATURE_NAMES)
+
+
+def without_ct(sample: PairSample) -> PairSample:
+    """A copy of ``sample`` with its CT features zeroed (what a PET-only study gives)."""
+    feats = sample.lesion_features.copy()
+    feats[:, list(CT_FEATURE_COLUMNS)] = 0.0
+    return dataclasses.replace(sample, lesion_features=feats)
+
+
 class PairSampleDataset(Dataset):
     """Pairs, each with one or more precomputed mask variants; a random variant per access.
 
@@ -816,13 +861,23 @@ class PairSampleDataset(Dataset):
         variants: per pair, its samples (variant 0 = the pair's own masks).
         random_variant: draw a variant at random (training) or always take variant 0.
         seed: seed of the variant draws.
+        ct_dropout: probability that a drawn sample is shown without its CT features (the
+            ``CT_FEATURE_NAMES`` columns zeroed, as for a PET-only study), so that a head trained
+            on PET/CT still works on PET alone.
     """
 
     def __init__(
-        self, variants: Sequence[Sequence[PairSample]], random_variant: bool, seed: int = 0
+        self,
+        variants: Sequence[Sequence[PairSample]],
+        random_variant: bool,
+        seed: int = 0,
+        ct_dropout: float = 0.0,
     ) -> None:
+        if not 0.0 <= ct_dropout <= 1.0:
+            raise ValueError(f"ct_dropout must be in [0, 1], got {ct_dropout}")
         self.variants = [list(v) for v in variants]
         self.random_variant = random_variant
+        self.ct_dropout = float(ct_dropout)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
@@ -830,9 +885,12 @@ class PairSampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> PairSample:
         options = self.variants[index]
+        sample = options[0]
         if self.random_variant and len(options) > 1:
-            return options[int(self.rng.integers(len(options)))]
-        return options[0]
+            sample = options[int(self.rng.integers(len(options)))]
+        if self.ct_dropout > 0 and self.rng.random() < self.ct_dropout:
+            sample = without_ct(sample)
+        return sample
 
     @property
     def labels(self) -> np.ndarray:
@@ -1018,6 +1076,8 @@ class LongitudinalDataModule(pl.LightningDataModule):
         include_images: serve image batches (crops of both scans, region and lesion masks,
             with augmentation) for the fine-tuned and joint modes instead of pooled features.
         noise_std: largest noise added to each scan in image batches.
+        ct_dropout: probability that a training sample is shown without its CT features (a
+            PET-only study); 0 keeps them always.
     """
 
     def __init__(
@@ -1044,8 +1104,11 @@ class LongitudinalDataModule(pl.LightningDataModule):
         device: str = "cpu",
         include_images: bool = False,
         noise_std: float = 0.05,
+        ct_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= ct_dropout <= 1.0:
+            raise ValueError(f"ct_dropout must be in [0, 1], got {ct_dropout}")
         if balance not in ("sampler", "weights", "none"):
             raise ValueError(f"balance must be sampler, weights or none, got {balance!r}")
         if manifest is None and train_seed == val_seed:
@@ -1075,6 +1138,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.device = device
         self.include_images = bool(include_images)
         self.noise_std = float(noise_std)
+        self.ct_dropout = float(ct_dropout)
         if self.include_images and val_mask_source != "ground_truth":
             raise ValueError("include_images (finetune/joint modes) needs ground-truth val masks")
         self.datasets: dict[str, PairSampleDataset] = {}
@@ -1232,7 +1296,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
             for r in tqdm(val_rows, desc="pair features (val)", unit="pair")
         ]
         self.datasets = {
-            "train": PairSampleDataset(train, random_variant=True, seed=self.seed),
+            "train": PairSampleDataset(
+                train, random_variant=True, seed=self.seed, ct_dropout=self.ct_dropout
+            ),
             "val": PairSampleDataset(val, random_variant=False),
         }
         if self.include_images:

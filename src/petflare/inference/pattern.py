@@ -215,16 +215,24 @@ def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[fl
         lines.append(f"{len(new)} new lesion(s) at follow-up")
         for u in [units[i] for i in order if units[i]["kind"] == "new"][:3]:
             info = u["info"]
+            site = info.get("baseline_site_uptake_ratio")
+            site_txt = (
+                ""
+                if site is None
+                else f"; the same site had {100 * site:.0f}% of this uptake at baseline"
+            )
             lines.append(
                 f"new {_lesion_name(u)} at {_at(u)}: {info['volume_ml_followup']:.1f} ml, "
-                f"SUVmax {info['suv_max_followup']:.1f}"
+                f"SUVmax {info['suv_max_followup']:.1f}{site_txt}"
             )
     else:
         falling = [u for u in persisting if (u["info"].get("suv_peak_change_pct") or 0) < 0]
         n_res = sum(1 for u in units if u["kind"] == "resolved")
+        unchanged = sum(1 for u in new if u["info"].get("counts_as_new") is False)
         lines.append(
             f"{len(falling)} of {len(persisting)} persisting lesions with falling SUVpeak, "
-            f"{n_res} resolved, {len(new)} new"
+            f"{n_res} resolved, {len(new)} unmatched"
+            + (f" ({unchanged} of them not new uptake or below the floor)" if unchanged else "")
         )
     top = [units[i] for i in order[:3]]
     lines.append(

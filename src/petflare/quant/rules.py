@@ -11,8 +11,10 @@ thresholds and their clinical reasons):
    SUVmean change of the risen persisting lesions >= ``min_mean_rise_pct``), and at most
    ``max_new_with_flare`` lesion is new at an uninvolved site. Van den Abbeele 2003.
 2. ``R2_new_lesions``: at least one real new lesion (volume >= ``min_new_volume_ml``, SUVpeak
-   >= ``min_new_suv_peak``) at a previously uninvolved site, or a reactivated site larger than
-   ``max_focus_ml`` that R1 did not explain. PERCIST / EORTC / Choi progression.
+   >= ``min_new_suv_peak``, and uptake that is new at its site: the baseline PET there held
+   less than ``unchanged_site_ratio`` of its SUVmean) at a previously uninvolved site, or a
+   reactivated site larger than ``max_focus_ml`` that R1 did not explain. PERCIST / EORTC /
+   Choi progression.
 3. ``R3_nodule_within_mass``: a persisting mass shows the focal or the remnant sign of
    :class:`petflare.quant.change.NoduleCriteria`, or a small (<= ``max_focus_ml``) avid focus
    appeared at a reactivated site (a nodule in a mass that was non-avid at baseline), or a
@@ -31,9 +33,15 @@ import numpy as np
 from petflare.constants import PATTERNS
 from petflare.quant.change import NoduleCriteria, nodule_evidence
 from petflare.quant.matching import NEW
-from petflare.quant.report import LesionMetrics, PairReport, RuleDecision
+from petflare.quant.report import LesionMatch, LesionMetrics, PairReport, RuleDecision
 
-__all__ = ["RuleDecision", "RuleThresholds", "classify_pattern_rules"]
+__all__ = [
+    "RuleDecision",
+    "RuleThresholds",
+    "classify_pattern_rules",
+    "counts_as_new",
+    "unchanged_site",
+]
 
 CONTROLLED, DIFFUSE_FLARE, NODULE_WITHIN_MASS, NEW_LESIONS = PATTERNS
 
@@ -44,6 +52,7 @@ class RuleThresholds:
 
     min_new_volume_ml: float = 0.3
     min_new_suv_peak: float = 1.5
+    unchanged_site_ratio: float = 0.6
     prior_site_contrast: float = 1.4
     nodule: NoduleCriteria = field(default_factory=NoduleCriteria)
     rise_threshold_pct: float = 25.0
@@ -58,6 +67,31 @@ def _describe(les: LesionMetrics, what: str) -> str:
     return f"{what} {les.lesion_id}: {les.volume_ml:.1f} ml, SUVpeak {les.suv_peak:.2f} at ({c}) mm"
 
 
+def unchanged_site(match: LesionMatch, lesion: LesionMetrics, thresholds: RuleThresholds) -> bool:
+    """An unmatched follow-up lesion whose site held the same uptake on the baseline PET.
+
+    The baseline SUVmean in its mapped footprint is at least ``unchanged_site_ratio`` of the
+    lesion's own SUVmean: uptake did not appear there, the mask only differs (physiological
+    uptake segmented on one scan only, or a lesion the baseline mask missed). Not new disease.
+    """
+    site = match.baseline_site_suv_mean
+    return (
+        site is not None
+        and lesion.suv_mean > 0
+        and site >= thresholds.unchanged_site_ratio * lesion.suv_mean
+    )
+
+
+def counts_as_new(match: LesionMatch, lesion: LesionMetrics, thresholds: RuleThresholds) -> bool:
+    """An unmatched follow-up lesion above the size/uptake floor whose uptake is new at its site
+    (reactivated and intramass sites are told apart later, in the rules)."""
+    return (
+        lesion.volume_ml >= thresholds.min_new_volume_ml
+        and lesion.suv_peak >= thresholds.min_new_suv_peak
+        and not unchanged_site(match, lesion, thresholds)
+    )
+
+
 def classify_pattern_rules(
     pair_report: PairReport, thresholds: RuleThresholds | None = None
 ) -> RuleDecision:
@@ -68,12 +102,8 @@ def classify_pattern_rules(
 
     # Unmatched follow-up lesions: real ones, split into reactivated sites and new sites.
     unmatched = [m for m in rep.matches if m.timepoint == "followup" and m.status == NEW]
-    real = [
-        m
-        for m in unmatched
-        if rep.followup.lesion(m.lesion_id).volume_ml >= t.min_new_volume_ml
-        and rep.followup.lesion(m.lesion_id).suv_peak >= t.min_new_suv_peak
-    ]
+    real = [m for m in unmatched if counts_as_new(m, rep.followup.lesion(m.lesion_id), t)]
+    n_unchanged = sum(unchanged_site(m, rep.followup.lesion(m.lesion_id), t) for m in unmatched)
     reactivated = [
         m
         for m in real
@@ -129,7 +159,8 @@ def classify_pattern_rules(
         evidence = [
             f"{len(new_sites)} new lesion(s) at uninvolved sites "
             f"({sum(x.volume_ml for x in new_sites):.1f} ml), {len(big_react)} large "
-            f"reactivated site(s); {len(unmatched)} unmatched in total"
+            f"reactivated site(s); {len(unmatched)} unmatched in total, {n_unchanged} of them "
+            "at sites with the same uptake on the baseline PET (not new)"
         ]
         evidence += [_describe(les, "new lesion") for les in new_sites[:5]]
         evidence += [_describe(les, "reactivated site") for les in big_react[:3]]
@@ -152,7 +183,8 @@ def classify_pattern_rules(
 
     # R4: controlled.
     evidence = [
-        f"no new lesion >= {t.min_new_volume_ml} ml (unmatched: {len(unmatched)})",
+        f"no new lesion >= {t.min_new_volume_ml} ml (unmatched: {len(unmatched)}, of which "
+        f"{n_unchanged} at sites with the same uptake on the baseline PET)",
         "no focal nodule in a persisting mass",
         *flare_evidence[:2],
         f"PERCIST {rep.percist.category}, EORTC {rep.eortc.category}",
