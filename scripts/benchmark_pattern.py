@@ -5,9 +5,9 @@ scans are segmented by the model folder's own network (``--masks predicted``; or
 ground-truth masks), quantified and matched once; the learned head (calibrated probabilities)
 and the rules (``petflare.quant.classify_pattern_rules``) then label the same pair from the
 same masks. Robustness sets (shift20, noise, spacing) change one acquisition property beyond
-the head's training range; pet_only reads main-set pairs without their CT; the scanners set varies voxel size, PSF and noise at once over the
-range petflare is meant for (3-5 mm voxels). Each title says how a set relates to the head's
-recorded training phantoms.
+the head's training range; pet_only reads main-set pairs without their CT; the scanners set
+varies voxel size, PSF and noise at once over the range petflare is meant for (3-5 mm voxels).
+Each title says how a set relates to the head's recorded training phantoms.
 
 Prints Markdown and, with ``--out``, writes it (with the raw metrics as a JSON block).
 
@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             "# Change-pattern head benchmark",
             "",
             f"Model folder `{args.model_dir}`; head trained on {phantom or training} "
-            f"(mode {training.get('mode')}, temperature {classifier.temperature:.3f}). "
+            f"(mode {training.get('mode')}, {training.get('n_heads', 1)} head(s) averaged, "
+            f"CT dropout {training.get('ct_dropout', 0.0)}, "
+            f"temperature {classifier.temperature:.3f}). "
             f"Masks: {args.masks.replace('_', ' ')}. Held-out generator seed {args.seed} "
             "(never used in training); classes balanced (patterns cycled).",
             "",

@@ -22,6 +22,7 @@ from petflare.inference.pattern import (
     load_head,
 )
 from petflare.inference.pipeline import TimepointResult
+from petflare.networks.change_head import HeadEnsemble
 from petflare.quant import lesion_instances
 from petflare_testing import make_tiny_model_folder
 
@@ -86,6 +87,29 @@ def test_cli_writes_the_head_into_the_model_folder(trained: tuple[Path, Path]) -
     assert run["n_train"] == 4 and run["n_val"] == 4
     head, _ = load_head(model_dir)
     assert sum(p.numel() for p in head.parameters()) == meta["n_parameters"]
+
+
+def test_cli_trains_and_serves_an_ensemble(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, manifest = trained
+    model_dir = _model_folder(tmp_path / "model")
+    result = _train_head(tmp_path, model_dir, manifest, "n_heads=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ensemble member 2/2 trained" in result.stdout
+    meta = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
+    assert meta["head"]["n_members"] == 2 and meta["training"]["n_heads"] == 2
+    head, _ = load_head(model_dir)
+    assert isinstance(head, HeadEnsemble) and len(head.members) == 2
+    assert sum(p.numel() for p in head.parameters()) == meta["n_parameters"]
+    # the members differ (other random starts) and the call is their mean
+    a, b = (dict(m.named_parameters()) for m in head.members)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    pred = PatternClassifier.from_folder(model_dir, device="cpu").predict(
+        *_tiny.make_pair("diffuse_flare", seed=5)
+    )
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert len(pred.lesion_weights) == len(pred.units)
+    bad = _train_head(tmp_path, model_dir, manifest, "n_heads=0", "overwrite=true")
+    assert bad.returncode == 2 and "n_heads" in bad.stderr
 
 
 def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ from petflare.constants import PATTERNS
 from petflare.networks.change_head import (
     N_GLOBAL_REGIONS,
     ChangePatternHead,
+    HeadEnsemble,
+    build_head,
     global_regions,
     pool_regions,
     pooled_dim,
@@ -93,6 +95,28 @@ def test_head_is_invariant_to_lesion_order() -> None:
     lf2 = lf.clone()
     lf2[:, 0] += 3.0
     assert not torch.allclose(head(fb, ff, masks, valid, lf2, pf).logits, out.logits)
+
+
+def test_ensemble_averages_its_members_and_rebuilds_from_its_config() -> None:
+    enc, fb, ff, masks, valid, lf, pf = _inputs(2, 3)
+    torch.manual_seed(1)
+    members = [ChangePatternHead(enc.channels(), 5, 3, hidden_dim=16).eval() for _ in range(3)]
+    ens = HeadEnsemble(members).eval()
+    outs = [m(fb, ff, masks, valid, lf, pf) for m in members]
+    out = ens(fb, ff, masks, valid, lf, pf)
+    torch.testing.assert_close(out.logits, torch.stack([o.logits for o in outs]).mean(0))
+    torch.testing.assert_close(out.attention, torch.stack([o.attention for o in outs]).mean(0))
+    assert not torch.allclose(outs[0].logits, outs[1].logits)
+    config = ens.config()
+    assert config["n_members"] == 3
+    rebuilt = build_head(config)
+    assert isinstance(rebuilt, HeadEnsemble)
+    rebuilt.load_state_dict(ens.state_dict())
+    torch.testing.assert_close(rebuilt.eval()(fb, ff, masks, valid, lf, pf).logits, out.logits)
+    single = build_head(members[0].config())
+    assert isinstance(single, ChangePatternHead)
+    with pytest.raises(ValueError, match="share one configuration"):
+        HeadEnsemble([members[0], ChangePatternHead(enc.channels(), 5, 3, hidden_dim=8)])
 
 
 def test_padding_lesions_do_not_change_the_output() -> None:

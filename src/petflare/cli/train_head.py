@@ -63,16 +63,20 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     )
     scales = None if cfg.data.encoder_scales is None else list(cfg.data.encoder_scales)
     channels = EncoderFeatures(net, scales).channels()
-    head = instantiate(
-        cfg.head,
-        feature_channels=channels,
-        n_lesion_features=len(HEAD_LESION_FEATURE_NAMES),
-        n_pair_features=len(PAIR_FEATURE_NAMES),
-    )
+
+    def make_head() -> Any:
+        return instantiate(
+            cfg.head,
+            feature_channels=channels,
+            n_lesion_features=len(HEAD_LESION_FEATURE_NAMES),
+            n_pair_features=len(PAIR_FEATURE_NAMES),
+        )
+
     trainer = instantiate(cfg.trainer)
     return {
         "datamodule": datamodule,
-        "head": head,
+        "head": make_head(),
+        "make_head": make_head,
         "trainer": trainer,
         "net": net,
         "model": loaded,
@@ -117,7 +121,12 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
 
     from petflare.inference.pattern import HEAD_METADATA_FILE, HEAD_WEIGHTS_FILE, save_head
     from petflare.io.atomic import atomic_write_text, check_can_write
-    from petflare.training.change_module import ChangePatternModule, fit_change_head
+    from petflare.networks.change_head import HeadEnsemble
+    from petflare.training.change_module import (
+        ChangePatternModule,
+        calibrate_head,
+        fit_change_head,
+    )
 
     model_dir = Path(cfg.model_dir)
     overwrite = bool(cfg.overwrite)
@@ -139,24 +148,49 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
     else:
         for name in (HEAD_WEIGHTS_FILE, HEAD_METADATA_FILE):  # fail before hours of work
             check_can_write(model_dir / name, overwrite)
+    n_heads = int(cfg.get("n_heads", 1))
+    if n_heads < 1:
+        raise PetflareInputError(None, f"n_heads must be >= 1, got {n_heads}")
+    if n_heads > 1 and mode != "frozen":
+        raise PetflareInputError(None, "n_heads > 1 (an ensemble) needs module.mode=frozen")
     pl.seed_everything(int(cfg.seed), workers=True)
     objects = build(cfg)
     dm = objects["datamodule"]
     dm.setup("fit")
     weights = dm.class_weights
-    module = ChangePatternModule(
-        objects["head"],
-        instantiate(cfg.module.optimizer),
-        segmentation_net=objects["net"],
-        mode=mode,  # type: ignore[arg-type]
-        class_weights=None if weights is None else weights.tolist(),
-        seg_loss=instantiate(cfg.module.seg_loss) if mode == "joint" else None,
-        seg_loss_weight=float(cfg.module.seg_loss_weight),
-        encoder_lr_scale=float(cfg.module.encoder_lr_scale),
-        encoder_scales=objects["scales"],
-        label_smoothing=float(cfg.module.label_smoothing),
-    )
+
+    def make_module(head: Any) -> Any:
+        return ChangePatternModule(
+            head,
+            instantiate(cfg.module.optimizer),
+            segmentation_net=objects["net"],
+            mode=mode,  # type: ignore[arg-type]
+            class_weights=None if weights is None else weights.tolist(),
+            seg_loss=instantiate(cfg.module.seg_loss) if mode == "joint" else None,
+            seg_loss_weight=float(cfg.module.seg_loss_weight),
+            encoder_lr_scale=float(cfg.module.encoder_lr_scale),
+            encoder_scales=objects["scales"],
+            label_smoothing=float(cfg.module.label_smoothing),
+        )
+
+    module = make_module(objects["head"])
     record = fit_change_head(objects["trainer"], module, dm)
+    if n_heads > 1:
+        # more members from other random starts (seed + k) on the same cached pairs; the
+        # temperature is fitted once more, on the averaged logits
+        members, member_metrics = [module.head], [record["val_metrics"]]
+        for k in range(1, n_heads):
+            pl.seed_everything(int(cfg.seed) + k, workers=True)
+            member = make_module(objects["make_head"]())
+            member_record = fit_change_head(instantiate(cfg.trainer), member, dm)
+            members.append(member.head)
+            member_metrics.append(member_record["val_metrics"])
+            print(f"petflare-train-head: ensemble member {k + 1}/{n_heads} trained", flush=True)
+        module = make_module(HeadEnsemble(members))
+        record.update(calibrate_head(module, dm))
+        record["member_val_balanced_accuracy"] = [
+            None if m is None else m["balanced_accuracy"] for m in member_metrics
+        ]
     record["class_weights"] = None if weights is None else [float(w) for w in weights]
     data_info = {
         "manifest": None if cfg.data.manifest is None else str(cfg.data.manifest),
@@ -195,6 +229,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
                 **data_info,
                 "mode": mode,
                 "seed": int(cfg.seed),
+                "n_heads": n_heads,
                 "epochs": int(objects["trainer"].current_epoch),
             },
             "validation": record["val_metrics"],

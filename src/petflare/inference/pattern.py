@@ -4,7 +4,8 @@ The head lives in the segmentation model's folder next to the network it reads::
 
     model_dir/
       model.pt, config.yaml, metadata.json   the segmentation model (inference.model_folder)
-      head.pt     {"state_dict": {name: tensor}} of the ChangePatternHead (loaded weights_only)
+      head.pt     {"state_dict": {name: tensor}} of the head (one ChangePatternHead, or a
+                  HeadEnsemble of several), loaded with weights_only
       head.json   head constructor arguments, temperature, encoder levels, crop margin, feature
                   names and version, training data and validation metrics
 
@@ -46,7 +47,7 @@ from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_path, atomic_write_text, check_can_write
 from petflare.io.study import Study
-from petflare.networks.change_head import ChangePatternHead
+from petflare.networks.change_head import ChangePatternHead, HeadEnsemble, build_head
 from petflare.networks.encoder import EncoderFeatures
 from petflare.training.calibration import apply_temperature
 
@@ -57,7 +58,7 @@ HEAD_SCHEMA_VERSION = "1.0"
 
 def save_head(
     model_dir: str | Path,
-    head: ChangePatternHead,
+    head: ChangePatternHead | HeadEnsemble,
     *,
     temperature: float,
     encoder_scales: Sequence[int] | None,
@@ -104,7 +105,7 @@ def save_head(
     return meta_path
 
 
-def load_head(model_dir: str | Path) -> tuple[ChangePatternHead, dict[str, Any]]:
+def load_head(model_dir: str | Path) -> tuple[ChangePatternHead | HeadEnsemble, dict[str, Any]]:
     """Read ``head.pt``/``head.json`` of a model folder (weights_only loading)."""
     from petflare.inference.model_folder import safe_torch_load
 
@@ -119,7 +120,7 @@ def load_head(model_dir: str | Path) -> tuple[ChangePatternHead, dict[str, Any]]
         meta = json.loads(meta_path.read_text())
         if meta.get("feature_version") != FEATURE_VERSION:
             raise ValueError(f"feature version {meta.get('feature_version')} != {FEATURE_VERSION}")
-        head = ChangePatternHead(**meta["head"])
+        head = build_head(meta["head"])
     except (KeyError, TypeError, ValueError) as exc:
         raise PetflareInputError(meta_path, f"malformed head metadata ({exc})") from exc
     expected = meta.get("segmentation_weights_sha256")
@@ -262,7 +263,7 @@ class PatternClassifier:
 
     def __init__(
         self,
-        head: ChangePatternHead,
+        head: ChangePatternHead | HeadEnsemble,
         segmentation_net: nn.Module,
         preprocessing: PreprocessingConfig,
         temperature: float = 1.0,

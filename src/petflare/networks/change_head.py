@@ -15,8 +15,9 @@ pair (``pool_regions``) and only ``forward_pooled`` is trained.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -296,3 +297,55 @@ class ChangePatternHead(nn.Module):
         return self.forward_pooled(
             lesion_pooled, lesion_features, lesion_valid, global_pooled, pair_features
         )
+
+
+class HeadEnsemble(nn.Module):
+    """Heads trained alike from different initialisations; their logits are averaged.
+
+    A few hundred training pairs leave a single head's call sensitive to its random start;
+    averaging a handful of members steadies the call and the probabilities. The lesion weights
+    are the members' mean attention. Exposes the interface of :class:`ChangePatternHead`.
+    """
+
+    def __init__(self, members: Sequence[ChangePatternHead]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one head")
+        configs = [m.config() for m in members]
+        if any(c != configs[0] for c in configs):
+            raise ValueError("ensemble members must share one configuration")
+        self.members = nn.ModuleList(members)
+
+    def heads(self) -> list[ChangePatternHead]:
+        """The members, typed."""
+        return [m for m in self.members if isinstance(m, ChangePatternHead)]
+
+    def config(self) -> dict[str, object]:
+        """The members' constructor arguments plus ``n_members``."""
+        return {**self.heads()[0].config(), "n_members": len(self.members)}
+
+    def _mean(self, outs: Sequence[HeadOutput]) -> HeadOutput:
+        return HeadOutput(
+            logits=torch.stack([o.logits for o in outs]).mean(0),
+            attention=torch.stack([o.attention for o in outs]).mean(0),
+        )
+
+    def forward_pooled(self, *args: torch.Tensor) -> HeadOutput:
+        """Mean of the members' :meth:`ChangePatternHead.forward_pooled`."""
+        return self._mean([m.forward_pooled(*args) for m in self.heads()])
+
+    def forward(self, *args: Any) -> HeadOutput:
+        """Mean of the members' :meth:`ChangePatternHead.forward`."""
+        return self._mean([m(*args) for m in self.heads()])
+
+
+def build_head(config: Mapping[str, Any]) -> ChangePatternHead | HeadEnsemble:
+    """The head described by ``config`` (a saved ``config()``): one head, or an ensemble of
+    ``n_members`` heads when that key is present and above 1."""
+    cfg = dict(config)
+    n = int(cfg.pop("n_members", 1))
+    if n < 1:
+        raise ValueError(f"n_members must be >= 1, got {n}")
+    if n == 1:
+        return ChangePatternHead(**cfg)
+    return HeadEnsemble([ChangePatternHead(**cfg) for _ in range(n)])

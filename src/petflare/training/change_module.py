@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from petflare.data.longitudinal import HeadKeys
-from petflare.networks.change_head import ChangePatternHead, HeadOutput
+from petflare.networks.change_head import ChangePatternHead, HeadEnsemble, HeadOutput
 from petflare.networks.encoder import EncoderFeatures
 from petflare.training.pattern_metrics import pattern_metrics
 
@@ -53,7 +53,7 @@ class ChangePatternModule(pl.LightningModule):
 
     def __init__(
         self,
-        head: ChangePatternHead,
+        head: ChangePatternHead | HeadEnsemble,
         optimizer: OptimizerFactory,
         segmentation_net: nn.Module | None = None,
         mode: Mode = "frozen",
@@ -223,20 +223,22 @@ class ChangePatternModule(pl.LightningModule):
         return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def fit_head_normalization(head: ChangePatternHead, samples: Sequence[Any]) -> None:
-    """Fit the head's input standardisation on precomputed training samples (all variants)."""
+def fit_head_normalization(head: ChangePatternHead | HeadEnsemble, samples: Sequence[Any]) -> None:
+    """Fit the head's input standardisation on precomputed training samples (all variants);
+    every member of an ensemble gets the same statistics."""
     from petflare.data.longitudinal import collate_samples
 
     if not samples:
         return
     batch = collate_samples(list(samples))
-    head.fit_normalization(
-        batch[HeadKeys.LESION_POOLED],
-        batch[HeadKeys.LESION_FEATURES],
-        batch[HeadKeys.LESION_VALID],
-        batch[HeadKeys.GLOBAL_POOLED],
-        batch[HeadKeys.PAIR_FEATURES],
-    )
+    for member in head.heads() if isinstance(head, HeadEnsemble) else [head]:
+        member.fit_normalization(
+            batch[HeadKeys.LESION_POOLED],
+            batch[HeadKeys.LESION_FEATURES],
+            batch[HeadKeys.LESION_VALID],
+            batch[HeadKeys.GLOBAL_POOLED],
+            batch[HeadKeys.PAIR_FEATURES],
+        )
 
 
 def fit_change_head(
@@ -246,21 +248,29 @@ def fit_change_head(
 
     Steps: set up the data (precomputing or reading cached pair features), fit the head's input
     standardisation on the training samples, ``trainer.fit``, then temperature scaling on the
-    validation logits (T = 1 without a validation split).
+    validation logits (T = 1 without a validation split; see :func:`calibrate_head`).
 
     Returns:
         ``{"temperature", "val_metrics_uncalibrated", "val_metrics", "n_train", "n_val"}``.
     """
-    from petflare.training.calibration import apply_temperature, fit_temperature
-
     datamodule.setup("fit")
     fit_head_normalization(module.head, datamodule.all_train_samples())
     trainer.fit(module, datamodule=datamodule)
+    return {
+        "n_train": len(datamodule.datasets["train"]),
+        "n_val": len(datamodule.datasets.get("val", [])),
+        **calibrate_head(module, datamodule),
+    }
+
+
+def calibrate_head(module: ChangePatternModule, datamodule: Any) -> dict[str, Any]:
+    """Temperature scaling of ``module``'s head on the validation split, with the metrics
+    before and after (``temperature`` 1 and metrics None without a validation split)."""
+    from petflare.training.calibration import apply_temperature, fit_temperature
+
     val_loader = datamodule.val_dataloader()
     record: dict[str, Any] = {
         "temperature": 1.0,
-        "n_train": len(datamodule.datasets["train"]),
-        "n_val": len(datamodule.datasets.get("val", [])),
         "val_metrics_uncalibrated": None,
         "val_metrics": None,
     }
