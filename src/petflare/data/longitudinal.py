@@ -244,6 +244,7 @@ def _unit(
     site_ratio = 0.0
     if new_match is not None and new_match.baseline_site_suv_mean is not None and mean_f > 0:
         site_ratio = float(np.clip(new_match.baseline_site_suv_mean / mean_f, 0.0, 3.0))
+    is_new = new_match is not None and counts_as_new(new_match, fol, RuleThresholds())
     hu_f = None if fol is None else fol.hu_mean
     has_ct = hu_f is not None or any(b.hu_mean is not None for b in bases)
 
@@ -277,7 +278,7 @@ def _unit(
             peak_f / liver_f if liver_f else 0.0,
             peak_b / liver_b if liver_b else 0.0,
             float(change is not None and nodule_evidence(change, NoduleCriteria()) is not None),
-            float(new_match is not None and counts_as_new(new_match, fol, RuleThresholds())),
+            float(is_new),
             site_ratio,
             *ct_features,
         ],
@@ -307,7 +308,7 @@ def _unit(
         info["baseline_site_uptake_ratio"] = (
             None if new_match.baseline_site_suv_mean is None or mean_f <= 0 else site_ratio
         )
-        info["counts_as_new"] = bool(features[LESION_FEATURE_NAMES.index("real_new_lesion")])
+        info["counts_as_new"] = is_new
     return LesionUnit(kind, followup_ids, baseline_ids, centre, features, info)
 
 
@@ -719,7 +720,7 @@ def pair_samples(
     # lesions are the connected components of the mask, exactly as the inference pipeline
     # labels a predicted mask, so training on ground truth sees lesions the same way
     variants = [(lesion_instances(b > 0), lesion_instances(f > 0)) for b, f in variants]
-    reports, unit_lists = [], []
+    reports, unit_lists, rule_labels = [], [], []
     registration = None
     for i, (b_lab, f_lab) in enumerate(variants):
         cached = None if report_cache is None else report_cache / f"report{i}.json"
@@ -740,6 +741,7 @@ def pair_samples(
             registration = rep.registration
         reports.append(rep)
         unit_lists.append(lesion_units(rep))
+        rule_labels.append((rep.pattern_rules or classify_pattern_rules(rep)).label)
     matrix = registration_matrix(reports[0])
     # one crop that holds the lesions of all variants (dilations reach one voxel further)
     union_b = np.maximum.reduce([b for b, _ in variants])
@@ -747,8 +749,8 @@ def pair_samples(
     images = pair_images(baseline, followup, union_b, union_f, [], matrix, preprocessing, margin_mm)
     feats_b, feats_f = encode_pair(encoder, images, device)
     out = []
-    for i, ((b_lab, f_lab), rep, units) in enumerate(
-        zip(variants, reports, unit_lists, strict=True)
+    for i, ((b_lab, f_lab), rep, units, rule_label) in enumerate(
+        zip(variants, reports, unit_lists, rule_labels, strict=True)
     ):
         masks = _unit_masks_on(
             images.affine,
@@ -784,7 +786,7 @@ def pair_samples(
                 units,
                 rep,
                 label,
-                classify_pattern_rules(rep).label,
+                rule_label,
                 baseline.meta.patient_id,
                 images,
             )
