@@ -43,6 +43,7 @@ from petflare.io.atomic import atomic_write_text, check_can_write
 #: autoPET FDG volumes are about this size at 2.04 x 2.04 x 3 mm.
 AUTOPET_SHAPE = (400, 400, 326)
 AUTOPET_SPACING = (2.04, 2.04, 3.0)
+PARTS = ("train", "inference", "pairs")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +54,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=30, help="timed training steps")
     p.add_argument("--pairs", type=int, default=4, help="pairs in the batch-throughput run")
     p.add_argument("--seed", type=int, default=4242, help="phantom seed (not a training seed)")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="which parts to run (default all); a lease too short for all can be split",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/bench_gpu.md"))
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
@@ -306,7 +314,6 @@ def _path(value: Any) -> Path | None:
 
 def markdown(info: dict[str, Any], command: str) -> str:
     """The report: one section per part, numbers as measured."""
-    t, i, p = info["train"], info["inference"], info["pairs"]
     lines = [
         "# GPU benchmark",
         "",
@@ -315,6 +322,26 @@ def markdown(info: dict[str, Any], command: str) -> str:
         "",
         f"```bash\n{command}\n```",
         "",
+    ]
+    if "train" in info:
+        lines += _train_lines(info["train"])
+    if "inference" in info:
+        lines += _inference_lines(info["inference"])
+    if "pairs" in info:
+        lines += _pair_lines(info["pairs"])
+    lines += [
+        "## Raw (JSON)",
+        "",
+        "```json",
+        json.dumps(info, indent=1, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _train_lines(t: dict[str, Any]) -> list[str]:
+    return [
         "## Training throughput (`experiment=autopet_fdg` network and loss, random patches)",
         "",
         "| network | patch | patches/step | precision | steps/s | patches/s | peak GPU GB |",
@@ -323,6 +350,11 @@ def markdown(info: dict[str, Any], command: str) -> str:
         f"{t['precision']} | {t['steps_per_s']:.2f} | {t['patches_per_s']:.1f} | "
         f"{_gb(t['peak_gpu_gb'])} |",
         "",
+    ]
+
+
+def _inference_lines(i: dict[str, Any]) -> list[str]:
+    lines = [
         f"## Whole-body inference, input {i['input_shape']} voxels at {i['input_spacing_mm']} mm",
         "",
         "| what | seconds |",
@@ -346,7 +378,11 @@ def markdown(info: dict[str, Any], command: str) -> str:
             f"{i['cpu_gpu_lesion_voxels'][0]} / {i['cpu_gpu_lesion_voxels'][1]}).",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _pair_lines(p: dict[str, Any]) -> list[str]:
+    return [
         "## Pairs end to end (segmentation of both scans, quantification, pattern, outputs)",
         "",
         f"One pair, warm: {p['pair_s']:.2f} s (pattern by {p['pattern_source']}); stages (s): "
@@ -355,14 +391,7 @@ def markdown(info: dict[str, Any], command: str) -> str:
         f"Batch (`run_manifest`, model loaded once, reading overlapped): {p['batch_pairs']} pairs "
         f"in {p['batch_s']:.1f} s = {p['pairs_per_minute']:.1f} pairs per minute.",
         "",
-        "## Raw (JSON)",
-        "",
-        "```json",
-        json.dumps(info, indent=1, default=str),
-        "```",
-        "",
     ]
-    return "\n".join(lines)
 
 
 def _gb(value: float | None) -> str:
@@ -396,14 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="petflare-gpu-") as tmp_name:
         tmp = Path(tmp_name)
-        print("benchmark_gpu: training throughput", file=sys.stderr)
-        info["train"] = train_throughput(args, device, clock)
-        print("benchmark_gpu: phantom pairs at autoPET resolution", file=sys.stderr)
-        rows = autopet_like_pairs(tmp / "pairs", args.quick, args.seed, args.pairs)
-        print("benchmark_gpu: whole-body inference", file=sys.stderr)
-        info["inference"] = inference_parts(args, device, clock, rows)
-        print("benchmark_gpu: pairs end to end", file=sys.stderr)
-        info["pairs"] = pair_parts(args, device, clock, rows, tmp / "out")
+        if "train" in args.parts:
+            print("benchmark_gpu: training throughput", file=sys.stderr)
+            info["train"] = train_throughput(args, device, clock)
+        if "inference" in args.parts or "pairs" in args.parts:
+            print("benchmark_gpu: phantom pairs at autoPET resolution", file=sys.stderr)
+            n_pairs = args.pairs if "pairs" in args.parts else 1
+            rows = autopet_like_pairs(tmp / "pairs", args.quick, args.seed, n_pairs)
+        if "inference" in args.parts:
+            print("benchmark_gpu: whole-body inference", file=sys.stderr)
+            info["inference"] = inference_parts(args, device, clock, rows)
+        if "pairs" in args.parts:
+            print("benchmark_gpu: pairs end to end", file=sys.stderr)
+            info["pairs"] = pair_parts(args, device, clock, rows, tmp / "out")
     command = "python scripts/benchmark_gpu.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

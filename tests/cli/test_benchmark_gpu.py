@@ -59,3 +59,30 @@ def test_cuda_requested_without_a_gpu_exits_2(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert proc.returncode == 2 and "CUDA" in proc.stderr
+
+
+def test_parts_select_what_runs_and_what_is_reported(tmp_path: Path) -> None:
+    model = make_tiny_model_folder(
+        tmp_path / "model", spacing_mm=(8.0, 8.0, 8.0), min_component_ml=20.0
+    )
+    out = tmp_path / "gpu.md"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "benchmark_gpu.py"),
+        "--device",
+        "cpu",
+        "--quick",
+        "--parts",
+        "train",
+        "--model-dir",
+        str(model),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "## Training throughput" in text
+    assert "## Whole-body inference" not in text and "## Pairs end to end" not in text
+    raw = json.loads(text.split("```json\n", 1)[1].split("\n```", 1)[0])
+    assert set(raw) >= {"train"} and "inference" not in raw and "pairs" not in raw

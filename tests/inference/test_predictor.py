@@ -206,3 +206,28 @@ def test_shipped_model_folder() -> None:
     assert meta["training"]["seed"] == 42 and meta["versions"]["torch"]
     study = off_centre_study(make_non_ras_affine())
     assert predictor.predict(study).shape == study.shape
+
+
+@pytest.mark.parametrize(
+    "affine",
+    [make_non_ras_affine(spacing_mm=(4.0, 2.5, 3.5), rotation_deg=-12.0), np.diag([2, 3, 4, 1.0])],
+    ids=["lps_rotated", "ras_anisotropic"],
+)
+def test_mask_equals_the_thresholded_probability(affine: np.ndarray) -> None:
+    """predict() resamples only the box around above-threshold voxels: same mask as thresholding
+    the whole probability map, with a lesion near a corner and a tiny one removed by size."""
+    shape = (48, 40, 30)
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    pet = np.full(shape, 1.0, dtype=np.float32)
+    for voxel, radius in (((8.0, 30.0, 6.0), 9.0), ((38.0, 8.0, 22.0), 3.5)):
+        centre = affine[:3, :3] @ np.array(voxel) + affine[:3, 3]
+        pet[np.linalg.norm(world - centre, axis=-1) <= radius] = LESION_SUV
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.5)
+    predictor = Predictor(ThresholdNet(prep.scaled_suv(THRESHOLD_SUV)), prep, settings, "cpu")
+    study = Study(pet=pet, affine=affine)
+    expected = (predictor.predict_proba(study) > settings.threshold).astype(np.uint8)
+    kept = remove_small_components(expected, study.voxel_volume_ml, 0.5, connectivity=18)
+    assert 0 < kept.sum() < expected.sum()  # the big lesion stays, the small one goes
+    np.testing.assert_array_equal(predictor.predict(study), kept)

@@ -102,10 +102,13 @@ class Predictor:
         )
 
     def _inputs(self, study: Study) -> dict[str, MetaTensor]:
+        """The study's channels as MetaTensors on the predictor's device (preprocessing, i.e.
+        reorientation and resampling of a whole-body volume, then runs there too)."""
         affine = torch.as_tensor(study.affine, dtype=torch.float64)
         items = {
             Keys.PET: MetaTensor(
-                torch.as_tensor(study.pet[None], dtype=torch.float32), affine=affine
+                torch.as_tensor(study.pet[None], dtype=torch.float32, device=self.device),
+                affine=affine,
             )
         }
         if Keys.CT in self.preprocessing.channels:
@@ -113,13 +116,17 @@ class Predictor:
                 source = study.meta.source.get(Keys.PET) if study.meta.source else None
                 raise PetflareInputError(source, "this model needs the CT, but the study has none")
             items[Keys.CT] = MetaTensor(
-                torch.as_tensor(np.asarray(study.ct)[None], dtype=torch.float32), affine=affine
+                torch.as_tensor(
+                    np.asarray(study.ct)[None], dtype=torch.float32, device=self.device
+                ),
+                affine=affine,
             )
         return items
 
     @torch.no_grad()
     def _lesion_probability(self, image: torch.Tensor) -> torch.Tensor:
-        """Lesion probability (1, X, Y, Z) on the preprocessed grid, with optional flip TTA."""
+        """Lesion probability (1, X, Y, Z) on the preprocessed grid, with optional flip TTA
+        (on the predictor's device)."""
         batch = image[None].to(self.device)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -140,7 +147,7 @@ class Predictor:
                 logits = logits.float()
                 prob = torch.softmax(logits, dim=1)[:, 1:2]
                 total += torch.flip(prob, axes) if axes else prob
-        return (total / len(flips))[0].cpu()
+        return (total / len(flips))[0]
 
     def preprocess(self, study: Study) -> MetaTensor:
         """The network input of a study: channels stacked, RAS, model spacing, body crop."""
@@ -152,17 +159,79 @@ class Predictor:
         image = self.preprocess(study)
         if min(image.shape[1:]) == 0:  # nothing above the body threshold: no lesion possible
             return np.zeros(study.shape, dtype=np.float32)
-        prob = MetaTensor(self._lesion_probability(image.as_tensor()), affine=image.affine)
-        back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float64)(
-            prob,
-            dst_affine=torch.as_tensor(study.affine, dtype=torch.float64),
-            spatial_size=study.shape,
-        )
-        return np.clip(np.asarray(back[0].detach().cpu().numpy(), dtype=np.float32), 0.0, 1.0)
+        prob = self._lesion_probability(image.as_tensor())
+        back = _resample(prob, image.affine, study.affine, study.shape)
+        return np.clip(back.cpu().numpy(), 0.0, 1.0)
 
     def predict(self, study: Study) -> np.ndarray:
-        """Binary uint8 lesion mask on the study's grid, small components removed."""
-        mask = (self.predict_proba(study) > self.inference.threshold).astype(np.uint8)
-        return remove_small_components(
-            mask, study.voxel_volume_ml, self.min_component_ml, connectivity=18
+        """Binary uint8 lesion mask on the study's grid, small components removed.
+
+        Equal to thresholding :meth:`predict_proba`, but only the box of the study's grid that
+        can hold a voxel above the threshold is resampled: bilinear interpolation only mixes
+        neighbouring voxels, so outside the box (the above-threshold voxels of the model grid
+        with a margin of two voxels, mapped onto the study's grid) every value stays below it.
+        """
+        mask = np.zeros(study.shape, dtype=np.uint8)
+        image = self.preprocess(study)
+        if min(image.shape[1:]) == 0:
+            return mask
+        prob = self._lesion_probability(image.as_tensor())
+        above = torch.nonzero(prob[0] > self.inference.threshold)
+        if above.numel() == 0:
+            return mask
+        lo = torch.clamp(above.min(dim=0).values - 2, min=0).cpu().numpy()
+        hi = (above.max(dim=0).values + 3).cpu().numpy()
+        hi = np.minimum(hi, np.asarray(prob.shape[1:]))
+        src_affine = np.asarray(image.affine, dtype=np.float64)
+        box = _study_box(src_affine, lo, hi, study.affine, study.shape)
+        if box is None:
+            return mask
+        src = prob[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        src_affine = _shifted(src_affine, lo)
+        out_lo = np.array([b.start for b in box])
+        sub_shape = tuple(int(b.stop - b.start) for b in box)
+        sub = _resample(src, src_affine, _shifted(study.affine, out_lo), sub_shape)
+        mask[box] = (sub.cpu().numpy() > self.inference.threshold).astype(np.uint8)
+        mask[box] = remove_small_components(
+            mask[box], study.voxel_volume_ml, self.min_component_ml, connectivity=18
         )
+        return mask
+
+
+def _shifted(affine: Any, offset: np.ndarray) -> np.ndarray:
+    """Affine of a sub-array starting at voxel ``offset``."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, 3] = out[:3, :3] @ np.asarray(offset, dtype=np.float64) + out[:3, 3]
+    return out
+
+
+def _study_box(
+    src_affine: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape: tuple[int, ...],
+) -> tuple[slice, ...] | None:
+    """Voxel box of the destination grid covering the source box [lo, hi) (one voxel margin)."""
+    corners = np.array(list(itertools.product(*zip(lo - 1, hi, strict=True))), dtype=np.float64)
+    world = corners @ src_affine[:3, :3].T + src_affine[:3, 3]
+    ijk = (world - dst_affine[:3, 3]) @ np.linalg.inv(dst_affine[:3, :3]).T
+    start = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 2, np.asarray(dst_shape))
+    if np.any(stop <= start):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def _resample(
+    prob: torch.Tensor, src_affine: Any, dst_affine: Any, dst_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """(1, X, Y, Z) values on the source grid -> (X', Y', Z') on the destination grid
+    (bilinear, zeros outside), on the tensor's device."""
+    src = MetaTensor(prob, affine=torch.as_tensor(np.asarray(src_affine), dtype=torch.float64))
+    back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float32)(
+        src,
+        dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64),
+        spatial_size=tuple(int(n) for n in dst_shape),
+    )
+    return torch.as_tensor(back[0]).float()
