@@ -197,3 +197,36 @@ def test_pet_only_route_finds_the_right_lobe_on_a_real_whole_body_scan():
     x, _, z = ref.centre_mm
     assert x > 40.0  # patient's right (RAS+)
     assert -420.0 <= z <= -340.0  # upper abdomen, below the heart (z -300 to -250 mm)
+
+
+def test_fine_scan_is_searched_on_blocks_and_measured_on_its_own_voxels():
+    """A 2.5 x 2.5 x 3 mm torso: the search runs on 2 x 2 x 2 blocks, the sphere statistics are
+    those of the scan's own voxels (equal to a sphere measured directly at the reported centre),
+    and the lesion margin still keeps the sphere off a metastasis."""
+    from petflare.quant import LiverSearchConfig
+    from petflare.quant.reference import search_grid
+
+    study, liver, xyz = _torso(shape=(104, 72, 112), spacing=(2.5, 2.5, 3.0))
+    search, factors = search_grid(study, LiverSearchConfig().search_spacing_mm)
+    assert factors == (2, 2, 2) and search.shape == (52, 36, 56)
+    # every block's centre is the mean of its voxels' centres (any orientation)
+    block_xyz = world_coords(search.shape, search.affine)
+    fine_mean = xyz.reshape(52, 2, 36, 2, 56, 2, 3).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(block_xyz, fine_mean, atol=1e-6)
+    blocks = study.pet.reshape(52, 2, 36, 2, 56, 2).mean((1, 3, 5))
+    np.testing.assert_allclose(search.pet, blocks, rtol=1e-5)
+
+    ref = liver_reference(study)
+    assert ref.found and ref.method == "auto_ct", ref.reason
+    assert _inside(np.array(ref.centre_mm), LIVER) and ref.centre_mm[0] > 0
+    ball = _sphere_voxels(study, ref, xyz)
+    assert ref.n_voxels == int(ball.sum())  # counted on the 2.5 mm grid, not on the blocks
+    assert ref.suv_mean == pytest.approx(float(study.pet[ball].mean()), rel=1e-6)
+    assert ref.suv_sd == pytest.approx(float(study.pet[ball].std(ddof=1)), rel=1e-6)
+
+    met = _ball(xyz, ref.centre_mm, 12.0)
+    study.pet[met] = 6.0
+    moved = liver_reference(study, lesion_mask=met)
+    assert moved.found, moved.reason
+    assert not (_sphere_voxels(study, moved, xyz) & met).any()
+    assert moved.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)

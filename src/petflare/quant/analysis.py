@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from petflare.io.study import Study
 from petflare.quant.change import (
@@ -63,8 +64,10 @@ def _analyze(
         peak_radius_mm=peak_radius_mm,
         focal_radius_mm=focal_radius_mm,
     )
-    ids = [int(i) for i in np.unique(labels) if i != 0]
-    lesions = [measure_lesion(ctx, labels, i) for i in ids]
+    boxes = ndimage.find_objects(labels)  # labels are 1..N: one bounding box per lesion
+    lesions = [
+        measure_lesion(ctx, labels, i + 1, box) for i, box in enumerate(boxes) if box is not None
+    ]
     hottest = max(lesions, key=lambda les: les.suv_peak, default=None)
     kernel_ml = float(ball_kernel(study.affine, peak_radius_mm).sum()) * study.voxel_volume_ml
     return ScanReport(

@@ -11,8 +11,8 @@ VALID_CONNECTIVITY = (6, 18, 26)
 
 def is_instance_mask(mask: np.ndarray) -> bool:
     """True when the mask carries more than one distinct non-zero label."""
-    values = np.unique(mask)
-    return int(np.count_nonzero(values)) > 1
+    mask = np.asarray(mask)
+    return int(np.unique(mask[mask != 0]).size) > 1
 
 
 def lesion_instances(
@@ -36,26 +36,29 @@ def lesion_instances(
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"mask must be 3D, got shape {mask.shape}")
+    # Checks and labels read the non-zero voxels only (a whole-body mask is mostly zeros).
+    foreground = mask != 0
+    values = mask[foreground]
     if mask.dtype.kind == "f":
-        if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)):
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
             raise ValueError("mask must hold integer labels")
-    labels = np.asarray(mask, dtype=np.int64)
-    if np.any(labels < 0):
+    if mask.dtype.kind != "b" and np.any(values < 0):
         raise ValueError("mask must not hold negative labels")
-    if keep_instances and is_instance_mask(labels):
-        values = np.unique(labels)
-        values = values[values != 0]
-        lut = np.zeros(int(values.max()) + 1, dtype=np.uint32)
-        lut[values] = np.arange(1, values.size + 1, dtype=np.uint32)
-        return lut[labels]
-    if not keep_instances and is_instance_mask(labels):
+    distinct = np.unique(values)
+    if keep_instances and distinct.size > 1:
+        lut = np.zeros(int(distinct.max()) + 1, dtype=np.uint32)
+        lut[distinct.astype(np.int64)] = np.arange(1, distinct.size + 1, dtype=np.uint32)
+        out = np.zeros(mask.shape, dtype=np.uint32)
+        out[foreground] = lut[values.astype(np.int64)]
+        return out
+    if distinct.size > 1:
         out = cc3d.connected_components(
-            labels.astype(np.uint32),
+            mask.astype(np.uint32),
             connectivity=connectivity,  # type: ignore[call-overload]
         )
     else:
         out = cc3d.connected_components(
-            labels > 0,
+            foreground,
             connectivity=connectivity,  # type: ignore[call-overload]
         )
     return np.asarray(out, dtype=np.uint32)

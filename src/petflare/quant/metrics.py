@@ -219,12 +219,27 @@ class LesionContext:
     focal_radius_mm: float = FOCAL_RADIUS_MM
 
 
-def measure_lesion(ctx: LesionContext, labels: np.ndarray, lesion_id: int) -> LesionMetrics:
-    """All per-lesion metrics of instance ``lesion_id`` in ``labels``."""
+def measure_lesion(
+    ctx: LesionContext,
+    labels: np.ndarray,
+    lesion_id: int,
+    bbox: tuple[slice, ...] | None = None,
+) -> LesionMetrics:
+    """All per-lesion metrics of instance ``lesion_id`` in ``labels``.
+
+    ``bbox``: the lesion's bounding box (e.g. from ``scipy.ndimage.find_objects``), which
+    spares a pass over the whole volume per lesion.
+    """
     affine = ctx.affine
     kernel = ball_kernel(affine, max(ctx.peak_radius_mm, ctx.focal_radius_mm))
     pad = tuple(s // 2 + 1 for s in kernel.shape)
-    sl, _ = crop_slices(labels == lesion_id, pad)  # type: ignore[arg-type]
+    if bbox is None:
+        sl, _ = crop_slices(labels == lesion_id, pad)  # type: ignore[arg-type]
+    else:
+        sl = tuple(
+            slice(max(int(b.start) - p, 0), min(int(b.stop) + p, n))
+            for b, p, n in zip(bbox, pad, labels.shape, strict=True)
+        )
     lesion = labels[sl] == lesion_id
     pet = ctx.pet[sl].astype(np.float64)
     offset = np.array([s.start for s in sl], dtype=float)

@@ -30,6 +30,7 @@ docs/report.md for the method and docs/bench_quant.md for its validation on the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cc3d
@@ -54,6 +55,9 @@ class LiverSearchConfig:
     CT) define normal liver; ``min_trunk_mm``, ``min_liver_ml`` and ``lateral_mm`` (distance
     right of the body's centre) guard the PET route when no lung base is seen;
     PET lungs count only when at least ``min_pet_lungs_ml`` of low-uptake cavity is found.
+    The automatic search runs on the scan averaged over blocks of whole voxels to at most
+    ``search_spacing_mm`` (a 3 cm sphere needs no finer grid; a 2 mm whole-body scan would
+    take minutes); the sphere's SUVmean and SD are then read on the scan's own voxels.
     """
 
     radius_mm: float = LIVER_SPHERE_RADIUS_MM
@@ -77,6 +81,7 @@ class LiverSearchConfig:
     min_pet_lungs_ml: float = 1000.0
     lateral_mm: float = 40.0
     n_spheres: int = 1
+    search_spacing_mm: float = 6.0
 
 
 def _world_grid(affine: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray:
@@ -234,8 +239,13 @@ def _pick_liver(
     method: str,
     smooth_pet: np.ndarray,
     smooth_ct: np.ndarray | None = None,
+    stats_study: Study | None = None,
 ) -> LiverReference:
-    """Restrict candidates to the right upper abdomen, keep normal liver, place the sphere."""
+    """Restrict candidates to the right upper abdomen, keep normal liver, place the sphere.
+
+    ``stats_study``: the same scan on a finer grid (``study`` is its block average); the
+    sphere's statistics are read there.
+    """
     affine = study.affine
     x = _world_grid(affine, study.shape, 0)
     z = _world_grid(affine, study.shape, 2)
@@ -323,7 +333,17 @@ def _pick_liver(
         near = (x - c_mm[0]) ** 2 + (y - c_mm[1]) ** 2 + (z - c_mm[2]) ** 2
         masked[near < (2.0 * cfg.radius_mm) ** 2] = -1.0  # next sphere does not overlap
     depth_mm = float(edt[centres[0]])
-    ref = _found(study.pet, affine, centres, cfg.radius_mm, method, "")
+    if stats_study is not None:
+        fine_affine = stats_study.affine
+        world = voxel_to_world(affine, np.array(centres, dtype=float))
+        fine = np.rint((world - fine_affine[:3, 3]) @ np.linalg.inv(fine_affine[:3, :3]).T).astype(
+            int
+        )
+        fine = np.clip(fine, 0, np.asarray(stats_study.shape) - 1)
+        centres = [tuple(int(i) for i in c) for c in fine]
+        ref = _found(stats_study.pet, fine_affine, centres, cfg.radius_mm, method, "")
+    else:
+        ref = _found(study.pet, affine, centres, cfg.radius_mm, method, "")
     assert ref.suv_mean is not None and ref.suv_sd is not None
     cov = ref.suv_sd / ref.suv_mean if ref.suv_mean > 0 else np.inf
     lo, hi = cfg.pet_suv
@@ -348,9 +368,13 @@ def _pick_liver(
 
 
 def liver_from_ct(
-    study: Study, cfg: LiverSearchConfig, avoid: np.ndarray | None = None
+    study: Study,
+    cfg: LiverSearchConfig,
+    avoid: np.ndarray | None = None,
+    stats_study: Study | None = None,
 ) -> LiverReference:
-    """Automatic liver reference from CT (with a PET plausibility check)."""
+    """Automatic liver reference from CT (with a PET plausibility check); ``stats_study`` as
+    in :func:`_pick_liver`."""
     assert study.ct is not None
     ct = study.ct.astype(np.float32)
     body = _largest_component(ct > cfg.body_hu)
@@ -370,13 +394,18 @@ def liver_from_ct(
     )
     if avoid is not None:
         candidate &= ~avoid
-    return _pick_liver(study, candidate, body, lungs, cfg, "auto_ct", smooth_pet, smooth_ct)
+    return _pick_liver(
+        study, candidate, body, lungs, cfg, "auto_ct", smooth_pet, smooth_ct, stats_study
+    )
 
 
 def liver_from_pet(
-    study: Study, cfg: LiverSearchConfig, avoid: np.ndarray | None = None
+    study: Study,
+    cfg: LiverSearchConfig,
+    avoid: np.ndarray | None = None,
+    stats_study: Study | None = None,
 ) -> LiverReference:
-    """Automatic liver reference from PET alone."""
+    """Automatic liver reference from PET alone; ``stats_study`` as in :func:`_pick_liver`."""
     pet = study.pet.astype(np.float32)
     sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
     smooth = ndimage.gaussian_filter(pet, sigma)
@@ -403,7 +432,9 @@ def liver_from_pet(
     candidate = body & (smooth >= lo) & (smooth <= hi) & (local_cov <= cfg.max_cov / 2)
     if avoid is not None:
         candidate &= ~avoid
-    return _pick_liver(study, candidate, body, lungs, cfg, "auto_pet", smooth)
+    return _pick_liver(
+        study, candidate, body, lungs, cfg, "auto_pet", smooth, stats_study=stats_study
+    )
 
 
 def liver_reference(
@@ -422,20 +453,58 @@ def liver_reference(
             from them (PERCIST places the liver sphere in normal liver).
     """
     cfg = config or LiverSearchConfig()
-    avoid = None
-    if lesion_mask is not None and np.any(lesion_mask):
-        ball = ball_kernel(study.affine, cfg.lesion_margin_mm)
-        avoid = ndimage.binary_dilation(np.asarray(lesion_mask) > 0, structure=ball)
+    lesions = None if lesion_mask is None else np.asarray(lesion_mask) > 0
     if liver_mask is not None:
+        avoid = None
+        if lesions is not None and lesions.any():
+            ball = ball_kernel(study.affine, cfg.lesion_margin_mm)
+            avoid = ndimage.binary_dilation(lesions, structure=ball)
         return liver_from_mask(study, liver_mask, cfg.radius_mm, avoid)
-    if study.ct is not None:
-        ref = liver_from_ct(study, cfg, avoid)
+    search, factors = search_grid(study, cfg.search_spacing_mm)
+    stats = None if search is study else study
+    avoid = None
+    if lesions is not None and lesions.any():
+        pooled = _block_pool(lesions, factors, np.max) if stats is not None else lesions
+        ball = ball_kernel(search.affine, cfg.lesion_margin_mm)
+        avoid = ndimage.binary_dilation(pooled, structure=ball)
+    if search.ct is not None:
+        ref = liver_from_ct(search, cfg, avoid, stats)
         if ref.found:
             return ref
-        pet_ref = liver_from_pet(study, cfg, avoid)
+        pet_ref = liver_from_pet(search, cfg, avoid, stats)
         if pet_ref.found:
             pet_ref.reason += f" (CT search failed: {ref.reason})"
             return pet_ref
         ref.reason += f"; PET search failed too: {pet_ref.reason}"
         return ref
-    return liver_from_pet(study, cfg, avoid)
+    return liver_from_pet(search, cfg, avoid, stats)
+
+
+def _block_pool(
+    arr: np.ndarray, factors: tuple[int, ...], reduce: Callable[..., np.ndarray]
+) -> np.ndarray:
+    """``reduce`` (np.mean, np.max) over blocks of ``factors`` voxels; a partial block at the
+    far end of an axis is dropped."""
+    shape = [n // f for n, f in zip(arr.shape, factors, strict=True)]
+    cut = arr[tuple(slice(0, n * f) for n, f in zip(shape, factors, strict=True))]
+    blocks = cut.reshape(shape[0], factors[0], shape[1], factors[1], shape[2], factors[2])
+    return reduce(blocks, axis=(1, 3, 5))
+
+
+def search_grid(study: Study, spacing_mm: float) -> tuple[Study, tuple[int, ...]]:
+    """The study averaged over blocks of whole voxels to at most ``spacing_mm`` (PET and CT
+    averaged; the affine moves to the blocks' centres), and the block size per axis. A study
+    already that coarse (or smaller than a block) is returned as it is."""
+    factors = tuple(
+        max(1, min(int(np.floor(spacing_mm / s + 1e-6)), n))
+        for s, n in zip(study.spacing_mm, study.shape, strict=True)
+    )
+    if all(f == 1 for f in factors):
+        return study, (1, 1, 1)
+    f = np.asarray(factors, dtype=np.float64)
+    affine = study.affine.copy()
+    affine[:3, 3] = study.affine[:3, :3] @ ((f - 1.0) / 2.0) + study.affine[:3, 3]
+    affine[:3, :3] = study.affine[:3, :3] * f[None, :]
+    pet = _block_pool(study.pet.astype(np.float32), factors, np.mean)
+    ct = None if study.ct is None else _block_pool(study.ct.astype(np.float32), factors, np.mean)
+    return Study(pet=pet, affine=affine, ct=ct, meta=study.meta), factors
