@@ -162,3 +162,38 @@ def test_sul_with_lbm(study_from):
     assert rep.lesions[0].sul_max == pytest.approx(5.0 * rep.sul_factor)
     rep2 = analyze_study(study_from(shape, affine, lambda x: fn(x) * 5.0, mask_fn=fn))
     assert rep2.sul_factor is None and "unknown" in rep2.sul_reason
+
+
+def test_bounding_box_route_measures_the_same_lesion():
+    """measure_lesion with a find_objects box (what analyze_study uses) equals the full scan."""
+    from scipy import ndimage
+
+    from petflare.quant.metrics import LesionContext, measure_lesion
+
+    rng = np.random.default_rng(3)
+    affine = make_affine((3.0, 2.5, 4.0), axes=(1, 0, 2), signs=(-1, 1, -1))
+    pet = rng.gamma(4.0, 0.3, size=(40, 36, 30)).astype(np.float32)
+    mask = np.zeros(pet.shape, dtype=np.uint8)
+    mask[2:9, 30:36, 3:8] = 1  # touches the array border: the box is clipped there
+    mask[20:27, 10:15, 12:20] = 1
+    pet[mask > 0] += 5.0
+    labels = lesion_instances(mask)
+    ctx = LesionContext(pet=pet, affine=affine)
+    boxes = ndimage.find_objects(labels)
+    assert len(boxes) == 2
+    for i, box in enumerate(boxes, start=1):
+        assert measure_lesion(ctx, labels, i, box) == measure_lesion(ctx, labels, i)
+
+
+def test_bad_label_values_are_refused():
+    m = np.zeros((6, 6, 6), dtype=np.float32)
+    m[1, 1, 1] = 1.5
+    with pytest.raises(ValueError, match="integer"):
+        lesion_instances(m)
+    m[1, 1, 1] = np.nan
+    with pytest.raises(ValueError, match="integer"):
+        lesion_instances(m)
+    n = np.zeros((6, 6, 6), dtype=np.int16)
+    n[2, 2, 2] = -1
+    with pytest.raises(ValueError, match="negative"):
+        lesion_instances(n)
