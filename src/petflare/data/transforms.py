@@ -249,6 +249,11 @@ class AboveThreshold:
         return img > self.threshold
 
 
+#: The world axes the axis codes refer to: NIfTI RAS+ (x from left to right, y from posterior
+#: to anterior, z from inferior to superior).
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
 def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> list[Transform]:
     """Deterministic transforms on a dict of channel-first MetaTensors (no file loading).
 
@@ -263,7 +268,8 @@ def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> l
         # CT may come on its own grid; bring it onto the PET grid before anything else.
         steps.append(ResampleToMatchd(keys=Keys.CT, key_dst=Keys.PET, mode="bilinear"))
     steps += [
-        Orientationd(keys=keys, axcodes=CANONICAL_AXCODES),
+        # Axis labels given explicitly: NIfTI/RAS+ world axes (MONAI's default is changing).
+        Orientationd(keys=keys, axcodes=CANONICAL_AXCODES, labels=RAS_LABELS),
         Spacingd(
             keys=keys,
             pixdim=config.spacing_mm,
