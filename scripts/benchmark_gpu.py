@@ -250,6 +250,14 @@ def inference_parts(
     out["autopet_net_roi"] = list(big_roi)
     out["autopet_net_peak_gpu_gb"] = clock.peak_gb()
 
+    # The same scan stored in another axis order (P, I, L): the mask must come back onto the
+    # same voxels (orientation handled on the device, end to end).
+    turned, back = _reoriented(study, ("P", "I", "L"))
+    mask_turned = back(np.asarray(predictor.predict(turned)))
+    out["reoriented_axcodes"] = "PIL"
+    out["reoriented_differing_voxels"] = int((mask_turned != np.asarray(mask_dev)).sum())
+    out["reoriented_lesion_voxels"] = int((np.asarray(mask_dev) > 0).sum())
+
     # CPU vs GPU masks of the shipped model on the same scan.
     if device.type != "cpu":
         cpu_pred = Predictor.from_folder(args.model_dir, device="cpu")
@@ -261,6 +269,29 @@ def inference_parts(
         out["cpu_gpu_lesion_voxels"] = [int(mask_cpu.sum()), int(mask_gpu.sum())]
         out["cpu_gpu_dice"] = 1.0 if total == 0 else 2.0 * both / total
     return out
+
+
+def _reoriented(study: Any, axcodes: tuple[str, str, str]) -> tuple[Any, Callable[..., Any]]:
+    """The study with its arrays in another axis order (affine adjusted: same world), and a
+    function taking an array in that order back to the study's order."""
+    import nibabel as nib
+
+    from petflare.io.study import Study
+
+    now = nib.orientations.io_orientation(study.affine)
+    transform = nib.orientations.ornt_transform(now, nib.orientations.axcodes2ornt(axcodes))
+    undo = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(axcodes), now)
+    affine = study.affine @ nib.orientations.inv_ornt_aff(transform, study.shape)
+
+    def turn(arr: Any) -> Any:
+        return (
+            None
+            if arr is None
+            else np.ascontiguousarray(nib.orientations.apply_orientation(arr, transform))
+        )
+
+    turned = Study(pet=turn(study.pet), affine=affine, ct=turn(study.ct), meta=study.meta)
+    return turned, lambda arr: nib.orientations.apply_orientation(arr, undo)
 
 
 def pair_parts(
@@ -371,6 +402,13 @@ def _inference_lines(i: dict[str, Any]) -> list[str]:
         f"{_gb(i['autopet_net_peak_gpu_gb'])} GB.",
         "",
     ]
+    if "reoriented_differing_voxels" in i:
+        lines += [
+            f"Same scan stored as {i['reoriented_axcodes']} (axes permuted and flipped, affine "
+            f"adjusted): {i['reoriented_differing_voxels']} of "
+            f"{i['reoriented_lesion_voxels']} lesion voxels differ once mapped back.",
+            "",
+        ]
     if "cpu_gpu_dice" in i:
         lines += [
             f"CPU vs GPU masks of the shipped model on this scan: Dice {i['cpu_gpu_dice']:.5f}, "

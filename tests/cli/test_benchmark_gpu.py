@@ -40,6 +40,7 @@ def test_quick_cpu_run_writes_every_part(tmp_path: Path) -> None:
     inference = raw["inference"]
     assert inference["input_shape"][:2] == [96, 96]  # padded in-plane like an autoPET volume
     assert inference["predictor_s"] > 0 and inference["autopet_net_full_res_s"] > 0
+    assert inference["reoriented_differing_voxels"] == 0  # CPU: the same voxels, exactly
     assert raw["pairs"]["pairs_per_minute"] > 0 and raw["pairs"]["batch_pairs"] == 1
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert again.returncode == 2 and "exists" in again.stderr

@@ -227,9 +227,10 @@ def _resample(
     prob: torch.Tensor, src_affine: Any, dst_affine: Any, dst_shape: tuple[int, ...]
 ) -> torch.Tensor:
     """(1, X, Y, Z) values on the source grid -> (X', Y', Z') on the destination grid
-    (bilinear, zeros outside), on the tensor's device."""
+    (bilinear in float64, so that any storage order of the same grid gives the same values;
+    zeros outside), on the tensor's device."""
     src = MetaTensor(prob, affine=torch.as_tensor(np.asarray(src_affine), dtype=torch.float64))
-    back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float32)(
+    back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float64)(
         src,
         dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64),
         spatial_size=tuple(int(n) for n in dst_shape),
