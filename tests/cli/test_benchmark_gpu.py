@@ -12,24 +12,19 @@ from petflare_testing import make_tiny_model_folder
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_quick_cpu_run_writes_every_part(tmp_path: Path) -> None:
+def quick_cpu_command(tmp_path: Path, *options: str) -> tuple[list[str], Path]:
+    """The script's CPU smoke run on a tiny model folder, and the report it writes."""
     model = make_tiny_model_folder(
         tmp_path / "model", spacing_mm=(8.0, 8.0, 8.0), min_component_ml=20.0
     )
     out = tmp_path / "gpu.md"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "benchmark_gpu.py"),
-        "--device",
-        "cpu",
-        "--quick",
-        "--pairs",
-        "1",
-        "--model-dir",
-        str(model),
-        "--out",
-        str(out),
-    ]
+    script = str(REPO / "scripts" / "benchmark_gpu.py")
+    base = ["--device", "cpu", "--quick", "--model-dir", str(model), "--out", str(out)]
+    return [sys.executable, script, *base, *options], out
+
+
+def test_quick_cpu_run_writes_every_part(tmp_path: Path) -> None:
+    cmd, out = quick_cpu_command(tmp_path, "--pairs", "1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
@@ -63,23 +58,7 @@ def test_cuda_requested_without_a_gpu_exits_2(tmp_path: Path) -> None:
 
 
 def test_parts_select_what_runs_and_what_is_reported(tmp_path: Path) -> None:
-    model = make_tiny_model_folder(
-        tmp_path / "model", spacing_mm=(8.0, 8.0, 8.0), min_component_ml=20.0
-    )
-    out = tmp_path / "gpu.md"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "benchmark_gpu.py"),
-        "--device",
-        "cpu",
-        "--quick",
-        "--parts",
-        "train",
-        "--model-dir",
-        str(model),
-        "--out",
-        str(out),
-    ]
+    cmd, out = quick_cpu_command(tmp_path, "--parts", "train")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()

@@ -154,13 +154,21 @@ class Predictor:
         image: MetaTensor = self._transform(self._inputs(study))[Keys.IMAGE]
         return image
 
+    def _model_grid_probability(self, study: Study) -> tuple[torch.Tensor, Any] | None:
+        """Lesion probability on the preprocessed grid and that grid's affine, or None when
+        nothing is above the body threshold (no lesion possible)."""
+        image = self.preprocess(study)
+        if min(image.shape[1:]) == 0:
+            return None
+        return self._lesion_probability(image.as_tensor()), image.affine
+
     def predict_proba(self, study: Study) -> np.ndarray:
         """Float32 lesion probability on the study's own grid (same shape and affine)."""
-        image = self.preprocess(study)
-        if min(image.shape[1:]) == 0:  # nothing above the body threshold: no lesion possible
+        found = self._model_grid_probability(study)
+        if found is None:
             return np.zeros(study.shape, dtype=np.float32)
-        prob = self._lesion_probability(image.as_tensor())
-        back = _resample(prob, image.affine, study.affine, study.shape)
+        prob, affine = found
+        back = _resample(prob, affine, study.affine, study.shape)
         return np.clip(back.cpu().numpy(), 0.0, 1.0)
 
     def predict(self, study: Study) -> np.ndarray:
@@ -172,17 +180,17 @@ class Predictor:
         with a margin of two voxels, mapped onto the study's grid) every value stays below it.
         """
         mask = np.zeros(study.shape, dtype=np.uint8)
-        image = self.preprocess(study)
-        if min(image.shape[1:]) == 0:
+        found = self._model_grid_probability(study)
+        if found is None:
             return mask
-        prob = self._lesion_probability(image.as_tensor())
+        prob, affine = found
         above = torch.nonzero(prob[0] > self.inference.threshold)
         if above.numel() == 0:
             return mask
         lo = torch.clamp(above.min(dim=0).values - 2, min=0).cpu().numpy()
         hi = (above.max(dim=0).values + 3).cpu().numpy()
         hi = np.minimum(hi, np.asarray(prob.shape[1:]))
-        src_affine = np.asarray(image.affine, dtype=np.float64)
+        src_affine = np.asarray(affine, dtype=np.float64)
         box = _study_box(src_affine, lo, hi, study.affine, study.shape)
         if box is None:
             return mask
