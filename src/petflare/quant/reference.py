@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from petflare.io.study import Study
-from petflare.quant.metrics import ball_kernel, ball_mask, voxel_to_world
+from petflare.quant.metrics import ball_kernel, ball_mask, voxel_to_world, world_to_voxel
 from petflare.quant.report import LiverReference
 
 #: PERCIST liver reference: a 3 cm diameter sphere.
@@ -336,9 +336,9 @@ def _pick_liver(
     if stats_study is not None:
         fine_affine = stats_study.affine
         world = voxel_to_world(affine, np.array(centres, dtype=float))
-        fine = np.rint((world - fine_affine[:3, 3]) @ np.linalg.inv(fine_affine[:3, :3]).T).astype(
-            int
-        )
+        # A block of an even size has its centre between voxels: take the upper one, whatever
+        # the rounding noise of the affine products.
+        fine = np.floor(world_to_voxel(fine_affine, world) + 0.5 + 1e-6).astype(int)
         fine = np.clip(fine, 0, np.asarray(stats_study.shape) - 1)
         centres = [tuple(int(i) for i in c) for c in fine]
         ref = _found(stats_study.pet, fine_affine, centres, cfg.radius_mm, method, "")
@@ -455,18 +455,13 @@ def liver_reference(
     cfg = config or LiverSearchConfig()
     lesions = None if lesion_mask is None else np.asarray(lesion_mask) > 0
     if liver_mask is not None:
-        avoid = None
-        if lesions is not None and lesions.any():
-            ball = ball_kernel(study.affine, cfg.lesion_margin_mm)
-            avoid = ndimage.binary_dilation(lesions, structure=ball)
+        avoid = _near_lesions(study.affine, lesions, cfg.lesion_margin_mm)
         return liver_from_mask(study, liver_mask, cfg.radius_mm, avoid)
     search, factors = search_grid(study, cfg.search_spacing_mm)
     stats = None if search is study else study
-    avoid = None
-    if lesions is not None and lesions.any():
-        pooled = _block_pool(lesions, factors, np.max) if stats is not None else lesions
-        ball = ball_kernel(search.affine, cfg.lesion_margin_mm)
-        avoid = ndimage.binary_dilation(pooled, structure=ball)
+    if lesions is not None and stats is not None:
+        lesions = _block_pool(lesions, factors, np.max)  # a block with any lesion voxel
+    avoid = _near_lesions(search.affine, lesions, cfg.lesion_margin_mm)
     if search.ct is not None:
         ref = liver_from_ct(search, cfg, avoid, stats)
         if ref.found:
@@ -478,6 +473,15 @@ def liver_reference(
         ref.reason += f"; PET search failed too: {pet_ref.reason}"
         return ref
     return liver_from_pet(search, cfg, avoid, stats)
+
+
+def _near_lesions(
+    affine: np.ndarray, lesions: np.ndarray | None, margin_mm: float
+) -> np.ndarray | None:
+    """Lesion voxels grown by ``margin_mm`` (a ball), or None without lesions."""
+    if lesions is None or not lesions.any():
+        return None
+    return ndimage.binary_dilation(lesions, structure=ball_kernel(affine, margin_mm))
 
 
 def _block_pool(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from petflare.io.study import Study
 from petflare.quant.report import RegistrationResult
@@ -139,7 +140,7 @@ def _body_centroid_lps(study: Study, arr: np.ndarray, is_ct: bool) -> np.ndarray
     body = arr > (-500.0 if is_ct else 0.1)
     if not body.any():
         body = np.ones(arr.shape, dtype=bool)
-    ijk = np.argwhere(body).mean(axis=0)
+    ijk = np.asarray(ndimage.center_of_mass(body))  # mean voxel index, without listing them
     return _FLIP @ (study.affine[:3, :3] @ ijk + study.affine[:3, 3])
 
 
