@@ -220,6 +220,26 @@ def test_explanations_name_the_driving_lesion() -> None:
     )
     flare = explain("diffuse_flare", [other, unit], [0.5, 0.5])
     assert flare[0].startswith("1 of 2 persisting lesions re-activated")
+    # a host whose nodule the follow-up mask missed is "resolved": the region's focus speaks
+    host = {
+        "kind": "resolved",
+        "followup_ids": [],
+        "baseline_ids": [3],
+        "centre_mm": [0.0, 0.0, 0.0],
+        "info": {
+            **unit["info"],
+            "focus_mm": [-36.3, -12.4, -355.8],
+            "focus_suv_peak_baseline": 7.9,
+            "focus_suv_peak_followup": 5.1,
+            "region_suv_median_baseline": 6.8,
+            "region_suv_median_followup": 1.3,
+        },
+    }
+    lines = explain("nodule_within_mass", [other, host], [0.1, 0.9])
+    assert lines[0] == (
+        "focal uptake in baseline lesion 3 at (-36, -12, -356) mm: SUVpeak 5.1 (7.9 there at "
+        "baseline) against a median SUV of 1.3 in the lesion's region (6.8 at baseline)"
+    )
 
 
 def test_cli_joint_mode_writes_a_new_model_folder(

@@ -49,7 +49,7 @@ from petflare.quant.rules import RuleThresholds, counts_as_new
 log = logging.getLogger(__name__)
 
 #: Version of the cached per-pair feature layout; bump when features change.
-FEATURE_VERSION = "5"
+FEATURE_VERSION = "6"
 #: Version of the cached quantification (reports, predicted masks); independent of the features.
 REPORT_VERSION = "2"
 
@@ -106,12 +106,30 @@ LESION_FEATURE_NAMES = (
 
 #: Scaled PET (network input units) inside each unit's region, appended to the lesion features:
 #: the baseline uptake at a "new" site tells a re-activated known site from a really new one.
+#: The voxelwise ones compare both scans on the same (registered) voxels, so they see a focal
+#: rise inside a mass whose follow-up mask missed it, or a rise spread through a whole lesion,
+#: without depending on how the segmentation cut the follow-up (see :func:`region_change_stats`).
 REGION_PET_FEATURE_NAMES = (
     "pet_mean_baseline_in_region",
     "pet_mean_followup_in_region",
     "pet_max_baseline_in_region",
     "pet_max_followup_in_region",
+    "peak_contrast_baseline",  # peak (1 ml sphere mean) - median, log1p(SUV) units
+    "peak_contrast_followup",
+    "rise_at_followup_peak",  # follow-up - baseline peak-filtered value at the follow-up peak
+    "relative_rise_at_followup_peak",  # the same minus the region's median change
+    "contrast_gain",  # peak contrast follow-up - baseline: a focus emerging from its host
+    "max_local_rise",  # largest voxelwise rise of the peak-filtered images in the region
+    "rise_fraction",  # share of the region whose uptake rose by more than RISE_LOG
+    "fall_fraction",  # share of the region whose uptake fell by more than RISE_LOG
+    "hot_fraction_followup",  # share of the region at >= 50% of the follow-up peak SUV
 )
+
+#: Voxelwise change (log1p SUV) counted as a rise or a fall: about +-35% of SUV + 1.
+RISE_LOG = 0.3
+
+#: Volume of the sphere the peak filter averages over (PERCIST's SUVpeak: 1 ml).
+PEAK_SPHERE_ML = 1.0
 
 #: Every per-lesion input of the head, in order (quantitative, then region PET).
 HEAD_LESION_FEATURE_NAMES = (*LESION_FEATURE_NAMES, *REGION_PET_FEATURE_NAMES)
@@ -648,6 +666,92 @@ def encode_pair(
     return [f[:1].float().cpu() for f in feats], [f[1:].float().cpu() for f in feats]
 
 
+def peak_filtered(image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
+    """Mean SUV over a ``PEAK_SPHERE_ML`` sphere around every voxel, in the image's units.
+
+    ``image`` is scaled network input (``log1p`` of SUV); the average is taken in SUV and
+    scaled back, so the result is ``log1p`` of a local SUVpeak-like value. Averaging over a
+    ~1 ml sphere keeps single noisy voxels from posing as a focal rise.
+    """
+    radius = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    half = np.maximum(np.floor(radius / spacing).astype(int), 0)
+    grids = np.meshgrid(
+        *(np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)), indexing="ij"
+    )
+    kernel = (sum(g**2 for g in grids) <= radius**2).astype(np.float64)
+    kernel /= kernel.sum()
+    suv = np.expm1(image.astype(np.float64))
+    return np.log1p(np.clip(ndimage.convolve(suv, kernel, mode="nearest"), 0.0, None))
+
+
+@dataclass
+class RegionChange:
+    """Voxelwise comparison of one unit region (:func:`region_change_stats`).
+
+    Attributes:
+        features: ``REGION_PET_FEATURE_NAMES`` values (log1p SUV units).
+        focus_voxel: the follow-up peak (crop-grid index).
+        focus_suv: peak-filtered SUV at the focus, baseline and follow-up.
+        region_suv: median SUV of the region, baseline and follow-up.
+    """
+
+    features: np.ndarray
+    focus_voxel: tuple[int, int, int]
+    focus_suv: tuple[float, float]
+    region_suv: tuple[float, float]
+
+
+def region_change_stats(
+    baseline: np.ndarray,
+    followup: np.ndarray,
+    baseline_peak: np.ndarray,
+    followup_peak: np.ndarray,
+    region: np.ndarray,
+) -> RegionChange:
+    """Compare both scans in one unit region of the aligned crop (log1p SUV units).
+
+    The region is grown by one voxel so that a focus at a mask's edge (or a few mm of
+    registration error) still counts. Voxelwise comparisons use the peak-filtered images
+    (:func:`peak_filtered`): a nodule in a responding mass is the follow-up's focal peak, where
+    uptake fell much less than in the rest of the region (or rose), and a sharper contrast with
+    its host than the baseline had; a flare is a rise over much of the region; controlled
+    disease shows neither.
+    """
+    grown = ndimage.binary_dilation(region)
+    b, f = baseline[region], followup[region]
+    bp, fp = baseline_peak[grown], followup_peak[grown]
+    med_b, med_f = float(np.median(baseline[grown])), float(np.median(followup[grown]))
+    top = int(np.argmax(fp))
+    rise = fp - bp
+    peak_b, peak_f = float(bp.max()), float(fp[top])
+    features = np.array(
+        [
+            b.mean(),
+            f.mean(),
+            b.max(),
+            f.max(),
+            peak_b - med_b,
+            peak_f - med_f,
+            float(rise[top]),
+            float(rise[top] - np.median(rise)),
+            (peak_f - med_f) - (peak_b - med_b),
+            float(rise.max()),
+            float(np.mean(rise > RISE_LOG)),
+            float(np.mean(rise < -RISE_LOG)),
+            float(np.mean(np.expm1(fp) >= 0.5 * np.expm1(peak_f))),
+        ],
+        dtype=np.float32,
+    )
+    voxel = tuple(int(v[top]) for v in np.nonzero(grown))
+    return RegionChange(
+        features,
+        (voxel[0], voxel[1], voxel[2]),
+        (float(np.expm1(bp[top])), float(np.expm1(peak_f))),
+        (float(np.expm1(med_b)), float(np.expm1(med_f))),
+    )
+
+
 def sample_from_features(
     feats_b: Sequence[torch.Tensor],
     feats_f: Sequence[torch.Tensor],
@@ -668,14 +772,33 @@ def sample_from_features(
     lesion_pooled = pool_regions(feats_b, feats_f, masks)[0].numpy()
     global_pooled = pool_regions(feats_b, feats_f, global_regions(masks, valid))[0].numpy()
     n_lf = len(HEAD_LESION_FEATURE_NAMES)
-    rows = []
+    peaks = None
+    if images is not None and len(units):
+        spacing = np.linalg.norm(np.asarray(images.affine)[:3, :3], axis=0)
+        peaks = tuple(
+            peak_filtered(img[0], spacing) for img in (images.baseline_image, images.followup_image)
+        )
+    rows, unit_dicts = [], []
     for i, unit in enumerate(units):
         stats = np.zeros(len(REGION_PET_FEATURE_NAMES), np.float32)
         region = lesion_masks[i] > 0
-        if images is not None and region.any():
-            b_pet, f_pet = images.baseline_image[0][region], images.followup_image[0][region]
-            stats[:] = (b_pet.mean(), f_pet.mean(), b_pet.max(), f_pet.max())
+        as_dict = unit.to_dict()
+        if images is not None and peaks is not None and region.any():
+            change = region_change_stats(
+                images.baseline_image[0], images.followup_image[0], *peaks, region
+            )
+            stats[:] = change.features
+            focus = np.asarray(images.affine) @ np.array([*change.focus_voxel, 1.0])
+            as_dict["info"] = {
+                **as_dict["info"],
+                "focus_mm": [round(float(c), 1) for c in focus[:3]],
+                "focus_suv_peak_baseline": change.focus_suv[0],
+                "focus_suv_peak_followup": change.focus_suv[1],
+                "region_suv_median_baseline": change.region_suv[0],
+                "region_suv_median_followup": change.region_suv[1],
+            }
         rows.append(np.concatenate([unit.features, stats]))
+        unit_dicts.append(as_dict)
     lesion_features = np.stack(rows) if rows else np.zeros((0, n_lf), np.float32)
     return PairSample(
         lesion_pooled=lesion_pooled.astype(np.float32),
@@ -684,7 +807,7 @@ def sample_from_features(
         pair_features=pair_feature_vector(report, units),
         label=label,
         rule_label=rule_label,
-        units=[u.to_dict() for u in units],
+        units=unit_dicts,
         patient_id=patient_id,
     )
 

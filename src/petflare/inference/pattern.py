@@ -193,9 +193,20 @@ def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[fl
     if not units:
         return ["no lesion at either time point"]
     if label == "nodule_within_mass":
-        cands = [units[i] for i in order if units[i]["kind"] == "persisting"][:2]
+        # a nodule the follow-up mask missed leaves its host "resolved": both kinds can carry it
+        cands = [units[i] for i in order if units[i]["kind"] != "new"][:2]
         for u in cands:
             info = u["info"]
+            if info.get("focus_mm") is not None:
+                lines.append(
+                    f"focal uptake in {_lesion_name(u)} at "
+                    f"({', '.join(f'{c:.0f}' for c in info['focus_mm'])}) mm: SUVpeak "
+                    f"{info['focus_suv_peak_followup']:.1f} ({info['focus_suv_peak_baseline']:.1f} "
+                    f"there at baseline) against a median SUV of "
+                    f"{info['region_suv_median_followup']:.1f} in the lesion's region "
+                    f"({info['region_suv_median_baseline']:.1f} at baseline)"
+                )
+                continue
             hot, rest = info.get("hotspot_suv_mean_followup"), info.get("rest_suv_mean_followup")
             detail = (
                 f"hotspot SUVmean {hot:.1f} vs rest of the mass {rest:.1f}"
