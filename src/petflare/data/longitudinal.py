@@ -772,11 +772,12 @@ def sample_from_features(
     lesion_pooled = pool_regions(feats_b, feats_f, masks)[0].numpy()
     global_pooled = pool_regions(feats_b, feats_f, global_regions(masks, valid))[0].numpy()
     n_lf = len(HEAD_LESION_FEATURE_NAMES)
-    peaks = None
+    peaks: tuple[np.ndarray, np.ndarray] | None = None
     if images is not None and len(units):
         spacing = np.linalg.norm(np.asarray(images.affine)[:3, :3], axis=0)
-        peaks = tuple(
-            peak_filtered(img[0], spacing) for img in (images.baseline_image, images.followup_image)
+        peaks = (
+            peak_filtered(images.baseline_image[0], spacing),
+            peak_filtered(images.followup_image[0], spacing),
         )
     rows, unit_dicts = [], []
     for i, unit in enumerate(units):
