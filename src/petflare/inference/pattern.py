@@ -175,8 +175,12 @@ def _lesion_name(unit: Mapping[str, Any]) -> str:
     return f"baseline lesion {unit['baseline_ids'][0]}"
 
 
+def _mm(point: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{c:.0f}" for c in point) + ") mm"
+
+
 def _at(unit: Mapping[str, Any]) -> str:
-    return "(" + ", ".join(f"{c:.0f}" for c in unit["centre_mm"]) + ") mm"
+    return _mm(unit["centre_mm"])
 
 
 def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[float]) -> list[str]:
@@ -199,8 +203,7 @@ def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[fl
             info = u["info"]
             if info.get("focus_mm") is not None:
                 lines.append(
-                    f"focal uptake in {_lesion_name(u)} at "
-                    f"({', '.join(f'{c:.0f}' for c in info['focus_mm'])}) mm: SUVpeak "
+                    f"focal uptake in {_lesion_name(u)} at {_mm(info['focus_mm'])}: SUVpeak "
                     f"{info['focus_suv_peak_followup']:.1f} ({info['focus_suv_peak_baseline']:.1f} "
                     f"there at baseline) against a median SUV of "
                     f"{info['region_suv_median_followup']:.1f} in the lesion's region "
