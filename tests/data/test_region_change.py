@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from petflare.data.longitudinal import (
-    PEAK_SPHERE_ML,
     REGION_PET_FEATURE_NAMES,
     RISE_LOG,
     peak_filtered,
@@ -19,6 +18,8 @@ from petflare.data.longitudinal import (
 )
 
 SPACING = (4.0, 4.0, 3.0)
+AFFINE = np.diag([*SPACING, 1.0])
+PEAK_SPHERE_ML = 1.0  # PERCIST's SUVpeak ball
 SHAPE = (30, 30, 36)
 
 
@@ -35,7 +36,7 @@ MASS = _ball((60.0, 60.0, 54.0), 30.0)
 def _stats(base_suv: np.ndarray, fol_suv: np.ndarray, region: np.ndarray) -> dict[str, float]:
     b, f = np.log1p(base_suv), np.log1p(fol_suv)
     vals = region_change_stats(
-        b, f, peak_filtered(b, SPACING), peak_filtered(f, SPACING), region
+        b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), region
     ).features
     assert vals.shape == (len(REGION_PET_FEATURE_NAMES),)
     return dict(zip(REGION_PET_FEATURE_NAMES, vals.tolist(), strict=True))
@@ -48,10 +49,10 @@ def _scan(mass_suv: float, rng: np.random.Generator, cv: float = 0.1) -> np.ndar
 
 def test_peak_filter_averages_a_one_ml_sphere() -> None:
     uniform = np.log1p(np.full(SHAPE, 3.0))
-    np.testing.assert_allclose(peak_filtered(uniform, SPACING), uniform, rtol=1e-9)
+    np.testing.assert_allclose(peak_filtered(uniform, AFFINE), uniform, rtol=1e-9)
     spike = np.zeros(SHAPE)
     spike[15, 15, 18] = np.log1p(100.0)
-    out = np.expm1(peak_filtered(spike, SPACING))
+    out = np.expm1(peak_filtered(spike, AFFINE))
     n_voxels = round(100.0 / out[15, 15, 18])  # the spike is shared by every kernel voxel
     volume_ml = n_voxels * np.prod(SPACING) / 1000.0
     assert 0.5 * PEAK_SPHERE_ML < volume_ml < 1.5 * PEAK_SPHERE_ML
@@ -74,7 +75,7 @@ def test_nodule_in_responding_mass_is_a_focal_rise() -> None:
     assert s["hot_fraction_followup"] < 0.15
     assert s["peak_contrast_followup"] > 1.0
     b, f = np.log1p(base), np.log1p(fol)
-    change = region_change_stats(b, f, peak_filtered(b, SPACING), peak_filtered(f, SPACING), MASS)
+    change = region_change_stats(b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), MASS)
     focus_mm = np.array(change.focus_voxel) * SPACING
     assert np.linalg.norm(focus_mm - (72.0, 60.0, 54.0)) <= 6.0  # the focus is the nodule
     assert change.focus_suv[1] == pytest.approx(9.0, rel=0.1)

@@ -44,6 +44,7 @@ from petflare.io.study import Study
 from petflare.networks.change_head import global_regions, pool_regions
 from petflare.networks.encoder import EncoderFeatures
 from petflare.quant.change import NoduleCriteria, nodule_evidence
+from petflare.quant.metrics import SUV_PEAK_RADIUS_MM, ball_kernel, ball_mean_map
 from petflare.quant.rules import RuleThresholds, counts_as_new
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ REGION_PET_FEATURE_NAMES = (
     "pet_mean_followup_in_region",
     "pet_max_baseline_in_region",
     "pet_max_followup_in_region",
-    "peak_contrast_baseline",  # peak (1 ml sphere mean) - median, log1p(SUV) units
+    "peak_contrast_baseline",  # peak (1 ml ball mean) - median, log1p(SUV) units
     "peak_contrast_followup",
     "rise_at_followup_peak",  # follow-up - baseline peak-filtered value at the follow-up peak
     "relative_rise_at_followup_peak",  # the same minus the region's median change
@@ -127,9 +128,6 @@ REGION_PET_FEATURE_NAMES = (
 
 #: Voxelwise change (log1p SUV) counted as a rise or a fall: about +-35% of SUV + 1.
 RISE_LOG = 0.3
-
-#: Volume of the sphere the peak filter averages over (PERCIST's SUVpeak: 1 ml).
-PEAK_SPHERE_ML = 1.0
 
 #: Every per-lesion input of the head, in order (quantitative, then region PET).
 HEAD_LESION_FEATURE_NAMES = (*LESION_FEATURE_NAMES, *REGION_PET_FEATURE_NAMES)
@@ -666,23 +664,17 @@ def encode_pair(
     return [f[:1].float().cpu() for f in feats], [f[1:].float().cpu() for f in feats]
 
 
-def peak_filtered(image: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarray:
-    """Mean SUV over a ``PEAK_SPHERE_ML`` sphere around every voxel, in the image's units.
+def peak_filtered(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Mean SUV over the SUVpeak ball (1 ml) around every voxel, in the image's units.
 
-    ``image`` is scaled network input (``log1p`` of SUV); the average is taken in SUV and
-    scaled back, so the result is ``log1p`` of a local SUVpeak-like value. Averaging over a
-    ~1 ml sphere keeps single noisy voxels from posing as a focal rise.
+    ``image`` is scaled network input (``log1p`` of SUV) on the grid of ``affine``; the average
+    is taken in SUV (the quantification's ``ball_mean_map``) and scaled back, so the result is
+    ``log1p`` of a local SUVpeak-like value. Averaging over the ball keeps single noisy voxels
+    from posing as a focal rise.
     """
-    radius = (3.0 * PEAK_SPHERE_ML * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
-    spacing = np.asarray(spacing_mm, dtype=np.float64)
-    half = np.maximum(np.floor(radius / spacing).astype(int), 0)
-    grids = np.meshgrid(
-        *(np.arange(-h, h + 1) * s for h, s in zip(half, spacing, strict=True)), indexing="ij"
-    )
-    kernel = (sum(g**2 for g in grids) <= radius**2).astype(np.float64)
-    kernel /= kernel.sum()
-    suv = np.expm1(image.astype(np.float64))
-    return np.log1p(np.clip(ndimage.convolve(suv, kernel, mode="nearest"), 0.0, None))
+    kernel = ball_kernel(affine, SUV_PEAK_RADIUS_MM)
+    means, _ = ball_mean_map(np.expm1(image.astype(np.float64)), kernel)
+    return np.log1p(np.clip(means, 0.0, None))
 
 
 @dataclass
@@ -774,10 +766,9 @@ def sample_from_features(
     n_lf = len(HEAD_LESION_FEATURE_NAMES)
     peaks: tuple[np.ndarray, np.ndarray] | None = None
     if images is not None and len(units):
-        spacing = np.linalg.norm(np.asarray(images.affine)[:3, :3], axis=0)
         peaks = (
-            peak_filtered(images.baseline_image[0], spacing),
-            peak_filtered(images.followup_image[0], spacing),
+            peak_filtered(images.baseline_image[0], images.affine),
+            peak_filtered(images.followup_image[0], images.affine),
         )
     rows, unit_dicts = [], []
     for i, unit in enumerate(units):
