@@ -230,3 +230,44 @@ def test_every_pattern_gives_a_pair() -> None:
         assert truth["pattern"] == pattern
         assert base.meta.patient_id == follow.meta.patient_id
         assert base.meta.study_date < follow.meta.study_date
+
+
+def test_inclusive_mask_ratio_labels_moderately_avid_lesions_only_in_the_mask() -> None:
+    """mask_liver_ratio lowers the labelling threshold; images and scenario stay the same."""
+    strict_cfg = COARSE
+    inclusive_cfg = PhantomConfig(**{**vars(COARSE), "mask_liver_ratio": 1.0})
+    grew = 0
+    for seed in SEEDS:
+        strict = generate_pair(seed, "controlled", strict_cfg)
+        inclusive = generate_pair(seed, "controlled", inclusive_cfg)
+        truth = inclusive[2]
+        for tp, s, i in zip(("baseline", "followup"), strict[:2], inclusive[:2], strict=True):
+            np.testing.assert_array_equal(s.pet, i.pet)
+            assert not np.any((s.mask > 0) & (i.mask == 0)), "a strictly avid voxel was dropped"
+            grew += int(((i.mask > 0) & (s.mask == 0)).sum())
+            thr = truth["mask_threshold_suv"][tp]
+            assert thr == pytest.approx(truth["liver_suv_mean"][tp], rel=0.25)
+            for les in truth["lesions"]:
+                state = les[tp]
+                if state is not None and state["in_mask"] == "whole":
+                    assert state["suv"] >= thr - 0.01
+        assert strict[2]["avid_threshold_suv"] == truth["avid_threshold_suv"]
+    assert grew > 0, "no moderately avid lesion was added to any mask"
+
+
+def test_heterogeneity_scale_changes_texture_not_masks() -> None:
+    base = generate_pair(11, "diffuse_flare", COARSE)
+    hetero = generate_pair(
+        11, "diffuse_flare", PhantomConfig(**{**vars(COARSE), "heterogeneity_scale": 2.0})
+    )
+    ratios = []
+    for b, h in zip(base[:2], hetero[:2], strict=True):
+        np.testing.assert_array_equal(b.mask, h.mask)
+        for lid in np.unique(b.mask[b.mask > 0]):
+            inside = b.mask == lid
+            if inside.sum() >= 20:  # within-lesion coefficient of variation
+                cov = [np.std(x.pet[inside]) / np.mean(x.pet[inside]) for x in (b, h)]
+                ratios.append(cov[1] / cov[0])
+    assert ratios and min(ratios) > 1.0 and np.median(ratios) > 1.1, ratios
+    with pytest.raises(ValueError, match="mask_liver_ratio"):
+        PhantomConfig(mask_liver_ratio=0.0)

@@ -57,8 +57,16 @@ class PhantomConfig:
         height_m: patient height range; the field of view runs from above the vertex to the thighs.
         girth: body-girth factor range (1 = average adult; 1.3 = obese).
         arms_up_probability: probability that the arms are raised above the head.
-        avid_liver_ratio: a lesion (or a nodule) is FDG-avid, and so in the lesion mask, when its
-            true viable-tissue SUV is at least this multiple of the true liver SUVmean.
+        avid_liver_ratio: a lesion (or a nodule) is FDG-avid when its true viable-tissue SUV is
+            at least this multiple of the true liver SUVmean (PERCIST's 1.5: the scenarios'
+            respond / active states are defined against it).
+        mask_liver_ratio: a lesion (or a nodule) is drawn into the lesion mask when its true
+            viable-tissue SUV is at least this multiple of the true liver SUVmean; None: the same
+            as ``avid_liver_ratio``. A lower value (e.g. 1.0) labels moderately avid tumour
+            tissue too, as a reader contouring every visible tumour does (autoPET-style labels,
+            real GTVs); it changes masks only, never the scenario or the images.
+        heterogeneity_scale: factor on every lesion's uptake heterogeneity (texture standard
+            deviation); real sarcomas and large GIST masses are more heterogeneous than 1.
         n_baseline_lesions: inclusive range of the number of lesions at baseline.
         max_lesion_diameter_mm: largest baseline mass diameter.
         brown_fat_probability: probability of physiologic brown-fat uptake in a scan (a distractor).
@@ -77,6 +85,8 @@ class PhantomConfig:
     girth: tuple[float, float] = (0.85, 1.35)
     arms_up_probability: float = 0.6
     avid_liver_ratio: float = 1.5
+    mask_liver_ratio: float | None = None
+    heterogeneity_scale: float = 1.0
     n_baseline_lesions: tuple[int, int] = (2, 7)
     max_lesion_diameter_mm: float = 120.0
     brown_fat_probability: float = 0.08
@@ -100,6 +110,10 @@ class PhantomConfig:
                 object.__setattr__(self, f.name, _pair(value, f.name))
         if min(self.spacing_inplane_mm + self.spacing_slice_mm) <= 0:
             raise ValueError("spacings must be positive")
+        if self.mask_liver_ratio is not None and self.mask_liver_ratio <= 0:
+            raise ValueError("mask_liver_ratio must be positive (or None)")
+        if self.heterogeneity_scale < 0:
+            raise ValueError("heterogeneity_scale must be >= 0")
         if not 0.0 <= self.arms_up_probability <= 1.0:
             raise ValueError("arms_up_probability must lie in [0, 1]")
 

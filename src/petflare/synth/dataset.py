@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,13 @@ def _label(mask: np.ndarray, rendered: RenderedLesion, lid: int, part: str) -> N
     region[inside] = lid
 
 
+def _scale_heterogeneity(scenario: Scenario, factor: float) -> None:
+    """Multiply every lesion state's uptake heterogeneity by ``factor`` (no random draws)."""
+    for states in (scenario.baseline, scenario.followup):
+        for lid, st in states.items():
+            states[lid] = replace(st, heterogeneity=st.heterogeneity * factor)
+
+
 def _mask_parts(states: dict[int, LesionState], thr: float) -> dict[int, str]:
     """Which lesions are FDG-avid in a scan and which part is labelled ('whole' or 'nodule')."""
     parts: dict[int, str] = {}
@@ -159,6 +166,15 @@ def generate_pair(
         "followup": config.avid_liver_ratio * phys_f.liver,
     }
     scenario = build_scenario(rng_les, anatomy, pattern, config, thr["baseline"], thr["followup"])
+    if config.heterogeneity_scale != 1.0:
+        _scale_heterogeneity(scenario, config.heterogeneity_scale)
+    mask_ratio = (
+        config.avid_liver_ratio if config.mask_liver_ratio is None else config.mask_liver_ratio
+    )
+    mask_thr = {
+        "baseline": mask_ratio * phys_b.liver,
+        "followup": mask_ratio * phys_f.liver,
+    }
 
     table = np.array(
         [rng_geo.uniform(-60, 60), rng_geo.uniform(-80, 40), rng_geo.uniform(-300, 900)]
@@ -183,7 +199,7 @@ def generate_pair(
     parts: dict[str, dict[int, str]] = {}
     for tp, (phys, states, rng) in per_time.items():
         geometry, settings = scans[tp]
-        parts[tp] = _mask_parts(states, thr[tp])
+        parts[tp] = _mask_parts(states, mask_thr[tp])
         pet, ct, mask, liver_true[tp] = _render(
             anatomy, phys, scenario, states, parts[tp], geometry, settings, rng
         )
@@ -205,6 +221,7 @@ def generate_pair(
         scans,
         parts,
         thr,
+        mask_thr,
         liver_true,
         {"baseline": phys_b, "followup": phys_f},
     )
@@ -219,6 +236,7 @@ def _truth(
     scans: dict[str, tuple[ScanGeometry, ScanSettings]],
     parts: dict[str, dict[int, str]],
     thr: dict[str, float],
+    mask_thr: dict[str, float],
     liver_true: dict[str, float],
     phys: dict[str, Physiology],
 ) -> dict[str, Any]:
@@ -276,6 +294,7 @@ def _truth(
         },
         "liver_suv_mean": {tp: _r(v, 3) for tp, v in liver_true.items()},
         "avid_threshold_suv": {tp: _r(v, 3) for tp, v in thr.items()},
+        "mask_threshold_suv": {tp: _r(v, 3) for tp, v in mask_thr.items()},
         "physiology": {tp: {k: _r(v) for k, v in asdict(p).items()} for tp, p in phys.items()},
         "scans": {tp: {k: _r(v) for k, v in asdict(s).items()} for tp, (_, s) in scans.items()},
         "lesions": lesions,
