@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from petflare.data.longitudinal import (
+    LESION_FEATURE_NAMES,
     REGION_PET_FEATURE_NAMES,
     RISE_LOG,
+    LesionUnit,
+    _mark_fragments,
     peak_filtered,
     region_change_stats,
+    shell_voxels,
 )
 
 SPACING = (4.0, 4.0, 3.0)
@@ -123,3 +127,79 @@ def test_focus_just_outside_the_mask_is_still_seen() -> None:
     s = _stats(base, fol, small)
     assert s["max_local_rise"] > RISE_LOG
     assert s["rise_fraction"] < 0.1
+
+
+def test_surroundings_tell_a_new_lesion_from_an_organ_that_lit_up() -> None:
+    """A new focus in unchanged tissue vs a piece of a large organ whose uptake rose."""
+    rng = np.random.default_rng(3)
+    voxels = shell_voxels(AFFINE)
+    assert voxels == (3, 3, 4)  # 12 mm on the 4 x 4 x 3 mm grid
+    # new lesion: background 0.8 at both time points, a 6 SUV ball at follow-up only
+    base = _scan(0.8, rng)
+    fol = _scan(0.8, rng)
+    lesion = _ball((60.0, 60.0, 54.0), 8.0)
+    fol[lesion] = 6.0
+    b, f = np.log1p(base), np.log1p(fol)
+    new = dict(
+        zip(
+            REGION_PET_FEATURE_NAMES,
+            region_change_stats(
+                b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), lesion, voxels
+            ).features.tolist(),
+            strict=True,
+        )
+    )
+    assert abs(new["shell_rise"]) < 0.1
+    assert new["shell_contrast_followup"] > 1.0
+    assert new["log_hot_extent"] < 0.5  # the hot structure is (within) the lesion itself
+    # organ: the whole mass region goes from 1.5 to 6 SUV; the "lesion" is a piece of it
+    base = _scan(1.5, rng)
+    fol = _scan(6.0, rng)
+    b, f = np.log1p(base), np.log1p(fol)
+    organ = dict(
+        zip(
+            REGION_PET_FEATURE_NAMES,
+            region_change_stats(
+                b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), lesion, voxels
+            ).features.tolist(),
+            strict=True,
+        )
+    )
+    assert organ["shell_rise"] > RISE_LOG
+    assert organ["shell_contrast_followup"] < 0.5
+    assert organ["log_hot_extent"] > 1.5  # hot with the whole organ
+    # a region that fills the crop has no surroundings: the shell features are 0
+    full = np.ones(SHAPE, bool)
+    everything = region_change_stats(b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), full)
+    shell = [REGION_PET_FEATURE_NAMES.index(n) for n in ("shell_contrast_baseline", "shell_rise")]
+    assert everything.features[shell].tolist() == [0.0, 0.0]
+
+
+def test_pieces_of_one_baseline_mass_are_marked_as_fragments() -> None:
+    def unit(kind: str, base: list[int], fol: list[int], volume: float) -> LesionUnit:
+        return LesionUnit(
+            kind,
+            fol,
+            base,
+            [0.0, 0.0, 0.0],
+            np.zeros(len(LESION_FEATURE_NAMES), np.float32),
+            {"volume_ml_followup": volume},
+        )
+
+    units = [
+        unit("persisting", [1], [1], 3.0),
+        unit("persisting", [1, 2], [2], 1.0),
+        unit("persisting", [2], [3], 4.0),  # joined to the first two through baseline lesion 2
+        unit("persisting", [4], [4], 10.0),
+        unit("new", [], [5], 2.0),
+        unit("resolved", [3], [], 0.0),
+    ]
+    _mark_fragments(units)
+    n = LESION_FEATURE_NAMES.index("log_n_fragments")
+    share = LESION_FEATURE_NAMES.index("fragment_volume_share")
+    got = [(round(float(u.features[n]), 4), round(float(u.features[share]), 4)) for u in units]
+    log3 = round(float(np.log(3)), 4)
+    assert got[:3] == [(log3, 0.375), (log3, 0.125), (log3, 0.5)]
+    assert got[3] == (0.0, 1.0)
+    assert units[0].info["n_fragments"] == 3 and units[3].info["n_fragments"] == 1
+    assert got[4] == (0.0, 0.0) and got[5] == (0.0, 0.0)  # untouched: not persisting

@@ -240,6 +240,26 @@ def test_explanations_name_the_driving_lesion() -> None:
         "focal uptake in baseline lesion 3 at (-36, -12, -356) mm: SUVpeak 5.1 (7.9 there at "
         "baseline) against a median SUV of 1.3 in the lesion's region (6.8 at baseline)"
     )
+    # a piece of a mass the follow-up segmentation cut up says so
+    piece = {**host, "info": {**host["info"], "n_fragments": 3}}
+    assert explain("nodule_within_mass", [other, piece], [0.1, 0.9])[0].endswith(
+        "(baseline lesion 3 is one of 3 follow-up pieces of the same baseline mass)"
+    )
+    # a new lesion that is hot together with a much larger structure is flagged
+    new_unit = {
+        "kind": "new",
+        "followup_ids": [4],
+        "baseline_ids": [],
+        "centre_mm": [10.0, 20.0, 30.0],
+        "info": {**unit["info"], "baseline_site_uptake_ratio": 0.3, "hot_extent_ratio": 35.0},
+    }
+    organ = explain("new_lesions", [other, new_unit], [0.1, 0.9])
+    assert organ[1].endswith(
+        "hot together with a structure 35 times its size (physiological uptake such as heart, "
+        "bowel or brown fat?)"
+    )
+    small = {**new_unit, "info": {**new_unit["info"], "hot_extent_ratio": 0.6}}
+    assert "physiological" not in explain("new_lesions", [other, small], [0.1, 0.9])[1]
 
 
 def test_cli_joint_mode_writes_a_new_model_folder(

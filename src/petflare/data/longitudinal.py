@@ -50,7 +50,7 @@ from petflare.quant.rules import RuleThresholds, counts_as_new
 log = logging.getLogger(__name__)
 
 #: Version of the cached per-pair feature layout; bump when features change.
-FEATURE_VERSION = "6"
+FEATURE_VERSION = "9"
 #: Version of the cached quantification (reports, predicted masks); independent of the features.
 REPORT_VERSION = "2"
 
@@ -102,6 +102,8 @@ LESION_FEATURE_NAMES = (
     "nodule_evidence",  # quant's intratumoural-nodule criteria met (Choi PD / rule R2)
     "real_new_lesion",  # unmatched, above the rules' size/uptake floor, uptake new at its site
     "new_site_uptake_ratio",  # unmatched: baseline SUVmean at the site / the lesion's SUVmean
+    "log_n_fragments",  # follow-up lesions sharing this unit's baseline lesion(s) (split mass)
+    "fragment_volume_share",  # this follow-up lesion's share of those fragments' volume
     *CT_FEATURE_NAMES,
 )
 
@@ -124,7 +126,16 @@ REGION_PET_FEATURE_NAMES = (
     "rise_fraction",  # share of the region whose uptake rose by more than RISE_LOG
     "fall_fraction",  # share of the region whose uptake fell by more than RISE_LOG
     "hot_fraction_followup",  # share of the region at >= 50% of the follow-up peak SUV
+    "shell_contrast_baseline",  # region peak - median of a shell around the region, baseline
+    "shell_contrast_followup",  # the same at follow-up: a focus vs a hot organ around it
+    "shell_rise",  # median follow-up - baseline change in the shell: the neighbourhood lit up
+    "log_hot_extent",  # log(volume hot with the focus / region volume): a lesion vs an organ
 )
+
+_HOT_EXTENT = REGION_PET_FEATURE_NAMES.index("log_hot_extent")
+
+#: Thickness (mm) of the shell around a unit region whose uptake is the unit's surroundings.
+SHELL_MM = 12.0
 
 #: Voxelwise change (log1p SUV) counted as a rise or a fall: about +-35% of SUV + 1.
 RISE_LOG = 0.3
@@ -230,7 +241,48 @@ def lesion_units(report: Any) -> list[LesionUnit]:
             units.append(
                 _unit("resolved", [], [match.lesion_id], None, [base], None, liver_b, liver_f)
             )
+    _mark_fragments(units)
     return units
+
+
+_N_FRAGMENTS = LESION_FEATURE_NAMES.index("log_n_fragments")
+_FRAGMENT_SHARE = LESION_FEATURE_NAMES.index("fragment_volume_share")
+
+
+def _mark_fragments(units: Sequence[LesionUnit]) -> None:
+    """Fill the fragment features of persisting units that share baseline lesions.
+
+    A mass that the follow-up segmentation cut into pieces gives several persisting units
+    matched to the same baseline lesion; each piece alone can look like a focus left inside a
+    responding mass. Pieces are grouped transitively through shared baseline ids; every piece
+    gets log(number of pieces) and its share of the pieces' follow-up volume.
+    """
+    persisting = [u for u in units if u.kind == "persisting"]
+    group = list(range(len(persisting)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for i, unit in enumerate(persisting):
+        for b in unit.baseline_ids:
+            if b in owner:
+                group[root(i)] = root(owner[b])
+            else:
+                owner[b] = i
+    members: dict[int, list[int]] = {}
+    for i in range(len(persisting)):
+        members.setdefault(root(i), []).append(i)
+    for idx in members.values():
+        volumes = [float(persisting[i].info["volume_ml_followup"]) for i in idx]
+        total = sum(volumes)
+        for i, vol in zip(idx, volumes, strict=True):
+            persisting[i].features[_N_FRAGMENTS] = float(np.log(len(idx)))
+            persisting[i].features[_FRAGMENT_SHARE] = vol / total if total > 0 else 1.0 / len(idx)
+            persisting[i].info["n_fragments"] = len(idx)
 
 
 def _unit(
@@ -296,6 +348,8 @@ def _unit(
             float(change is not None and nodule_evidence(change, NoduleCriteria()) is not None),
             float(is_new),
             site_ratio,
+            0.0,  # log_n_fragments, set by lesion_units
+            1.0,  # fragment_volume_share, set by lesion_units
             *ct_features,
         ],
         dtype=np.float32,
@@ -677,6 +731,19 @@ def peak_filtered(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return np.log1p(np.clip(means, 0.0, None))
 
 
+def shell_voxels(affine: np.ndarray, thickness_mm: float = SHELL_MM) -> tuple[int, int, int]:
+    """Per-axis voxel counts of a shell ``thickness_mm`` thick on the grid of ``affine``."""
+    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
+    n = np.maximum(1, np.rint(thickness_mm / spacing)).astype(int)
+    return (int(n[0]), int(n[1]), int(n[2]))
+
+
+def _shell(region: np.ndarray, voxels: tuple[int, int, int]) -> np.ndarray:
+    """Voxels within ``voxels`` (per axis, box-shaped) of ``region`` but outside it."""
+    size = tuple(2 * v + 1 for v in voxels)
+    return ndimage.maximum_filter(region, size=size, mode="constant") & ~region
+
+
 @dataclass
 class RegionChange:
     """Voxelwise comparison of one unit region (:func:`region_change_stats`).
@@ -700,6 +767,7 @@ def region_change_stats(
     baseline_peak: np.ndarray,
     followup_peak: np.ndarray,
     region: np.ndarray,
+    shell_voxels: tuple[int, int, int] = (3, 3, 3),
 ) -> RegionChange:
     """Compare both scans in one unit region of the aligned crop (log1p SUV units).
 
@@ -708,15 +776,36 @@ def region_change_stats(
     (:func:`peak_filtered`): a nodule in a responding mass is the follow-up's focal peak, where
     uptake fell much less than in the rest of the region (or rose), and a sharper contrast with
     its host than the baseline had; a flare is a rise over much of the region; controlled
-    disease shows neither.
+    disease shows neither. A shell of ``shell_voxels`` around the grown region gives the
+    surroundings: a lesion stands out of them and they keep their uptake, while a piece of an
+    organ that lit up between the scans (myocardium, brown fat, bowel) has hot surroundings that
+    rose with it. The same organ piece is part of a larger structure that is as hot as its
+    focus (``log_hot_extent``: the component at >= 50% of the focus's SUVpeak, connected to it,
+    against the grown region's volume), while a lesion's hot component is the lesion itself.
     """
     grown = ndimage.binary_dilation(region)
+    shell = _shell(grown, shell_voxels)
     b, f = baseline[region], followup[region]
     bp, fp = baseline_peak[grown], followup_peak[grown]
     med_b, med_f = float(np.median(baseline[grown])), float(np.median(followup[grown]))
     top = int(np.argmax(fp))
     rise = fp - bp
     peak_b, peak_f = float(bp.max()), float(fp[top])
+    if shell.any():
+        shell_b, shell_f = baseline[shell], followup[shell]
+        shell_stats = [
+            peak_b - float(np.median(shell_b)),
+            peak_f - float(np.median(shell_f)),
+            float(np.median(shell_f - shell_b)),
+        ]
+    else:  # the region fills the crop: no surroundings to compare with
+        shell_stats = [0.0, 0.0, 0.0]
+    # the structure that is hot with the focus: >= 50% of the focus's SUVpeak, connected to it
+    hot = followup_peak >= np.log1p(0.5 * np.expm1(peak_f))
+    labels, _ = ndimage.label(hot)
+    voxel = tuple(int(v[top]) for v in np.nonzero(grown))
+    extent = float(np.count_nonzero(labels == labels[voxel])) if hot[voxel] else 1.0
+    shell_stats.append(float(np.clip(np.log(extent / np.count_nonzero(grown)), -3.0, 5.0)))
     features = np.array(
         [
             b.mean(),
@@ -732,10 +821,10 @@ def region_change_stats(
             float(np.mean(rise > RISE_LOG)),
             float(np.mean(rise < -RISE_LOG)),
             float(np.mean(np.expm1(fp) >= 0.5 * np.expm1(peak_f))),
+            *shell_stats,
         ],
         dtype=np.float32,
     )
-    voxel = tuple(int(v[top]) for v in np.nonzero(grown))
     return RegionChange(
         features,
         (voxel[0], voxel[1], voxel[2]),
@@ -777,7 +866,11 @@ def sample_from_features(
         as_dict = unit.to_dict()
         if images is not None and peaks is not None and region.any():
             change = region_change_stats(
-                images.baseline_image[0], images.followup_image[0], *peaks, region
+                images.baseline_image[0],
+                images.followup_image[0],
+                *peaks,
+                region,
+                shell_voxels(images.affine),
             )
             stats[:] = change.features
             focus = np.asarray(images.affine) @ np.array([*change.focus_voxel, 1.0])
@@ -788,6 +881,7 @@ def sample_from_features(
                 "focus_suv_peak_followup": change.focus_suv[1],
                 "region_suv_median_baseline": change.region_suv[0],
                 "region_suv_median_followup": change.region_suv[1],
+                "hot_extent_ratio": round(float(np.exp(stats[_HOT_EXTENT])), 1),
             }
         rows.append(np.concatenate([unit.features, stats]))
         unit_dicts.append(as_dict)
