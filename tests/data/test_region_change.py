@@ -37,10 +37,15 @@ def _ball(centre_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray
 MASS = _ball((60.0, 60.0, 54.0), 30.0)
 
 
-def _stats(base_suv: np.ndarray, fol_suv: np.ndarray, region: np.ndarray) -> dict[str, float]:
+def _stats(
+    base_suv: np.ndarray,
+    fol_suv: np.ndarray,
+    region: np.ndarray,
+    voxels: tuple[int, int, int] = (3, 3, 3),
+) -> dict[str, float]:
     b, f = np.log1p(base_suv), np.log1p(fol_suv)
     vals = region_change_stats(
-        b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), region
+        b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), region, voxels
     ).features
     assert vals.shape == (len(REGION_PET_FEATURE_NAMES),)
     return dict(zip(REGION_PET_FEATURE_NAMES, vals.tolist(), strict=True))
@@ -139,40 +144,21 @@ def test_surroundings_tell_a_new_lesion_from_an_organ_that_lit_up() -> None:
     fol = _scan(0.8, rng)
     lesion = _ball((60.0, 60.0, 54.0), 8.0)
     fol[lesion] = 6.0
-    b, f = np.log1p(base), np.log1p(fol)
-    new = dict(
-        zip(
-            REGION_PET_FEATURE_NAMES,
-            region_change_stats(
-                b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), lesion, voxels
-            ).features.tolist(),
-            strict=True,
-        )
-    )
+    new = _stats(base, fol, lesion, voxels)
     assert abs(new["shell_rise"]) < 0.1
     assert new["shell_contrast_followup"] > 1.0
     assert new["log_hot_extent"] < 0.5  # the hot structure is (within) the lesion itself
     # organ: the whole mass region goes from 1.5 to 6 SUV; the "lesion" is a piece of it
     base = _scan(1.5, rng)
     fol = _scan(6.0, rng)
-    b, f = np.log1p(base), np.log1p(fol)
-    organ = dict(
-        zip(
-            REGION_PET_FEATURE_NAMES,
-            region_change_stats(
-                b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), lesion, voxels
-            ).features.tolist(),
-            strict=True,
-        )
-    )
+    organ = _stats(base, fol, lesion, voxels)
     assert organ["shell_rise"] > RISE_LOG
     assert organ["shell_contrast_followup"] < 0.5
     assert organ["log_hot_extent"] > 1.5  # hot with the whole organ
     # a region that fills the crop has no surroundings: the shell features are 0
     full = np.ones(SHAPE, bool)
-    everything = region_change_stats(b, f, peak_filtered(b, AFFINE), peak_filtered(f, AFFINE), full)
-    shell = [REGION_PET_FEATURE_NAMES.index(n) for n in ("shell_contrast_baseline", "shell_rise")]
-    assert everything.features[shell].tolist() == [0.0, 0.0]
+    everything = _stats(base, fol, full, voxels)
+    assert (everything["shell_contrast_baseline"], everything["shell_rise"]) == (0.0, 0.0)
 
 
 def test_pieces_of_one_baseline_mass_are_marked_as_fragments() -> None:

@@ -767,7 +767,7 @@ def region_change_stats(
     baseline_peak: np.ndarray,
     followup_peak: np.ndarray,
     region: np.ndarray,
-    shell_voxels: tuple[int, int, int] = (3, 3, 3),
+    shell_size: tuple[int, int, int] = (3, 3, 3),
 ) -> RegionChange:
     """Compare both scans in one unit region of the aligned crop (log1p SUV units).
 
@@ -776,15 +776,16 @@ def region_change_stats(
     (:func:`peak_filtered`): a nodule in a responding mass is the follow-up's focal peak, where
     uptake fell much less than in the rest of the region (or rose), and a sharper contrast with
     its host than the baseline had; a flare is a rise over much of the region; controlled
-    disease shows neither. A shell of ``shell_voxels`` around the grown region gives the
-    surroundings: a lesion stands out of them and they keep their uptake, while a piece of an
-    organ that lit up between the scans (myocardium, brown fat, bowel) has hot surroundings that
-    rose with it. The same organ piece is part of a larger structure that is as hot as its
-    focus (``log_hot_extent``: the component at >= 50% of the focus's SUVpeak, connected to it,
-    against the grown region's volume), while a lesion's hot component is the lesion itself.
+    disease shows neither. A shell ``shell_size`` voxels thick (per axis; :func:`shell_voxels`)
+    around the grown region gives the surroundings: a lesion stands out of them and they keep
+    their uptake, while a piece of an organ that lit up between the scans (myocardium, brown
+    fat, bowel) has hot surroundings that rose with it. The same organ piece is part of a larger
+    structure as hot as its focus (``log_hot_extent``: the component at >= 50% of the focus's
+    SUVpeak, connected to it, against the grown region's volume), while a lesion's hot
+    component is the lesion itself.
     """
     grown = ndimage.binary_dilation(region)
-    shell = _shell(grown, shell_voxels)
+    shell = _shell(grown, shell_size)
     b, f = baseline[region], followup[region]
     bp, fp = baseline_peak[grown], followup_peak[grown]
     med_b, med_f = float(np.median(baseline[grown])), float(np.median(followup[grown]))
