@@ -802,10 +802,10 @@ def region_change_stats(
     else:  # the region fills the crop: no surroundings to compare with
         shell_stats = [0.0, 0.0, 0.0]
     # the structure that is hot with the focus: >= 50% of the focus's SUVpeak, connected to it
-    hot = followup_peak >= np.log1p(0.5 * np.expm1(peak_f))
-    labels, _ = ndimage.label(hot)
+    # (the focus itself always qualifies, so its label is never the background's)
+    labels, _ = ndimage.label(followup_peak >= np.log1p(0.5 * np.expm1(peak_f)))
     voxel = tuple(int(v[top]) for v in np.nonzero(grown))
-    extent = float(np.count_nonzero(labels == labels[voxel])) if hot[voxel] else 1.0
+    extent = float(np.count_nonzero(labels == labels[voxel]))
     shell_stats.append(float(np.clip(np.log(extent / np.count_nonzero(grown)), -3.0, 5.0)))
     features = np.array(
         [
