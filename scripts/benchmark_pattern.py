@@ -287,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             sources["ground-truth masks"] = "ground_truth"
         training = meta.get("training", {})
         phantom = training.get("phantom_pairs") or {}
-        used = {phantom.get("train_seed"), phantom.get("val_seed")}
+        used = {phantom.get("train_seed"), phantom.get("val_seed")} | {
+            e.get("seed")
+            for key in ("extra_train_sets", "extra_val_sets")
+            for e in phantom.get(key) or []
+        }
         if args.seed in used:
             raise PetflareInputError(None, f"seed {args.seed} was used in training ({used})")
         sections = [

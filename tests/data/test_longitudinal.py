@@ -423,3 +423,39 @@ def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="n_pairs and seed"):
         LongitudinalDataModule(net, PRE, tmp_path / "c", extra_train_sets=[{"seed": 5}])
+
+
+def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
+    """Extra validation sets join the validation pairs only; no seed serves both splits."""
+    coarse = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
+    wider = {**coarse, "noise_cv_liver": [0.3, 0.4]}
+    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
+    dm = LongitudinalDataModule(
+        net,
+        PRE,
+        tmp_path / "cache",
+        data_dir=tmp_path / "pairs",
+        n_train_pairs=1,
+        n_val_pairs=1,
+        train_seed=11,
+        val_seed=12,
+        phantom=coarse,
+        extra_val_sets=[{"n_pairs": 1, "seed": 14, "phantom": wider}],
+    )
+    rows = dm.rows()
+    assert len(rows["train"]) == 1 and len(rows["val"]) == 2
+    folders = sorted(p.name for p in (tmp_path / "pairs").iterdir())
+    assert any(f.startswith("val_n1_seed14_") and "noise_cv_liver-0.3-0.4" in f for f in folders)
+    assert not any(f.startswith("train") and "_seed14" in f for f in folders), folders
+    with pytest.raises(ValueError, match="training seed"):
+        LongitudinalDataModule(
+            net, PRE, tmp_path / "c", train_seed=11, extra_val_sets=[{"n_pairs": 1, "seed": 11}]
+        )
+    with pytest.raises(ValueError, match="validation seed"):
+        LongitudinalDataModule(
+            net,
+            PRE,
+            tmp_path / "c",
+            extra_val_sets=[{"n_pairs": 1, "seed": 15}],
+            extra_train_sets=[{"n_pairs": 1, "seed": 15}],
+        )

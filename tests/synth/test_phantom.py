@@ -271,3 +271,33 @@ def test_heterogeneity_scale_changes_texture_not_masks() -> None:
     assert ratios and min(ratios) > 1.0 and np.median(ratios) > 1.1, ratios
     with pytest.raises(ValueError, match="mask_liver_ratio"):
         PhantomConfig(mask_liver_ratio=0.0)
+
+
+def test_lesion_falloff_grades_uptake_inside_unchanged_masks() -> None:
+    """Graded lesions: hotter centre, cooler edge, same masks, CT and mean-uptake rule."""
+    from scipy import ndimage
+
+    graded_cfg = PhantomConfig(**{**vars(COARSE), "lesion_falloff": (0.6, 0.7)})
+    gains = []
+    for seed in SEEDS:
+        flat = generate_pair(seed, "controlled", COARSE)
+        graded = generate_pair(seed, "controlled", graded_cfg)
+        for les in graded[2]["lesions"]:
+            for tp in ("baseline", "followup"):
+                if les[tp] is not None:
+                    assert 0.6 <= les[tp]["uptake_falloff"] <= 0.7
+                    assert les[tp]["suv"] == _lesions(flat[2])[les["id"]][tp]["suv"]
+        for f, g in zip(flat[:2], graded[:2], strict=True):
+            np.testing.assert_array_equal(f.mask, g.mask)
+            np.testing.assert_array_equal(f.ct, g.ct)
+            for lid in np.unique(f.mask[f.mask > 0]):
+                inside = f.mask == lid
+                core = ndimage.binary_erosion(inside, iterations=1)
+                if core.sum() < 8:
+                    continue
+                edge = inside & ~core
+                ratios = [x.pet[core].mean() / x.pet[edge].mean() for x in (f, g)]
+                gains.append(ratios[1] / ratios[0])
+    assert len(gains) >= 3 and np.median(gains) > 1.1, gains
+    with pytest.raises(ValueError, match="lesion_falloff"):
+        PhantomConfig(lesion_falloff=(0.5, 1.0))

@@ -209,6 +209,9 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
             "extra_train_sets": OmegaConf.to_container(
                 cfg.data.get("extra_train_sets") or [], resolve=True
             ),
+            "extra_val_sets": OmegaConf.to_container(
+                cfg.data.get("extra_val_sets") or [], resolve=True
+            ),
         },
         "n_mask_variants": int(cfg.data.n_mask_variants),
         "val_mask_source": str(cfg.data.val_mask_source),

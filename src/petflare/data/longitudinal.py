@@ -1233,16 +1233,20 @@ def weights_digest(net: nn.Module) -> str:
 MaskSource = Callable[[Study], np.ndarray]
 
 
-def _extra_set(entry: Mapping[str, Any], val_seed: int) -> dict[str, Any]:
-    """A validated extra phantom training set: ``{n_pairs, seed, phantom}``."""
+def _extra_set(entry: Mapping[str, Any], split: str, taken: Mapping[int, str]) -> dict[str, Any]:
+    """A validated extra phantom set for ``split``: ``{n_pairs, seed, phantom}``.
+
+    ``taken`` maps the seeds of the other split to its name: a pair must never be in both.
+    """
     unknown = set(entry) - {"n_pairs", "seed", "phantom"}
     if unknown or "n_pairs" not in entry or "seed" not in entry:
         raise ValueError(
-            "an extra training set needs n_pairs and seed (and optional phantom), "
-            f"got {dict(entry)}"
+            f"an extra {split} set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
         )
-    if int(entry["seed"]) == int(val_seed):
-        raise ValueError(f"extra training set seed {entry['seed']} is the validation seed")
+    if int(entry["seed"]) in taken:
+        raise ValueError(
+            f"extra {split} set seed {entry['seed']} is a {taken[int(entry['seed'])]} seed"
+        )
     return {
         "n_pairs": int(entry["n_pairs"]),
         "seed": int(entry["seed"]),
@@ -1271,7 +1275,10 @@ class LongitudinalDataModule(pl.LightningDataModule):
         phantom: keyword arguments of ``petflare.synth.PhantomConfig``.
         extra_train_sets: more phantom training sets, each ``{n_pairs, seed, phantom}`` with
             its own PhantomConfig overrides (e.g. wider voxel sizes and noise than the main set),
-            appended to the training pairs; validation stays on the main set's settings.
+            appended to the training pairs.
+        extra_val_sets: more phantom validation sets, the same way, appended to the validation
+            pairs (the temperature is fitted on all of them: a calibration set as varied as the
+            training data). No seed may serve both splits.
         n_mask_variants: perturbed ground-truth mask variants per training pair.
         val_mask_source: ``"ground_truth"``, or a callable ``study -> mask`` (e.g. a
             ``Predictor.predict``) used for validation pairs.
@@ -1305,6 +1312,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         val_seed: int = 3200,
         phantom: Mapping[str, Any] | None = None,
         extra_train_sets: Sequence[Mapping[str, Any]] = (),
+        extra_val_sets: Sequence[Mapping[str, Any]] = (),
         n_mask_variants: int = 3,
         val_mask_source: str | MaskSource = "ground_truth",
         train_extra_mask_source: MaskSource | None = None,
@@ -1336,9 +1344,15 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.train_seed = int(train_seed)
         self.val_seed = int(val_seed)
         self.phantom = dict(phantom or {})
-        self.extra_train_sets = [_extra_set(e, val_seed) for e in extra_train_sets]
-        if self.extra_train_sets and manifest is not None:
-            raise ValueError("extra_train_sets are phantom pairs: not used with a manifest")
+        self.extra_val_sets = [
+            _extra_set(e, "validation", {int(train_seed): "training"}) for e in extra_val_sets
+        ]
+        val_seeds = {int(val_seed): "validation"} | {
+            e["seed"]: "validation" for e in self.extra_val_sets
+        }
+        self.extra_train_sets = [_extra_set(e, "training", val_seeds) for e in extra_train_sets]
+        if (self.extra_train_sets or self.extra_val_sets) and manifest is not None:
+            raise ValueError("extra phantom sets are phantom pairs: not used with a manifest")
         self.n_mask_variants = int(n_mask_variants)
         self.val_mask_source = val_mask_source
         self.train_extra_mask_source = train_extra_mask_source
@@ -1391,10 +1405,10 @@ class LongitudinalDataModule(pl.LightningDataModule):
         train = self._phantom_set("train", self.n_train_pairs, self.train_seed, self.phantom)
         for extra in self.extra_train_sets:
             train += self._phantom_set("train", extra["n_pairs"], extra["seed"], extra["phantom"])
-        return {
-            "train": train,
-            "val": self._phantom_set("val", self.n_val_pairs, self.val_seed, self.phantom),
-        }
+        val = self._phantom_set("val", self.n_val_pairs, self.val_seed, self.phantom)
+        for extra in self.extra_val_sets:
+            val += self._phantom_set("val", extra["n_pairs"], extra["seed"], extra["phantom"])
+        return {"train": train, "val": val}
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """Manifest rows per split (``train``, ``val``; ``test`` rows are not used here)."""

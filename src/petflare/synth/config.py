@@ -67,6 +67,11 @@ class PhantomConfig:
             real GTVs); it changes masks only, never the scenario or the images.
         heterogeneity_scale: factor on every lesion's uptake heterogeneity (texture standard
             deviation); real sarcomas and large GIST masses are more heterogeneous than 1.
+        lesion_falloff: range of the share of a lesion's viable uptake lost from its centre
+            to its edge, drawn once per lesion (both timepoints); ``(0, 0)`` (default) gives
+            uniform lesions with a sharp edge, larger values the gradual falloff of many real
+            tumours, whose GTV (the mask) reaches well below the hottest part. Drawn from a
+            stream of its own: images of the default config do not change.
         n_baseline_lesions: inclusive range of the number of lesions at baseline.
         max_lesion_diameter_mm: largest baseline mass diameter.
         brown_fat_probability: probability of physiologic brown-fat uptake in a scan (a distractor).
@@ -87,6 +92,7 @@ class PhantomConfig:
     avid_liver_ratio: float = 1.5
     mask_liver_ratio: float | None = None
     heterogeneity_scale: float = 1.0
+    lesion_falloff: tuple[float, float] = (0.0, 0.0)
     n_baseline_lesions: tuple[int, int] = (2, 7)
     max_lesion_diameter_mm: float = 120.0
     brown_fat_probability: float = 0.08
@@ -112,6 +118,8 @@ class PhantomConfig:
             raise ValueError("spacings must be positive")
         if self.mask_liver_ratio is not None and self.mask_liver_ratio <= 0:
             raise ValueError("mask_liver_ratio must be positive (or None)")
+        if not 0.0 <= self.lesion_falloff[0] <= self.lesion_falloff[1] < 1.0:
+            raise ValueError("lesion_falloff must satisfy 0 <= low <= high < 1")
         if self.heterogeneity_scale < 0:
             raise ValueError("heterogeneity_scale must be >= 0")
         if not 0.0 <= self.arms_up_probability <= 1.0:

@@ -112,6 +112,20 @@ def _scale_heterogeneity(scenario: Scenario, factor: float) -> None:
             states[lid] = replace(st, heterogeneity=st.heterogeneity * factor)
 
 
+def _draw_falloff(scenario: Scenario, falloff: tuple[float, float], seed: int) -> None:
+    """Give every lesion a radial uptake falloff, the same at both timepoints.
+
+    The draws come from a stream of their own (``seed``, not the scenario's generator), so the
+    rest of the phantom is the same with and without falloff.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0xFA11]))
+    for lid in sorted(scenario.lesions):
+        value = float(rng.uniform(*falloff))
+        for states in (scenario.baseline, scenario.followup):
+            if lid in states:
+                states[lid] = replace(states[lid], falloff=value)
+
+
 def _mask_parts(states: dict[int, LesionState], thr: float) -> dict[int, str]:
     """Which lesions are FDG-avid in a scan and which part is labelled ('whole' or 'nodule')."""
     parts: dict[int, str] = {}
@@ -168,6 +182,8 @@ def generate_pair(
     scenario = build_scenario(rng_les, anatomy, pattern, config, thr["baseline"], thr["followup"])
     if config.heterogeneity_scale != 1.0:
         _scale_heterogeneity(scenario, config.heterogeneity_scale)
+    if config.lesion_falloff[1] > 0:
+        _draw_falloff(scenario, config.lesion_falloff, seed)
     mask_ratio = (
         config.avid_liver_ratio if config.mask_liver_ratio is None else config.mask_liver_ratio
     )
@@ -261,6 +277,7 @@ def _truth(
                     "diameter_mm": _r(les.diameter_mm * st.scale, 1),
                     "suv": _r(st.suv),
                     "necrosis_fraction": _r(st.necrosis),
+                    "uptake_falloff": _r(st.falloff),
                     "hu": _r(st.hu, 1),
                     "in_mask": parts[tp].get(lid),
                 }

@@ -57,6 +57,9 @@ class LesionState:
         necrosis: radius of the necrotic (photopenic, hypodense) core as a fraction of the lesion.
         hu: CT density of the viable tissue.
         nodule: optional focal hot nodule inside the lesion.
+        falloff: share of the viable uptake lost from the lesion's centre to its edge (0: uniform
+            uptake with a sharp edge; 0.6: the rim at 40% of the centre, as in many real
+            tumours); the mean stays ``suv``. Lesions with a necrotic core keep their hot rim.
     """
 
     scale: float
@@ -65,6 +68,22 @@ class LesionState:
     necrosis: float
     hu: float
     nodule: Nodule | None = None
+    falloff: float = 0.0
+
+
+#: Exponent of the radial uptake profile ``1 - falloff * (r / R) ** FALLOFF_POWER``.
+FALLOFF_POWER = 1.5
+
+
+def radial_profile(rel: np.ndarray, falloff: float) -> np.ndarray:
+    """Uptake factor at normalised radius ``rel`` (0 centre, 1 surface), mean 1 over the ball.
+
+    ``1 - f * rel**p`` averages ``1 - f * 3 / (3 + p)`` over a uniform ball; dividing by it keeps
+    the lesion's mean viable SUV (the scenarios' avidity rule) unchanged.
+    """
+    r = np.clip(rel, 0.0, 1.0)
+    mean = 1.0 - falloff * 3.0 / (3.0 + FALLOFF_POWER)
+    return ((1.0 - falloff * r**FALLOFF_POWER) / mean).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,8 @@ def render_lesion(canvas: Canvas, lesion: Lesion, state: LesionState) -> Rendere
     tex = ndimage.map_coordinates(lesion.texture, idx, order=1, mode="wrap").astype(np.float32)
     _, rel = _shape_sd(lesion, x, y, z, radii)
     rim = 1.0 + (0.25 * np.clip(rel, 0, 1) - 0.12 if state.necrosis > 0 else 0.0)
+    if state.falloff > 0 and state.necrosis <= 0:
+        rim = radial_profile(rel, state.falloff)
     viable = state.suv * np.clip(1.0 + state.heterogeneity * tex, 0.3, 2.2) * rim
     core = np.zeros_like(occ)
     if state.necrosis > 0:
