@@ -221,8 +221,10 @@ def render_lesion(canvas: Canvas, lesion: Lesion, state: LesionState) -> Rendere
     idx = [(v / 1.6 + 1.0) * 0.5 * (n - 1) for v in (lx, ly, lz)]
     tex = ndimage.map_coordinates(lesion.texture, idx, order=1, mode="wrap").astype(np.float32)
     _, rel = _shape_sd(lesion, x, y, z, radii)
-    rim = 1.0 + (0.25 * np.clip(rel, 0, 1) - 0.12 if state.necrosis > 0 else 0.0)
-    if state.falloff > 0 and state.necrosis <= 0:
+    rim: float | np.ndarray = 1.0
+    if state.necrosis > 0:  # a hot rim around the necrotic core
+        rim = 1.0 + (0.25 * np.clip(rel, 0, 1) - 0.12)
+    elif state.falloff > 0:
         rim = radial_profile(rel, state.falloff)
     viable = state.suv * np.clip(1.0 + state.heterogeneity * tex, 0.3, 2.2) * rim
     core = np.zeros_like(occ)
