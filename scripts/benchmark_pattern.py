@@ -57,6 +57,12 @@ SETS: dict[str, dict[str, Any]] = {
     # the main set's first pairs read without their CT (PET-only studies): the head's CT
     # features are zero, the registration and the rules use PET alone
     "pet_only": {},
+    # lesions unlike the training phantoms' uniform blobs: uptake falls from the centre to the
+    # edge by 0-70% (as in many real tumours; the masks and mean SUVs follow the same rules)
+    "graded": {"lesion_falloff": (0.0, 0.7)},
+    # coarser noise texture than any training scan (correlation 5-8 mm vs 2-4 mm: heavily
+    # post-filtered reconstructions), at the default noise level
+    "texture": {"noise_corr_mm": (5.0, 8.0)},
 }
 #: Sets whose rows drop the CT columns.
 PET_ONLY_SETS = frozenset({"pet_only"})
@@ -82,7 +88,14 @@ def training_phantom(meta: dict[str, Any]) -> Any:
         values = [getattr(c, name) for c in configs]
         return (min(v[0] for v in values), max(v[1] for v in values))
 
-    names = ("spacing_inplane_mm", "spacing_slice_mm", "psf_fwhm_mm", "noise_cv_liver")
+    names = (
+        "spacing_inplane_mm",
+        "spacing_slice_mm",
+        "psf_fwhm_mm",
+        "noise_cv_liver",
+        "noise_corr_mm",
+        "lesion_falloff",
+    )
     return replace(
         configs[0],
         max_shift_mm=max(c.max_shift_mm for c in configs),
@@ -119,6 +132,20 @@ def set_title(name: str, train: Any) -> str:
             f"{lo:.1f}-{hi:.1f} mm voxels (training: in-plane {train.spacing_inplane_mm[0]:.1f}-"
             f"{train.spacing_inplane_mm[1]:.1f} mm, slices {train.spacing_slice_mm[0]:.1f}-"
             f"{train.spacing_slice_mm[1]:.1f} mm)" + _outside(lo, hi, train.spacing_inplane_mm)
+        )
+    if name == "graded":
+        lo, hi = SETS[name]["lesion_falloff"]
+        # the set starts at uniform lesions: it lies beyond training where it grades more
+        note = "" if hi > train.lesion_falloff[1] else " **(within the training range)**"
+        return (
+            f"graded lesions: uptake falls {lo:.0%}-{hi:.0%} from centre to edge (training: "
+            f"{train.lesion_falloff[0]:.0%}-{train.lesion_falloff[1]:.0%}){note}"
+        )
+    if name == "texture":
+        lo, hi = SETS[name]["noise_corr_mm"]
+        return (
+            f"noise correlation {lo:.0f}-{hi:.0f} mm (training: {train.noise_corr_mm[0]:.0f}-"
+            f"{train.noise_corr_mm[1]:.0f} mm)" + _outside(lo, hi, train.noise_corr_mm)
         )
     if name == "scanners":
         st = SETS[name]

@@ -28,6 +28,15 @@ def test_sets_are_outside_the_recorded_training_range() -> None:
         title = bench.set_title(name, train)
         assert "overlaps" not in title, title
     assert "training: in-plane 3.0-5.0 mm" in bench.set_title("spacing", train)
+    assert "training: 0%-0%" in bench.set_title("graded", train)
+
+
+def test_appearance_sets_report_a_training_range_that_covers_them() -> None:
+    bench = load_script()
+    phantom = {"lesion_falloff": [0.0, 0.8], "noise_corr_mm": [2.0, 9.0]}
+    train = bench.training_phantom({"training": {"phantom_pairs": {"phantom": phantom}}})
+    assert "(within the training range)" in bench.set_title("graded", train)
+    assert "overlaps the training range" in bench.set_title("texture", train)
 
 
 def test_overlap_is_reported_and_config_fallback_is_read() -> None:
