@@ -96,3 +96,20 @@ def test_synthetic_cpu_trains_pet_only_on_cpu() -> None:
     assert list(cfg.data.preprocessing.channels) == ["pet"]
     assert cfg.data.source._target_ == "petflare.data.SyntheticSource"
     assert cfg.data.source.train_seed != cfg.data.source.val_seed
+
+
+@pytest.mark.parametrize("experiment", ["head_debug", "head_synthetic_cpu"])
+def test_head_training_record_is_plain_json(experiment: str) -> None:
+    """head.json's training record: plain types, with or without extra phantom sets."""
+    import json
+
+    from petflare.cli.train_head import training_data_record
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="train_head", overrides=[f"experiment={experiment}"])
+    record = training_data_record(cfg)
+    json.dumps(record)
+    pairs = record["phantom_pairs"]
+    assert isinstance(pairs["extra_train_sets"], list)
+    assert isinstance(pairs["extra_val_sets"], list)
+    assert pairs["train_seed"] != pairs["val_seed"]

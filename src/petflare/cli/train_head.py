@@ -113,6 +113,33 @@ def export_finetuned(
     )
 
 
+def training_data_record(cfg: DictConfig) -> dict[str, Any]:
+    """What the head was trained on, for head.json and the run record (plain JSON types)."""
+
+    def plain(key: str, empty: Any) -> Any:
+        value = cfg.data.get(key)
+        return OmegaConf.to_container(value, resolve=True) if value else empty
+
+    return {
+        "manifest": None if cfg.data.manifest is None else str(cfg.data.manifest),
+        "phantom_pairs": None
+        if cfg.data.manifest is not None
+        else {
+            "n_train_pairs": int(cfg.data.n_train_pairs),
+            "n_val_pairs": int(cfg.data.n_val_pairs),
+            "train_seed": int(cfg.data.train_seed),
+            "val_seed": int(cfg.data.val_seed),
+            "phantom": plain("phantom", {}),
+            "extra_train_sets": plain("extra_train_sets", []),
+            "extra_val_sets": plain("extra_val_sets", []),
+        },
+        "n_mask_variants": int(cfg.data.n_mask_variants),
+        "val_mask_source": str(cfg.data.val_mask_source),
+        "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
+        "ct_dropout": float(cfg.data.get("ct_dropout", 0.0)),
+    }
+
+
 def train_head(cfg: DictConfig) -> dict[str, Any]:
     """Run one head training job; writes head.pt/head.json into ``model_dir``."""
     import lightning.pytorch as pl
@@ -192,32 +219,7 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
             None if m is None else m["balanced_accuracy"] for m in member_metrics
         ]
     record["class_weights"] = None if weights is None else [float(w) for w in weights]
-    data_info = {
-        "manifest": None if cfg.data.manifest is None else str(cfg.data.manifest),
-        "phantom_pairs": None
-        if cfg.data.manifest is not None
-        else {
-            "n_train_pairs": int(cfg.data.n_train_pairs),
-            "n_val_pairs": int(cfg.data.n_val_pairs),
-            "train_seed": int(cfg.data.train_seed),
-            "val_seed": int(cfg.data.val_seed),
-            "phantom": (
-                OmegaConf.to_container(cfg.data.phantom, resolve=True)
-                if cfg.data.get("phantom")
-                else {}
-            ),
-            "extra_train_sets": OmegaConf.to_container(
-                cfg.data.get("extra_train_sets") or [], resolve=True
-            ),
-            "extra_val_sets": OmegaConf.to_container(
-                cfg.data.get("extra_val_sets") or [], resolve=True
-            ),
-        },
-        "n_mask_variants": int(cfg.data.n_mask_variants),
-        "val_mask_source": str(cfg.data.val_mask_source),
-        "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
-        "ct_dropout": float(cfg.data.get("ct_dropout", 0.0)),
-    }
+    data_info = training_data_record(cfg)
     torch.set_grad_enabled(True)
     if mode != "frozen":
         export_finetuned(model_dir, target_dir, objects["model"], module.net, mode, overwrite)
