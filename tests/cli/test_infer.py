@@ -121,6 +121,7 @@ def test_help_documents_every_option() -> None:
         "tta=",
         "sw_batch_size=",
         "min_component_ml=",
+        "threshold=",
         "html=",
         "progress=",
         "pattern_source=auto|rules|learned_head",
@@ -214,9 +215,18 @@ def test_existing_output_dir_is_refused(
         (["pet=a.nii.gz", "device=tpu"], "device=tpu"),
         (["pet=a.nii.gz", "sw_batch_size=many"], "sw_batch_size=many"),
         (["pet=a.nii.gz", "registration=elastix"], "registration=elastix"),
+        (["pet=a.nii.gz", "threshold=1.5"], "threshold=1.5"),
         ([], "no input"),
     ],
-    ids=["two_modes", "half_pair", "bad_device", "bad_number", "bad_registration", "no_input"],
+    ids=[
+        "two_modes",
+        "half_pair",
+        "bad_device",
+        "bad_number",
+        "bad_registration",
+        "bad_threshold",
+        "no_input",
+    ],
 )
 def test_bad_option_combinations_are_refused(
     args: list[str], expected: str, tmp_path: Path
@@ -392,9 +402,16 @@ def test_single_scan_end_to_end(
         f"model={model_dir}",
         "html=true",
         "progress=false",
+        "threshold=0.3",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(out, {"scan": (scan.affine, scan.pet_array.shape)})
+    report = check_outputs(out, {"scan": (scan.affine, scan.pet_array.shape)})
+    # the report records the settings that made the mask, the override included
+    assert report["model"]["segmentation"] == {
+        "threshold": 0.3,
+        "min_component_ml": 0.0,
+        "tta": False,
+    }
 
 
 def load_dicom_factory() -> ModuleType:

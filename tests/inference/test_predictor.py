@@ -231,3 +231,25 @@ def test_mask_equals_the_thresholded_probability(affine: np.ndarray) -> None:
     kept = remove_small_components(expected, study.voxel_volume_ml, 0.5, connectivity=18)
     assert 0 < kept.sum() < expected.sum()  # the big lesion stays, the small one goes
     np.testing.assert_array_equal(predictor.predict(study), kept)
+
+
+def test_threshold_override_grows_the_mask_monotonically() -> None:
+    """A lower probability cut keeps every voxel of the default mask and adds the fainter rim."""
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    shape = (32, 32, 24)
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1)
+    r = np.linalg.norm(idx - np.array([16.0, 16.0, 12.0]), axis=-1)
+    pet = np.where(r <= 8, LESION_SUV * np.clip(1.2 - r / 10.0, 0.2, 1.0), 1.0).astype(np.float32)
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    net = ThresholdNet(prep.scaled_suv(THRESHOLD_SUV))
+    study = Study(pet=pet, affine=affine)
+    default = Predictor(net, prep, settings, "cpu").predict(study)
+    low = Predictor(net, prep, settings, "cpu", threshold=0.1)
+    assert low.inference.threshold == 0.1 and settings.threshold == 0.5
+    grown = low.predict(study)
+    assert default.sum() > 0
+    assert not np.any((default > 0) & (grown == 0))
+    assert grown.sum() > default.sum()
+    with pytest.raises(ValueError, match="threshold"):
+        InferenceSettings(threshold=1.0)

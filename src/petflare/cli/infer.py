@@ -64,6 +64,7 @@ class InferRequest:
     manifest: Path | None = None
     sw_batch_size: int | None = None
     min_component_ml: float | None = None
+    threshold: float | None = None
     pattern_source: str = "auto"
     registration: str = "auto"
 
@@ -115,6 +116,9 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         raise PetflareInputError(
             None, f"registration={registration} is not one of {', '.join(REGISTRATIONS)}"
         )
+    threshold = _number(cfg, "threshold", float)
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise PetflareInputError(None, f"threshold={threshold} must lie between 0 and 1")
     model = Path(str(get("model_dir"))) if get("model_dir") else default_model_dir()
     common: dict[str, Any] = {
         "out": Path(str(get("out"))),
@@ -127,6 +131,7 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         "progress": bool(get("progress", True)),
         "sw_batch_size": _number(cfg, "sw_batch_size", int),
         "min_component_ml": _number(cfg, "min_component_ml", float),
+        "threshold": threshold,
         "pattern_source": pattern_source,
         "registration": registration,
     }
@@ -216,6 +221,8 @@ def load_predictor(request: InferRequest) -> Any:
         kwargs["sw_batch_size"] = request.sw_batch_size
     if request.min_component_ml is not None:
         kwargs["min_component_ml"] = request.min_component_ml
+    if request.threshold is not None:
+        kwargs["threshold"] = request.threshold
     return Predictor.from_folder(request.model, **kwargs)
 
 

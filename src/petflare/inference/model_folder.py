@@ -61,6 +61,8 @@ class InferenceSettings:
         object.__setattr__(self, "roi_size_vox", tuple(int(s) for s in self.roi_size_vox))
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""

@@ -329,6 +329,13 @@ def model_info(predictor: Any) -> dict[str, Any]:
     folder = getattr(predictor, "model_dir", None)
     if folder is not None:
         info["folder"] = str(folder)
+    inference = getattr(predictor, "inference", None)
+    if inference is not None:  # the settings that made the masks (overrides included)
+        info["segmentation"] = {
+            "threshold": inference.threshold,
+            "min_component_ml": getattr(predictor, "min_component_ml", None),
+            "tta": getattr(predictor, "tta", None),
+        }
     return _jsonable(info)
 
 

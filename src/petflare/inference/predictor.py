@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class Predictor:
         sw_batch_size: windows per forward pass.
         min_component_ml: overrides ``inference.min_component_ml`` when given.
         metadata: the model folder's metadata (exposed as ``predictor.metadata``).
+        threshold: overrides ``inference.threshold`` (the lesion probability cut) when given.
     """
 
     def __init__(
@@ -59,11 +61,14 @@ class Predictor:
         sw_batch_size: int = 2,
         min_component_ml: float | None = None,
         metadata: dict[str, Any] | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
         self.preprocessing = preprocessing
-        self.inference = inference
+        self.inference = (
+            inference if threshold is None else replace(inference, threshold=float(threshold))
+        )
         self.tta = bool(tta)
         self.min_component_ml = (
             inference.min_component_ml if min_component_ml is None else float(min_component_ml)
@@ -87,6 +92,7 @@ class Predictor:
         tta: bool = False,
         sw_batch_size: int = 2,
         min_component_ml: float | None = None,
+        threshold: float | None = None,
     ) -> Predictor:
         """Load a model folder once (weights read with ``weights_only=True``)."""
         loaded = load_model_folder(model_dir)
@@ -99,6 +105,7 @@ class Predictor:
             sw_batch_size=sw_batch_size,
             min_component_ml=min_component_ml,
             metadata=loaded.metadata,
+            threshold=threshold,
         )
 
     def _inputs(self, study: Study) -> dict[str, MetaTensor]:
