@@ -116,13 +116,15 @@ def _training_seeds(metadata: Any) -> set[int]:
     return seeds
 
 
-def _load_predictor(model_dir: Path, threads: int, tta: bool = False) -> Any:
+def _load_predictor(
+    model_dir: Path, threads: int, tta: bool = False, threshold: float | None = None
+) -> Any:
     import torch
 
     from petflare.inference.predictor import Predictor
 
     torch.set_num_threads(threads)
-    return Predictor.from_folder(model_dir, device="cpu", tta=tta)
+    return Predictor.from_folder(model_dir, device="cpu", tta=tta, threshold=threshold)
 
 
 # --------------------------------------------------------------------------- parts 1 and 2
@@ -406,7 +408,9 @@ def write_report(
         f"Total run time {elapsed_s / 60:.1f} min.",
         f"Model folder: `{_shown(args.model)}` "
         f"({'found' if 'model' in phantom.methods else 'absent'})"
-        + ("; masks with flip test-time augmentation (8 flips averaged)." if args.tta else "."),
+        + ("; masks with flip test-time augmentation (8 flips averaged)" if args.tta else "")
+        + (f"; lesion probability cut {args.threshold}" if args.threshold is not None else "")
+        + ".",
         "",
         "## Held-out phantom test set",
         "",
@@ -474,6 +478,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tta", action="store_true", help="model masks with flip test-time augmentation"
     )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="lesion probability cut of the model's masks (default: the model folder's)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--speed-worker", choices=("predictor", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--speed-pet", type=Path, help=argparse.SUPPRESS)
@@ -492,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         predictor = None
         if (args.model / "metadata.json").is_file():
-            predictor = _load_predictor(args.model, args.threads, tta=args.tta)
+            predictor = _load_predictor(
+                args.model, args.threads, tta=args.tta, threshold=args.threshold
+            )
             if args.seed in _training_seeds(predictor.metadata):
                 raise PetflareInputError(
                     args.model / "metadata.json",
