@@ -393,10 +393,15 @@ def test_variants_reuse_the_pairs_registration(encoder: EncoderFeatures) -> None
         np.testing.assert_allclose(s.lesion_pooled, samples[0].lesion_pooled, atol=1e-4)
 
 
-def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
-    """Extra phantom sets (own seed and PhantomConfig overrides) join the training pairs only."""
-    coarse = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
-    wider = {**coarse, "noise_cv_liver": [0.3, 0.4]}
+COARSE = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
+WIDER = {**COARSE, "noise_cv_liver": [0.3, 0.4]}
+
+
+def _coarse_phantom_rows(
+    tmp_path: Path, **extra: list[dict[str, Any]]
+) -> tuple[torch.nn.Module, dict[str, list[dict[str, Any]]]]:
+    """Rows of a 1 + 1 pair coarse phantom DataModule (seeds 11 / 12) with extra sets whose
+    PhantomConfig is ``WIDER``."""
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
     dm = LongitudinalDataModule(
         net,
@@ -407,10 +412,17 @@ def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
         n_val_pairs=1,
         train_seed=11,
         val_seed=12,
-        phantom=coarse,
-        extra_train_sets=[{"n_pairs": 1, "seed": 13, "phantom": wider}],
+        phantom=COARSE,
+        **extra,
     )
-    rows = dm.rows()
+    return net, dm.rows()
+
+
+def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
+    """Extra phantom sets (own seed and PhantomConfig overrides) join the training pairs only."""
+    net, rows = _coarse_phantom_rows(
+        tmp_path, extra_train_sets=[{"n_pairs": 1, "seed": 13, "phantom": WIDER}]
+    )
     assert len(rows["train"]) == 2 and len(rows["val"]) == 1
     folders = sorted(p.name for p in (tmp_path / "pairs").iterdir())
     assert any("_seed13_" in f and "noise_cv_liver-0.3-0.4" in f for f in folders), folders
@@ -427,22 +439,9 @@ def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
 
 def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
     """Extra validation sets join the validation pairs only; no seed serves both splits."""
-    coarse = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
-    wider = {**coarse, "noise_cv_liver": [0.3, 0.4]}
-    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
-    dm = LongitudinalDataModule(
-        net,
-        PRE,
-        tmp_path / "cache",
-        data_dir=tmp_path / "pairs",
-        n_train_pairs=1,
-        n_val_pairs=1,
-        train_seed=11,
-        val_seed=12,
-        phantom=coarse,
-        extra_val_sets=[{"n_pairs": 1, "seed": 14, "phantom": wider}],
+    net, rows = _coarse_phantom_rows(
+        tmp_path, extra_val_sets=[{"n_pairs": 1, "seed": 14, "phantom": WIDER}]
     )
-    rows = dm.rows()
     assert len(rows["train"]) == 1 and len(rows["val"]) == 2
     folders = sorted(p.name for p in (tmp_path / "pairs").iterdir())
     assert any(f.startswith("val_n1_seed14_") and "noise_cv_liver-0.3-0.4" in f for f in folders)
