@@ -77,7 +77,7 @@ def test_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     assert get_class(cfg.trainer._target_).__name__ == "Trainer"
     trainer_cfg = cfg.trainer
     if cfg.trainer.accelerator != "cpu":  # GPU/DDP settings: instantiate on CPU for the test
-        trainer_cfg = OmegaConf.merge(cfg.trainer, CPU_TRAINER)
+        trainer_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.trainer), **CPU_TRAINER})
     trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers)
     assert trainer.max_steps == cfg.trainer.max_steps
 

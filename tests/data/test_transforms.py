@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -191,3 +192,34 @@ def test_synthetic_source_generates_once(tmp_path: Path) -> None:
     stamp = manifest.stat().st_mtime_ns
     assert source.datalists()["train"] == lists["train"]
     assert manifest.stat().st_mtime_ns == stamp  # cached, not regenerated
+
+
+def test_synthetic_source_extra_sets_are_checked(tmp_path: Path) -> None:
+    """Extra training sets need their own seed: never a validation or the main training seed."""
+    with pytest.raises(ValueError, match="validation seed"):
+        SyntheticSource(tmp_path, val_seed=2, extra_train_sets=[{"n_pairs": 1, "seed": 2}])
+    with pytest.raises(ValueError, match="training seed"):
+        SyntheticSource(tmp_path, train_seed=1, extra_train_sets=[{"n_pairs": 1, "seed": 1}])
+    with pytest.raises(ValueError, match="distinct"):
+        SyntheticSource(tmp_path, extra_train_sets=[{"n_pairs": 1, "seed": 7}] * 2)
+    with pytest.raises(ValueError, match="needs n_pairs"):
+        SyntheticSource(tmp_path, extra_train_sets=[{"seed": 7}])
+
+
+@pytest.mark.slow
+def test_synthetic_source_extra_set_joins_training_only(tmp_path: Path) -> None:
+    """An extra set is generated with its own phantom settings and joins the training split."""
+    wide = {"spacing_inplane_mm": [4.8, 5.0], "spacing_slice_mm": [4.8, 5.0]}
+    source = SyntheticSource(
+        tmp_path,
+        n_train_pairs=1,
+        n_val_pairs=1,
+        train_seed=11,
+        val_seed=12,
+        extra_train_sets=[{"n_pairs": 1, "seed": 13, "phantom": wide}],
+    )
+    lists = source.datalists()
+    assert len(lists["train"]) == 4 and len(lists["val"]) == 2
+    spacings = [nib.load(e["pet"]).header.get_zooms()[:3] for e in lists["train"]]
+    assert [min(s) >= 4.8 for s in spacings] == [False, False, True, True]
+    assert all(min(nib.load(e["pet"]).header.get_zooms()[:3]) < 4.8 for e in lists["val"])

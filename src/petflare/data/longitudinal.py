@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from petflare.constants import MANIFEST_PATH_COLUMNS, PATTERN_TO_INDEX, PATTERNS, Keys
+from petflare.data.sources import extra_phantom_set
 from petflare.data.transforms import PreprocessingConfig, ScaleSuv
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_path, atomic_write_text
@@ -1233,27 +1234,6 @@ def weights_digest(net: nn.Module) -> str:
 MaskSource = Callable[[Study], np.ndarray]
 
 
-def _extra_set(entry: Mapping[str, Any], split: str, taken: Mapping[int, str]) -> dict[str, Any]:
-    """A validated extra phantom set for ``split``: ``{n_pairs, seed, phantom}``.
-
-    ``taken`` maps the seeds of the other split to its name: a pair must never be in both.
-    """
-    unknown = set(entry) - {"n_pairs", "seed", "phantom"}
-    if unknown or "n_pairs" not in entry or "seed" not in entry:
-        raise ValueError(
-            f"an extra {split} set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
-        )
-    if int(entry["seed"]) in taken:
-        raise ValueError(
-            f"extra {split} set seed {entry['seed']} is a {taken[int(entry['seed'])]} seed"
-        )
-    return {
-        "n_pairs": int(entry["n_pairs"]),
-        "seed": int(entry["seed"]),
-        "phantom": dict(entry.get("phantom") or {}),
-    }
-
-
 class LongitudinalDataModule(pl.LightningDataModule):
     """Labelled baseline/follow-up pairs for the change-pattern head (precomputed features).
 
@@ -1345,12 +1325,15 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.val_seed = int(val_seed)
         self.phantom = dict(phantom or {})
         self.extra_val_sets = [
-            _extra_set(e, "validation", {int(train_seed): "training"}) for e in extra_val_sets
+            extra_phantom_set(e, "validation", {int(train_seed): "training"})
+            for e in extra_val_sets
         ]
         val_seeds = {int(val_seed): "validation"} | {
             e["seed"]: "validation" for e in self.extra_val_sets
         }
-        self.extra_train_sets = [_extra_set(e, "training", val_seeds) for e in extra_train_sets]
+        self.extra_train_sets = [
+            extra_phantom_set(e, "training", val_seeds) for e in extra_train_sets
+        ]
         if (self.extra_train_sets or self.extra_val_sets) and manifest is not None:
             raise ValueError("extra phantom sets are phantom pairs: not used with a manifest")
         self.n_mask_variants = int(n_mask_variants)

@@ -9,7 +9,7 @@ where the data lives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,29 @@ from petflare.io.splits import split_by_patient
 log = logging.getLogger(__name__)
 
 Datalist = list[dict[str, Any]]
+
+
+def extra_phantom_set(
+    entry: Mapping[str, Any], split: str, taken: Mapping[int, str]
+) -> dict[str, Any]:
+    """A validated extra phantom set for ``split``: ``{n_pairs, seed, phantom}``.
+
+    ``taken`` maps the seeds of the other split to its name: a pair must never be in both.
+    """
+    unknown = set(entry) - {"n_pairs", "seed", "phantom"}
+    if unknown or "n_pairs" not in entry or "seed" not in entry:
+        raise ValueError(
+            f"an extra {split} set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
+        )
+    if int(entry["seed"]) in taken:
+        raise ValueError(
+            f"extra {split} set seed {entry['seed']} is a {taken[int(entry['seed'])]} seed"
+        )
+    return {
+        "n_pairs": int(entry["n_pairs"]),
+        "seed": int(entry["seed"]),
+        "phantom": dict(entry.get("phantom") or {}),
+    }
 
 
 class DataSource(Protocol):
@@ -104,7 +127,9 @@ class SyntheticSource:
     """Phantom studies generated on first use into ``cache_dir`` (reused afterwards).
 
     Training and validation sets come from separate generator seeds, so no phantom is in both
-    (keep these seeds different from any test seed too).
+    (keep these seeds different from any test seed too). ``extra_train_sets`` adds phantom sets
+    generated with other settings (each ``{n_pairs, seed, phantom}``, e.g. wider scanner
+    ranges) to the training split only: a mixture of the default phantom and randomised ones.
     """
 
     def __init__(
@@ -116,9 +141,15 @@ class SyntheticSource:
         val_seed: int = 2000,
         phantom: Mapping[str, Any] | None = None,
         workers: int = 1,
+        extra_train_sets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         if train_seed == val_seed:
             raise ValueError("train_seed and val_seed must differ (no phantom in both splits)")
+        taken = {int(val_seed): "validation", int(train_seed): "training"}
+        self.extra_train_sets = [extra_phantom_set(e, "training", taken) for e in extra_train_sets]
+        seeds = [e["seed"] for e in self.extra_train_sets]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"extra training sets need distinct seeds, got {seeds}")
         self.cache_dir = Path(cache_dir)
         self.n_train_pairs = int(n_train_pairs)
         self.n_val_pairs = int(n_val_pairs)
@@ -127,21 +158,26 @@ class SyntheticSource:
         self.phantom = dict(phantom or {})
         self.workers = int(workers)
 
-    def _folder(self, split: str, n_pairs: int, seed: int) -> Path:
+    def _folder(
+        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any] | None = None
+    ) -> Path:
         from petflare.synth.config import phantom_tag
 
-        tag = phantom_tag(self.phantom)
+        tag = phantom_tag(self.phantom if phantom is None else phantom)
         name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")  # cache key
         return self.cache_dir / name
 
-    def _generate(self, split: str, n_pairs: int, seed: int) -> Datalist:
+    def _generate(
+        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any] | None = None
+    ) -> Datalist:
         from petflare.synth import PhantomConfig, generate_dataset
 
-        folder = self._folder(split, n_pairs, seed)
+        phantom = self.phantom if phantom is None else phantom
+        folder = self._folder(split, n_pairs, seed, phantom)
         manifest = folder / "manifest.csv"
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
-            config = PhantomConfig(**self.phantom)
+            config = PhantomConfig(**phantom)
             manifest = generate_dataset(
                 folder, n_pairs, seed, config=config, overwrite=True, workers=self.workers
             )
@@ -153,6 +189,10 @@ class SyntheticSource:
     def datalists(self) -> dict[str, Datalist]:
         """Generate (once) and list the train and val phantom studies."""
         out = {"train": self._generate("train", self.n_train_pairs, self.train_seed)}
+        for extra in self.extra_train_sets:
+            out["train"] += self._generate(
+                "train", extra["n_pairs"], extra["seed"], extra["phantom"]
+            )
         out["val"] = (
             self._generate("val", self.n_val_pairs, self.val_seed) if self.n_val_pairs > 0 else []
         )
