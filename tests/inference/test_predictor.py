@@ -191,14 +191,18 @@ def test_remove_small_components(min_ml: float, expected_kept: int) -> None:
     assert out.dtype == np.uint8
 
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "phantom-unet"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="shipped model folder models/phantom-unet absent")
-def test_shipped_model_folder() -> None:
-    size_mb = sum(p.stat().st_size for p in SHIPPED.iterdir()) / 1e6
+@pytest.mark.parametrize("name", ["phantom-unet", "phantom-unet-gpu"])
+def test_shipped_model_folder(name: str) -> None:
+    """The default model folder and the GPU-trained alternative: small, safe to load, usable."""
+    folder = MODELS / name
+    if not folder.is_dir():
+        pytest.skip(f"shipped model folder models/{name} absent")
+    size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
     assert size_mb < 20.0
-    predictor = Predictor.from_folder(SHIPPED, device="cpu")
+    predictor = Predictor.from_folder(folder, device="cpu")
     meta = predictor.metadata
     assert "synthetic phantoms" in meta["intended_use"] and "Research" in meta["intended_use"]
     assert meta["channels"] == ["pet"] and len(meta["spacing_mm"]) == 3
@@ -206,6 +210,11 @@ def test_shipped_model_folder() -> None:
     assert meta["training"]["seed"] == 42 and meta["versions"]["torch"]
     study = off_centre_study(make_non_ras_affine())
     assert predictor.predict(study).shape == study.shape
+    from petflare.inference.pattern import load_head
+
+    _, head_record = load_head(folder)  # refuses a head trained on other U-Net weights
+    assert head_record["temperature"] > 0
+    assert head_record["segmentation_weights_sha256"] == meta["weights"]["sha256"]
 
 
 @pytest.mark.parametrize(
