@@ -158,22 +158,14 @@ class SyntheticSource:
         self.phantom = dict(phantom or {})
         self.workers = int(workers)
 
-    def _folder(
-        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any] | None = None
-    ) -> Path:
-        from petflare.synth.config import phantom_tag
-
-        tag = phantom_tag(self.phantom if phantom is None else phantom)
-        name = f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else "")  # cache key
-        return self.cache_dir / name
-
     def _generate(
-        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any] | None = None
+        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any]
     ) -> Datalist:
         from petflare.synth import PhantomConfig, generate_dataset
+        from petflare.synth.config import phantom_tag
 
-        phantom = self.phantom if phantom is None else phantom
-        folder = self._folder(split, n_pairs, seed, phantom)
+        tag = phantom_tag(phantom)
+        folder = self.cache_dir / (f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else ""))
         manifest = folder / "manifest.csv"
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
@@ -188,13 +180,15 @@ class SyntheticSource:
 
     def datalists(self) -> dict[str, Datalist]:
         """Generate (once) and list the train and val phantom studies."""
-        out = {"train": self._generate("train", self.n_train_pairs, self.train_seed)}
+        out = {"train": self._generate("train", self.n_train_pairs, self.train_seed, self.phantom)}
         for extra in self.extra_train_sets:
             out["train"] += self._generate(
                 "train", extra["n_pairs"], extra["seed"], extra["phantom"]
             )
         out["val"] = (
-            self._generate("val", self.n_val_pairs, self.val_seed) if self.n_val_pairs > 0 else []
+            self._generate("val", self.n_val_pairs, self.val_seed, self.phantom)
+            if self.n_val_pairs > 0
+            else []
         )
         return out
 
