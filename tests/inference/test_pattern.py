@@ -112,6 +112,27 @@ def test_cli_trains_and_serves_an_ensemble(trained: tuple[Path, Path], tmp_path:
     assert bad.returncode == 2 and "n_heads" in bad.stderr
 
 
+def test_cli_cross_fit_calibrates_on_out_of_fold_pairs(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, manifest = trained
+    model_dir = _model_folder(tmp_path / "model")
+    result = _train_head(tmp_path, model_dir, manifest, "n_heads=2", "calibration=cross_fit")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fold 2/2 head trained" in result.stdout
+    meta = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
+    assert meta["training"]["calibration"] == "cross_fit"
+    assert meta["head"]["n_members"] == 2
+    assert meta["cross_fit"]["n"] == 4  # every training pair scored by the head that skipped it
+    run = json.loads((tmp_path / "run" / "head_run.json").read_text())
+    assert run["n_calibration"] == 8  # 4 validation + 4 out-of-fold pairs
+    assert run["n_train"] == 4
+    bad = _train_head(
+        tmp_path, model_dir, manifest, "n_heads=1", "calibration=cross_fit", "overwrite=true"
+    )
+    assert bad.returncode == 2 and "n_heads >= 2" in bad.stderr
+
+
 def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: Path) -> None:
     model_dir, manifest = trained
     result = _train_head(tmp_path, model_dir, manifest)

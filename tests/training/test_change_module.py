@@ -27,7 +27,11 @@ from petflare.data.transforms import PreprocessingConfig
 from petflare.networks import build_unet
 from petflare.networks.change_head import ChangePatternHead
 from petflare.networks.encoder import EncoderFeatures
-from petflare.training.change_module import ChangePatternModule, fit_head_normalization
+from petflare.training.change_module import (
+    ChangePatternModule,
+    fit_head_normalization,
+    stratified_folds,
+)
 
 _spec = importlib.util.spec_from_file_location(
     "_tiny_pairs", Path(__file__).parents[1] / "data" / "test_longitudinal.py"
@@ -93,6 +97,39 @@ def test_a_trained_tiny_head_beats_chance_on_its_training_pairs(tiny_samples: li
     )
     accuracy = float((logits.argmax(1) == labels).mean())
     assert accuracy >= 0.75, f"training accuracy {accuracy} (chance 0.25)"
+
+
+def test_stratified_folds_spread_every_class() -> None:
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3 + [3] * 7)
+    folds = stratified_folds(labels, 5, seed=1)
+    assert set(folds.tolist()) == set(range(5))
+    for c in range(4):
+        counts = np.bincount(folds[labels == c], minlength=5)
+        assert counts.max() - counts.min() <= 1, (c, counts)
+    assert np.bincount(folds).max() - np.bincount(folds).min() <= 1
+    assert np.array_equal(folds, stratified_folds(labels, 5, seed=1))
+    with pytest.raises(ValueError, match="n_folds"):
+        stratified_folds(labels, 1)
+
+
+def test_training_can_skip_a_fold_of_pairs(tiny_samples: list, tmp_path: Path) -> None:
+    """use_train_pairs restricts the loader and the normalisation samples, not the dataset."""
+    from petflare.data.longitudinal import LongitudinalDataModule
+
+    dm = LongitudinalDataModule(_net(), PRE, tmp_path, manifest=tmp_path / "unused.csv")
+    dm.datasets = {
+        "train": PairSampleDataset(tiny_samples, random_variant=True),
+        "val": PairSampleDataset([], random_variant=False),
+    }
+    dm.use_train_pairs([0, 2])
+    seen = [int(x) for batch in dm.train_dataloader() for x in batch[HeadKeys.LABEL]]
+    assert sorted(seen) == sorted([tiny_samples[0][0].label, tiny_samples[2][0].label])
+    assert len(dm.all_train_samples()) == len(tiny_samples[0]) + len(tiny_samples[2])
+    assert len(dm.datasets["train"]) == len(tiny_samples)
+    with pytest.raises(ValueError, match="indices"):
+        dm.use_train_pairs([len(tiny_samples)])
+    dm.use_train_pairs(None)
+    assert len(dm.all_train_samples()) == sum(len(v) for v in tiny_samples)
 
 
 @pytest.mark.parametrize("mode", ["frozen", "finetune", "joint"])

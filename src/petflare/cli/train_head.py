@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from petflare.cli._common import config_dir, exit_on_bad_input
@@ -140,6 +141,71 @@ def training_data_record(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def cross_fit(
+    cfg: DictConfig, objects: dict[str, Any], dm: Any, make_module: Any, n_folds: int
+) -> tuple[Any, dict[str, Any]]:
+    """An ensemble of ``n_folds`` heads, head k trained without fold k of the training pairs,
+    and one temperature fitted on the validation pairs plus every training pair scored by the
+    head that did not see it (its model-mask variant when there is one: what inference sees).
+
+    With a few dozen validation pairs the temperature is a noisy estimate; the out-of-fold
+    logits add every training pair to it, across all the training sets' scanners.
+    """
+    import lightning.pytorch as pl
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from petflare.data.longitudinal import collate_samples
+    from petflare.networks.change_head import HeadEnsemble
+    from petflare.training.change_module import (
+        calibrate_head,
+        fit_change_head,
+        stratified_folds,
+    )
+
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    labels = train.labels
+    folds = stratified_folds(labels, n_folds, seed=int(cfg.seed))
+    held_variant = -1 if bool(cfg.data.get("train_predicted_variant", False)) else 0
+    oof: np.ndarray | None = None
+    members, member_metrics = [], []
+    first: dict[str, Any] = {}
+    for k in range(n_folds):
+        pl.seed_everything(int(cfg.seed) + k, workers=True)
+        dm.use_train_pairs(np.flatnonzero(folds != k))
+        member = make_module(objects["head"] if k == 0 else objects["make_head"]())
+        trainer = objects["trainer"] if k == 0 else instantiate(cfg.trainer)
+        member_record = fit_change_head(trainer, member, dm)
+        first = first or member_record
+        held = np.flatnonzero(folds == k)
+        held_samples: Any = [train.variants[i][held_variant] for i in held]
+        loader: DataLoader[Any] = DataLoader(
+            held_samples,
+            batch_size=int(cfg.data.batch_size),
+            collate_fn=collate_samples,
+        )
+        logits, _ = member.predict_logits(loader)
+        if oof is None:
+            oof = np.zeros((len(labels), logits.shape[1]), np.float32)
+        oof[held] = logits
+        members.append(member.head)
+        member_metrics.append(member_record["val_metrics"])
+        print(f"petflare-train-head: fold {k + 1}/{n_folds} head trained", flush=True)
+    dm.use_train_pairs(None)
+    assert oof is not None
+    module = make_module(HeadEnsemble(members))
+    record = {
+        "n_train": len(train),
+        "n_val": first.get("n_val", 0),
+        **calibrate_head(module, dm, held_out=(oof, labels)),
+        "member_val_balanced_accuracy": [
+            None if m is None else m["balanced_accuracy"] for m in member_metrics
+        ],
+    }
+    return module, record
+
+
 def train_head(cfg: DictConfig) -> dict[str, Any]:
     """Run one head training job; writes head.pt/head.json into ``model_dir``."""
     import lightning.pytorch as pl
@@ -180,6 +246,15 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
         raise PetflareInputError(None, f"n_heads must be >= 1, got {n_heads}")
     if n_heads > 1 and mode != "frozen":
         raise PetflareInputError(None, "n_heads > 1 (an ensemble) needs module.mode=frozen")
+    calibration = str(cfg.get("calibration", "validation"))
+    if calibration not in ("validation", "cross_fit"):
+        raise PetflareInputError(
+            None, f"calibration must be validation or cross_fit, got {calibration}"
+        )
+    if calibration == "cross_fit" and n_heads < 2:
+        raise PetflareInputError(
+            None, "calibration=cross_fit trains one head per fold: it needs n_heads >= 2"
+        )
     pl.seed_everything(int(cfg.seed), workers=True)
     objects = build(cfg)
     dm = objects["datamodule"]
@@ -200,9 +275,12 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
             label_smoothing=float(cfg.module.label_smoothing),
         )
 
-    module = make_module(objects["head"])
-    record = fit_change_head(objects["trainer"], module, dm)
-    if n_heads > 1:
+    if calibration == "cross_fit":
+        module, record = cross_fit(cfg, objects, dm, make_module, n_heads)
+    else:
+        module = make_module(objects["head"])
+        record = fit_change_head(objects["trainer"], module, dm)
+    if n_heads > 1 and calibration == "validation":
         # more members from other random starts (seed + k) on the same cached pairs; the
         # temperature is fitted once more, on the averaged logits
         members, member_metrics = [module.head], [record["val_metrics"]]
@@ -235,9 +313,11 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
                 "mode": mode,
                 "seed": int(cfg.seed),
                 "n_heads": n_heads,
+                "calibration": calibration,
                 "epochs": int(objects["trainer"].current_epoch),
             },
             "validation": record["val_metrics"],
+            "cross_fit": record.get("held_out_metrics"),
             "validation_uncalibrated": record["val_metrics_uncalibrated"],
             "intended_use": "research only: change-pattern classification of FDG-PET pairs; "
             "trained on synthetic phantoms unless stated otherwise; not for clinical use",

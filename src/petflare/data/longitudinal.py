@@ -1352,6 +1352,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
             raise ValueError("include_images (finetune/joint modes) needs ground-truth val masks")
         self.datasets: dict[str, PairSampleDataset] = {}
         self.image_datasets: dict[str, ImagePairDataset] = {}
+        self._train_pairs: list[int] | None = None
 
     # -- rows
     def _phantom_set(
@@ -1524,6 +1525,32 @@ class LongitudinalDataModule(pl.LightningDataModule):
                     items, augment=split == "train", noise_std=self.noise_std, seed=self.seed
                 )
 
+    def use_train_pairs(self, indices: Sequence[int] | None) -> None:
+        """Train on these training pairs only (None: all), e.g. one fold of a cross-fit.
+
+        Restricts :meth:`train_dataloader` and :meth:`all_train_samples` (pooled-feature path);
+        ``datasets["train"]`` keeps every pair. Class weights stay those of all pairs.
+        """
+        if indices is None:
+            self._train_pairs = None
+            return
+        n = len(self.datasets["train"])
+        chosen = sorted({int(i) for i in indices})
+        if not chosen or chosen[0] < 0 or chosen[-1] >= n:
+            raise ValueError(f"training pair indices must be in [0, {n}), got {list(indices)}")
+        self._train_pairs = chosen
+
+    def _train_dataset(self) -> PairSampleDataset:
+        ds = self.datasets["train"]
+        if self._train_pairs is None:
+            return ds
+        return PairSampleDataset(
+            [ds.variants[i] for i in self._train_pairs],
+            random_variant=True,
+            seed=self.seed,
+            ct_dropout=self.ct_dropout,
+        )
+
     @property
     def class_weights(self) -> np.ndarray | None:
         """Loss weights for ``balance="weights"`` (None otherwise); needs :meth:`setup`."""
@@ -1540,7 +1567,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
                 collate_fn=collate_images,
                 generator=torch.Generator().manual_seed(self.seed),
             )
-        ds = self.datasets["train"]
+        ds = self._train_dataset()
         if self.balance == "sampler":
             w = class_weights(ds.labels)[ds.labels]
             sampler = WeightedRandomSampler(
@@ -1572,8 +1599,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate_samples)
 
     def all_train_samples(self) -> list[PairSample]:
-        """Every training sample (all variants), e.g. to fit the head's input normalisation."""
-        return [s for v in self.datasets["train"].variants for s in v]
+        """Every training sample (all variants) of the pairs trained on (see
+        :meth:`use_train_pairs`), e.g. to fit the head's input normalisation."""
+        return [s for v in self._train_dataset().variants for s in v]
 
 
 def load_row_studies(row: Mapping[str, Any]) -> tuple[Study, Study]:

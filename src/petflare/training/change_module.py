@@ -263,9 +263,18 @@ def fit_change_head(
     }
 
 
-def calibrate_head(module: ChangePatternModule, datamodule: Any) -> dict[str, Any]:
+def calibrate_head(
+    module: ChangePatternModule,
+    datamodule: Any,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """Temperature scaling of ``module``'s head on the validation split, with the metrics
-    before and after (``temperature`` 1 and metrics None without a validation split)."""
+    before and after (``temperature`` 1 and metrics None without any calibration pair).
+
+    ``held_out`` adds (logits, labels) of pairs that the model scoring them never trained on,
+    e.g. the out-of-fold logits of a cross-fit (:func:`stratified_folds`): the temperature is
+    fitted on them and the validation logits together, and ``held_out_metrics`` reports them.
+    """
     from petflare.training.calibration import apply_temperature, fit_temperature
 
     val_loader = datamodule.val_dataloader()
@@ -274,12 +283,46 @@ def calibrate_head(module: ChangePatternModule, datamodule: Any) -> dict[str, An
         "val_metrics_uncalibrated": None,
         "val_metrics": None,
     }
-    if val_loader:
-        logits, labels = module.predict_logits(val_loader)
-        temperature = fit_temperature(logits, labels)
+    logits, labels = (
+        module.predict_logits(val_loader)
+        if val_loader
+        else (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+    )
+    fit_logits, fit_labels = logits, labels
+    if held_out is not None:
+        fit_logits = np.concatenate([logits, np.asarray(held_out[0], np.float32)])
+        fit_labels = np.concatenate([labels, np.asarray(held_out[1], np.int64)])
+    if len(fit_labels) == 0:
+        return record
+    temperature = fit_temperature(fit_logits, fit_labels)
+    record["temperature"] = temperature
+    record["n_calibration"] = int(len(fit_labels))
+    if held_out is not None:
+        cal = apply_temperature(torch.from_numpy(np.asarray(held_out[0])), temperature).numpy()
+        record["held_out_metrics"] = pattern_metrics(held_out[1], cal.argmax(1), cal)
+    if len(labels):
         raw = torch.softmax(torch.from_numpy(logits), -1).numpy()
         cal = apply_temperature(torch.from_numpy(logits), temperature).numpy()
-        record["temperature"] = temperature
         record["val_metrics_uncalibrated"] = pattern_metrics(labels, raw.argmax(1), raw)
         record["val_metrics"] = pattern_metrics(labels, cal.argmax(1), cal)
     return record
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every pair, each class spread evenly over the folds.
+
+    Within a class the pairs are shuffled (``seed``) and dealt round-robin; each class starts
+    where the previous one stopped, so small classes do not all land in the first folds.
+    """
+    labels = np.asarray(labels)
+    if n_folds < 2 or n_folds > len(labels):
+        raise ValueError(f"need 2 <= n_folds <= {len(labels)} pairs, got {n_folds}")
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(labels), dtype=np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        folds[idx] = (np.arange(len(idx)) + offset) % n_folds
+        offset += len(idx)
+    return folds
