@@ -141,15 +141,17 @@ def training_data_record(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def cross_fit(
-    cfg: DictConfig, objects: dict[str, Any], dm: Any, make_module: Any, n_folds: int
+def train_members(
+    cfg: DictConfig, objects: dict[str, Any], dm: Any, make_module: Any, n_heads: int, folds: bool
 ) -> tuple[Any, dict[str, Any]]:
-    """An ensemble of ``n_folds`` heads, head k trained without fold k of the training pairs,
-    and one temperature fitted on the validation pairs plus every training pair scored by the
-    head that did not see it (its model-mask variant when there is one: what inference sees).
+    """An ensemble of ``n_heads`` heads (seeds seed..seed+n-1, logits averaged) and its record,
+    with one temperature fitted on the averaged logits.
 
-    With a few dozen validation pairs the temperature is a noisy estimate; the out-of-fold
-    logits add every training pair to it, across all the training sets' scanners.
+    With ``folds`` (``calibration=cross_fit``), head k trains without fold k of the training
+    pairs (stratified by class), and the temperature is fitted on the validation pairs plus every
+    training pair scored by the head that did not see it (its model-mask variant when there is
+    one: what inference sees). With a few dozen validation pairs the temperature is a noisy
+    estimate; the out-of-fold logits add every training pair to it, across all training sets.
     """
     import lightning.pytorch as pl
     from hydra.utils import instantiate
@@ -166,19 +168,29 @@ def cross_fit(
     dm.setup("fit")
     train = dm.datasets["train"]
     labels = train.labels
-    folds = stratified_folds(labels, n_folds, seed=int(cfg.seed))
+    fold_of = stratified_folds(labels, n_heads, seed=int(cfg.seed)) if folds else None
     held_variant = -1 if bool(cfg.data.get("train_predicted_variant", False)) else 0
     oof: np.ndarray | None = None
     members, member_metrics = [], []
     first: dict[str, Any] = {}
-    for k in range(n_folds):
-        pl.seed_everything(int(cfg.seed) + k, workers=True)
-        dm.use_train_pairs(np.flatnonzero(folds != k))
+    for k in range(n_heads):
+        # plain ensembles: member 0 continues from the seed set before the data were built
+        # (so earlier heads reproduce); cross-fit heads each start from seed + k
+        if k > 0 or fold_of is not None:
+            pl.seed_everything(int(cfg.seed) + k, workers=True)
+        if fold_of is not None:
+            dm.use_train_pairs(np.flatnonzero(fold_of != k))
         member = make_module(objects["head"] if k == 0 else objects["make_head"]())
         trainer = objects["trainer"] if k == 0 else instantiate(cfg.trainer)
         member_record = fit_change_head(trainer, member, dm)
         first = first or member_record
-        held = np.flatnonzero(folds == k)
+        members.append(member.head)
+        member_metrics.append(member_record["val_metrics"])
+        if fold_of is None:
+            if k > 0:
+                print(f"petflare-train-head: ensemble member {k + 1}/{n_heads} trained", flush=True)
+            continue
+        held = np.flatnonzero(fold_of == k)
         held_samples: Any = [train.variants[i][held_variant] for i in held]
         loader: DataLoader[Any] = DataLoader(
             held_samples,
@@ -189,16 +201,13 @@ def cross_fit(
         if oof is None:
             oof = np.zeros((len(labels), logits.shape[1]), np.float32)
         oof[held] = logits
-        members.append(member.head)
-        member_metrics.append(member_record["val_metrics"])
-        print(f"petflare-train-head: fold {k + 1}/{n_folds} head trained", flush=True)
+        print(f"petflare-train-head: fold {k + 1}/{n_heads} head trained", flush=True)
     dm.use_train_pairs(None)
-    assert oof is not None
     module = make_module(HeadEnsemble(members))
     record = {
-        "n_train": len(train),
-        "n_val": first.get("n_val", 0),
-        **calibrate_head(module, dm, held_out=(oof, labels)),
+        "n_train": first["n_train"],
+        "n_val": first["n_val"],
+        **calibrate_head(module, dm, held_out=None if oof is None else (oof, labels)),
         "member_val_balanced_accuracy": [
             None if m is None else m["balanced_accuracy"] for m in member_metrics
         ],
@@ -214,10 +223,8 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
 
     from petflare.inference.pattern import HEAD_METADATA_FILE, HEAD_WEIGHTS_FILE, save_head
     from petflare.io.atomic import atomic_write_text, check_can_write
-    from petflare.networks.change_head import HeadEnsemble
     from petflare.training.change_module import (
         ChangePatternModule,
-        calibrate_head,
         fit_change_head,
     )
 
@@ -275,27 +282,13 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
             label_smoothing=float(cfg.module.label_smoothing),
         )
 
-    if calibration == "cross_fit":
-        module, record = cross_fit(cfg, objects, dm, make_module, n_heads)
+    if n_heads > 1:
+        module, record = train_members(
+            cfg, objects, dm, make_module, n_heads, folds=calibration == "cross_fit"
+        )
     else:
         module = make_module(objects["head"])
         record = fit_change_head(objects["trainer"], module, dm)
-    if n_heads > 1 and calibration == "validation":
-        # more members from other random starts (seed + k) on the same cached pairs; the
-        # temperature is fitted once more, on the averaged logits
-        members, member_metrics = [module.head], [record["val_metrics"]]
-        for k in range(1, n_heads):
-            pl.seed_everything(int(cfg.seed) + k, workers=True)
-            member = make_module(objects["make_head"]())
-            member_record = fit_change_head(instantiate(cfg.trainer), member, dm)
-            members.append(member.head)
-            member_metrics.append(member_record["val_metrics"])
-            print(f"petflare-train-head: ensemble member {k + 1}/{n_heads} trained", flush=True)
-        module = make_module(HeadEnsemble(members))
-        record.update(calibrate_head(module, dm))
-        record["member_val_balanced_accuracy"] = [
-            None if m is None else m["balanced_accuracy"] for m in member_metrics
-        ]
     record["class_weights"] = None if weights is None else [float(w) for w in weights]
     data_info = training_data_record(cfg)
     torch.set_grad_enabled(True)
