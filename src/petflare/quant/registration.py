@@ -39,7 +39,16 @@ class RegistrationConfig:
     learning_rate: float = 1.0
     iterations: int = 100
     final_spacing_mm: float = 8.0
-    seed: int = 0
+    #: Seed of the metric's random sample of voxels. SimpleITK reads 0 as "seed from the wall
+    #: clock" (``sitk.sitkWallClock``), which would make every run differ, so it is refused.
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seed < 1:
+            raise ValueError(
+                f"registration seed must be >= 1 (got {self.seed}): SimpleITK reads 0 as "
+                "'seed from the wall clock', which makes the registration irreproducible"
+            )
 
 
 def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
