@@ -437,6 +437,15 @@ def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
         LongitudinalDataModule(net, PRE, tmp_path / "c", extra_train_sets=[{"seed": 5}])
 
 
+def test_extra_phantom_set_can_hold_one_pattern(tmp_path: Path) -> None:
+    """``patterns`` restricts an extra set to some change patterns (and keys its folder)."""
+    only = [{"n_pairs": 2, "seed": 13, "phantom": WIDER, "patterns": ["nodule_within_mass"]}]
+    _, rows = _coarse_phantom_rows(tmp_path, extra_train_sets=only)
+    assert [r[Keys.PATTERN] for r in rows["train"][1:]] == ["nodule_within_mass"] * 2
+    folders = [p.name for p in (tmp_path / "pairs").iterdir()]
+    assert sum(f.endswith("_patterns-nodule_within_mass") for f in folders) == 1, folders
+
+
 def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
     """Extra validation sets join the validation pairs only; no seed serves both splits."""
     net, rows = _coarse_phantom_rows(

@@ -204,6 +204,9 @@ def test_synthetic_source_extra_sets_are_checked(tmp_path: Path) -> None:
         SyntheticSource(tmp_path, extra_train_sets=[{"n_pairs": 1, "seed": 7}] * 2)
     with pytest.raises(ValueError, match="needs n_pairs"):
         SyntheticSource(tmp_path, extra_train_sets=[{"seed": 7}])
+    for bad in (["nodule"], []):
+        with pytest.raises(ValueError, match="patterns must be some of"):
+            SyntheticSource(tmp_path, extra_train_sets=[{"n_pairs": 1, "seed": 7, "patterns": bad}])
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from petflare.constants import MANIFEST_PATH_COLUMNS, PATTERN_TO_INDEX, PATTERNS, Keys
-from petflare.data.sources import extra_phantom_set
+from petflare.data.sources import extra_phantom_set, phantom_set_suffix
 from petflare.data.transforms import PreprocessingConfig, ScaleSuv
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_path, atomic_write_text
@@ -1211,6 +1211,11 @@ def class_weights(labels: np.ndarray, n_classes: int = len(PATTERNS)) -> np.ndar
 # ----------------------------------------------------------------------------- data module
 
 
+def _set_args(extra: Mapping[str, Any]) -> tuple[int, int, dict[str, Any], list[str] | None]:
+    """``(n_pairs, seed, phantom, patterns)`` of a validated extra phantom set."""
+    return extra["n_pairs"], extra["seed"], extra["phantom"], extra.get("patterns")
+
+
 def _cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -1356,17 +1361,20 @@ class LongitudinalDataModule(pl.LightningDataModule):
 
     # -- rows
     def _phantom_set(
-        self, split: str, n: int, seed: int, phantom: Mapping[str, Any]
+        self,
+        split: str,
+        n: int,
+        seed: int,
+        phantom: Mapping[str, Any],
+        patterns: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
         """The first ``n`` pairs of one phantom set, generated once into ``data_dir``."""
         from petflare.io import load_manifest
         from petflare.synth import PhantomConfig, generate_dataset
-        from petflare.synth.config import phantom_tag
 
         if n <= 0:
             return []
-        tag = phantom_tag(dict(phantom))
-        suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
+        suffix = phantom_set_suffix(seed, phantom, patterns)
         folder = self.data_dir / f"{split}_n{n}{suffix}"
         manifest = folder / "manifest.csv"
         # pair i depends only on (seed, i): a larger set of the same seed holds this one
@@ -1381,17 +1389,17 @@ class LongitudinalDataModule(pl.LightningDataModule):
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
             manifest = generate_dataset(
-                folder, n, seed, config=PhantomConfig(**phantom), overwrite=True
+                folder, n, seed, config=PhantomConfig(**phantom), patterns=patterns, overwrite=True
             )
         return load_manifest(manifest)[:n]
 
     def _phantom_rows(self) -> dict[str, list[dict[str, Any]]]:
         train = self._phantom_set("train", self.n_train_pairs, self.train_seed, self.phantom)
         for extra in self.extra_train_sets:
-            train += self._phantom_set("train", extra["n_pairs"], extra["seed"], extra["phantom"])
+            train += self._phantom_set("train", *_set_args(extra))
         val = self._phantom_set("val", self.n_val_pairs, self.val_seed, self.phantom)
         for extra in self.extra_val_sets:
-            val += self._phantom_set("val", extra["n_pairs"], extra["seed"], extra["phantom"])
+            val += self._phantom_set("val", *_set_args(extra))
         return {"train": train, "val": val}
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:

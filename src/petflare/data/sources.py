@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from petflare.constants import Keys
+from petflare.constants import PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_autopet, load_manifest, load_nnunet_raw, manifest_to_studies
 from petflare.io.splits import split_by_patient
@@ -28,24 +28,54 @@ Datalist = list[dict[str, Any]]
 def extra_phantom_set(
     entry: Mapping[str, Any], split: str, taken: Mapping[int, str]
 ) -> dict[str, Any]:
-    """A validated extra phantom set for ``split``: ``{n_pairs, seed, phantom}``.
+    """A validated extra phantom set for ``split``: ``{n_pairs, seed, phantom, patterns}``.
 
-    ``taken`` maps the seeds of the other split to its name: a pair must never be in both.
+    ``patterns`` (optional) restricts the set to some change patterns, cycled as
+    ``generate_dataset`` does (e.g. ``[nodule_within_mass]`` to show a network more of the
+    rarest appearance); ``None`` keeps all four, balanced. ``taken`` maps the seeds of the
+    other split to its name: a pair must never be in both.
     """
-    unknown = set(entry) - {"n_pairs", "seed", "phantom"}
+    unknown = set(entry) - {"n_pairs", "seed", "phantom", "patterns"}
     if unknown or "n_pairs" not in entry or "seed" not in entry:
         raise ValueError(
-            f"an extra {split} set needs n_pairs and seed (and optional phantom), got {dict(entry)}"
+            f"an extra {split} set needs n_pairs and seed (and optional phantom, patterns), "
+            f"got {dict(entry)}"
         )
     if int(entry["seed"]) in taken:
         raise ValueError(
             f"extra {split} set seed {entry['seed']} is a {taken[int(entry['seed'])]} seed"
         )
+    patterns = entry.get("patterns")
+    if patterns is not None:
+        patterns = [str(p) for p in patterns]
+        bad = [p for p in patterns if p not in PATTERNS]
+        if not patterns or bad:
+            raise ValueError(
+                f"extra {split} set patterns must be some of {list(PATTERNS)}, got {patterns}"
+            )
     return {
         "n_pairs": int(entry["n_pairs"]),
         "seed": int(entry["seed"]),
         "phantom": dict(entry.get("phantom") or {}),
+        "patterns": patterns,
     }
+
+
+def phantom_set_suffix(
+    seed: int, phantom: Mapping[str, Any], patterns: Sequence[str] | None = None
+) -> str:
+    """Folder-name suffix of a phantom set: ``_seed<seed>[_<phantom tag>][_patterns-...]``.
+
+    Pair ``i`` of a set depends only on the seed, the phantom settings, the pattern cycle and
+    ``i``, so every folder with this suffix holds the same pairs (a larger one holds more).
+    """
+    from petflare.synth.config import phantom_tag
+
+    tag = phantom_tag(dict(phantom))
+    suffix = f"_seed{seed}" + (f"_{tag}" if tag else "")
+    if patterns:
+        suffix += "_patterns-" + "-".join(patterns)
+    return suffix
 
 
 class DataSource(Protocol):
@@ -128,8 +158,9 @@ class SyntheticSource:
 
     Training and validation sets come from separate generator seeds, so no phantom is in both
     (keep these seeds different from any test seed too). ``extra_train_sets`` adds phantom sets
-    generated with other settings (each ``{n_pairs, seed, phantom}``, e.g. wider scanner
-    ranges) to the training split only: a mixture of the default phantom and randomised ones.
+    generated with other settings (each ``{n_pairs, seed, phantom, patterns}``, e.g. wider
+    scanner ranges, or only nodule pairs) to the training split only: a mixture of the default
+    phantom and randomised or enriched ones.
     """
 
     def __init__(
@@ -159,19 +190,29 @@ class SyntheticSource:
         self.workers = int(workers)
 
     def _generate(
-        self, split: str, n_pairs: int, seed: int, phantom: Mapping[str, Any]
+        self,
+        split: str,
+        n_pairs: int,
+        seed: int,
+        phantom: Mapping[str, Any],
+        patterns: Sequence[str] | None = None,
     ) -> Datalist:
         from petflare.synth import PhantomConfig, generate_dataset
-        from petflare.synth.config import phantom_tag
 
-        tag = phantom_tag(phantom)
-        folder = self.cache_dir / (f"{split}_n{n_pairs}_seed{seed}" + (f"_{tag}" if tag else ""))
+        suffix = phantom_set_suffix(seed, phantom, patterns)
+        folder = self.cache_dir / f"{split}_n{n_pairs}{suffix}"
         manifest = folder / "manifest.csv"
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
             config = PhantomConfig(**phantom)
             manifest = generate_dataset(
-                folder, n_pairs, seed, config=config, overwrite=True, workers=self.workers
+                folder,
+                n_pairs,
+                seed,
+                config=config,
+                patterns=patterns,
+                overwrite=True,
+                workers=self.workers,
             )
         entries = manifest_to_studies(load_manifest(manifest))
         for entry in entries:
@@ -183,7 +224,7 @@ class SyntheticSource:
         out = {"train": self._generate("train", self.n_train_pairs, self.train_seed, self.phantom)}
         for extra in self.extra_train_sets:
             out["train"] += self._generate(
-                "train", extra["n_pairs"], extra["seed"], extra["phantom"]
+                "train", extra["n_pairs"], extra["seed"], extra["phantom"], extra["patterns"]
             )
         out["val"] = (
             self._generate("val", self.n_val_pairs, self.val_seed, self.phantom)
