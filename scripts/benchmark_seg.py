@@ -8,11 +8,14 @@ Writes docs/bench_seg.md (numbers plus the exact command) and the full per-scan 
    scored with the autoPET metrics (``petflare.inference.evaluation.evaluate_entries``);
 2. the real FDG-PET soft-tissue-sarcoma crops (IBSI, TCIA STS) with their GTV masks: Dice of the
    model beside the baselines;
-3. speed on a few CPU threads: seconds per whole-body scan and peak memory (each measured in a
+3. the real whole-body FDG-PET DICOM series of the same collection (STS_001: 267 slices,
+   Bq/mL converted to SUV by ``read_dicom_pet``) with its RTSTRUCT ``GTV_Mass``: Dice, and the
+   false-positive volume that physiological uptake (heart, bladder, brain) costs on a real body;
+4. speed on a few CPU threads: seconds per whole-body scan and peak memory (each measured in a
    fresh process) of ``Predictor.predict`` against MONAI's plain ``sliding_window_inference``
    (default overlap 0.25 and constant blending) on the same network and preprocessed volume.
 
-Without a model folder, parts 1 and 2 score the baselines only and part 3 is skipped.
+Without a model folder, parts 1-3 score the baselines only and part 4 is skipped.
 
 Usage::
 
@@ -49,6 +52,9 @@ from petflare.io import atomic_write_text, check_can_write, load_study, study_en
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "phantom-unet"
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "real" / "ibsi_sts_crops"
+DEFAULT_WHOLEBODY = REPO.parent / "shared" / "data" / "real" / "sts001_wholebody_fdg_dicom"
+#: RTSTRUCT ROI scored on the whole-body series (the sarcoma; ``GTV_Edema`` is not tumour).
+WHOLEBODY_ROI = "GTV_Mass"
 DEFAULT_OUT = REPO / "outputs" / "bench_seg"
 DEFAULT_REPORT = REPO / "docs" / "bench_seg.md"
 #: Seed of the held-out phantom test set; refused if the model's metadata lists it as a
@@ -197,6 +203,48 @@ def real_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluati
     return evaluation
 
 
+def wholebody_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation | None:
+    """Score the model and baselines on the real whole-body DICOM series (None if absent).
+
+    The series is converted once (SUV and the ROI's mask as NIfTI under the output folder),
+    then scored like any labelled scan: one tumour, so Dice, FNV and above all FPV (every
+    physiologically hot organ the model calls lesion) are the numbers to read.
+    """
+    from petflare.io.dicom import read_dicom_pet, read_rtstruct_mask
+    from petflare.io.nifti import save_nifti
+
+    image, rtstructs = args.wholebody_dir / "image", sorted(args.wholebody_dir.glob("mask/*.dcm"))
+    if not image.is_dir() or not rtstructs:
+        print(f"whole-body series not found in {args.wholebody_dir}; skipping", flush=True)
+        return None
+    study = read_dicom_pet(image)
+    mask = read_rtstruct_mask(rtstructs[0], study, WHOLEBODY_ROI)
+    folder = args.out_dir / "wholebody_nifti"
+    pet_path, mask_path = folder / "SUV.nii.gz", folder / "GTV.nii.gz"
+    save_nifti(study.pet.astype("float32"), study.affine, pet_path, overwrite=True)
+    save_nifti(mask.astype("uint8"), study.affine, mask_path, overwrite=True)
+    entries = [
+        {**study_entry("STS_001", "wholebody", pet_path, None, mask_path), "case": "STS_001"}
+    ]
+    segmenters = {} if predictor is None else {"model": predictor.predict}
+    if predictor is not None and "ct" in predictor.preprocessing.channels:
+        print("model needs CT, the series has none; scoring baselines only", flush=True)
+        segmenters = {}
+    evaluation = evaluate_entries(
+        entries,
+        segmenters=segmenters,
+        baselines=list(CLASSICAL_BASELINES),
+        method_descriptions={"model": f"model folder {args.model}"},
+    )
+    write_evaluation(
+        evaluation,
+        args.out_dir / "wholebody_eval",
+        overwrite=True,
+        provenance={"dataset": str(args.wholebody_dir), "roi": WHOLEBODY_ROI},
+    )
+    return evaluation
+
+
 # --------------------------------------------------------------------------- part 3: speed
 
 
@@ -337,6 +385,17 @@ def _real_table(evaluation: Evaluation) -> list[str]:
     return lines
 
 
+def _wholebody_table(evaluation: Evaluation) -> list[str]:
+    case = evaluation.cases[0]
+    lines = ["| method | Dice | FPV (ml) | FNV (ml) |", "|---|---|---|---|"]
+    for name, m in case.metrics.items():
+        lines.append(
+            f"| {name} | {format_metric(m.dice)} | {format_metric(m.fpv_ml, 1)} | "
+            f"{format_metric(m.fnv_ml, 1)} |"
+        )
+    return lines
+
+
 def _speed_table(results: list[dict[str, Any]]) -> list[str]:
     first = results[0]
     grid = next((r["model_grid_shape"] for r in results if "model_grid_shape" in r), "?")
@@ -390,6 +449,7 @@ def write_report(
     real: Evaluation | None,
     speed: list[dict[str, Any]] | None,
     elapsed_s: float,
+    wholebody: Evaluation | None = None,
 ) -> Path:
     """Write docs/bench_seg.md atomically."""
     import torch
@@ -446,6 +506,19 @@ def write_report(
             "",
             *_real_table(real),
         ]
+    lines += ["", "## Real FDG-PET: whole-body DICOM series", ""]
+    if wholebody is None:
+        lines.append(f"Skipped: `{args.wholebody_dir}` not found.")
+    else:
+        gtv = next(iter(wholebody.cases[0].metrics.values())).gt_volume_ml
+        lines += [
+            f"STS_001 pre-treatment whole-body FDG-PET (TCIA Soft-tissue-Sarcoma, CC BY 3.0; "
+            f"DICOM in Bq/mL read by `read_dicom_pet`, SUV from its header), RTSTRUCT "
+            f"`{WHOLEBODY_ROI}` ({gtv:.0f} ml) as the only lesion. FPV counts every predicted "
+            "component that misses the sarcoma: on a real body mostly physiological uptake.",
+            "",
+            *_wholebody_table(wholebody),
+        ]
     lines += ["", "## Speed on CPU", ""]
     if speed is None:
         lines.append("Skipped (no model folder, or `--skip-speed`).")
@@ -470,6 +543,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="score this existing labelled dataset (any evaluate layout) instead of generating",
     )
     parser.add_argument("--real-dir", type=Path, default=DEFAULT_REAL, help="IBSI STS crops")
+    parser.add_argument(
+        "--wholebody-dir",
+        type=Path,
+        default=DEFAULT_WHOLEBODY,
+        help="real whole-body DICOM series (image/, mask/ RTSTRUCT)",
+    )
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="work/output folder")
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT, help="Markdown report")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -513,13 +592,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no model folder at {args.model}: scoring the baselines only", flush=True)
         phantom = phantom_evaluation(args, predictor)
         real = real_evaluation(args, predictor)
+        wholebody = wholebody_evaluation(args, predictor)
         speed = None
         if predictor is not None and not args.skip_speed:
             print("speed benchmark (fresh processes)", flush=True)
             pet_path = Path(phantom.cases[0].pet)
             speed = speed_benchmark(args, pet_path)
         report = write_report(
-            args, command.strip(), phantom, real, speed, time.perf_counter() - start
+            args, command.strip(), phantom, real, speed, time.perf_counter() - start, wholebody
         )
     except PetflareInputError as exc:
         print(f"benchmark_seg: error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,8 @@ def test_benchmark_script_scores_baselines_without_model(
         str(root),
         "--real-dir",
         str(tmp_path / "no-real"),
+        "--wholebody-dir",
+        str(tmp_path / "no-wholebody"),
         "--out-dir",
         str(tmp_path / "bench"),
         "--report",
@@ -228,6 +231,7 @@ def test_benchmark_script_scores_baselines_without_model(
     assert "| suv_ge_4 | 0.871 |" in text  # 2*27/(35+27) on the one positive scan
     assert "| suvmax_41pct | 1.000 |" in text
     assert "model folder not found" in text and "Skipped" in text
+    assert f"Skipped: `{tmp_path / 'no-wholebody'}` not found." in text
     assert (tmp_path / "bench" / "phantom_eval" / "metrics.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -265,3 +269,35 @@ def test_cli_with_model_folder(autopet_dataset: tuple[Path, Path], tmp_path: Pat
         assert scan["seconds"]["model"] > 0.0
         assert scan["metrics"]["model"]["n_pred_lesions"] >= 0
     assert report["summary"]["model"]["n_scans"] == 2
+
+
+STS_DICOM = (
+    Path(os.environ.get("PETFLARE_REAL_DATA", REPO / ".." / "shared" / "data" / "real"))
+    / "sts001_wholebody_fdg_dicom"
+)
+
+
+@pytest.mark.skipif(
+    not (STS_DICOM / "image").is_dir(), reason=f"real STS_001 DICOM series not found: {STS_DICOM}"
+)
+def test_benchmark_script_scores_the_real_whole_body_series(
+    autopet_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The whole-body DICOM part converts the series and its RTSTRUCT and scores them."""
+    root, _ = autopet_dataset
+    report = tmp_path / "bench.md"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "benchmark_seg.py"),
+        *("--model", str(tmp_path / "no-model"), "--phantom-dataset", str(root)),
+        *("--real-dir", str(tmp_path / "no-real"), "--wholebody-dir", str(STS_DICOM)),
+        *("--out-dir", str(tmp_path / "bench"), "--report", str(report)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    text = report.read_text().split("## Real FDG-PET: whole-body DICOM series")[1]
+    assert "`GTV_Mass` (366 ml)" in text  # the sarcoma's volume as the RTSTRUCT draws it
+    assert (tmp_path / "bench" / "wholebody_eval" / "metrics.json").is_file()
+    suv4 = next(line for line in text.splitlines() if line.startswith("| suv_ge_4 |"))
+    fpv = float(suv4.split("|")[3])
+    assert fpv > 100.0  # SUV >= 4 takes the hot heart, brain and bladder for lesions
