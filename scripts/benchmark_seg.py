@@ -178,15 +178,18 @@ def real_entries(real_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def real_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation | None:
-    """Score the model and baselines on the real sarcoma crops (None if the data is absent)."""
-    entries = real_entries(args.real_dir)
-    if not entries:
-        print(f"real crops not found in {args.real_dir}; skipping", flush=True)
-        return None
+def _score_real(
+    args: argparse.Namespace,
+    predictor: Any | None,
+    entries: list[dict[str, Any]],
+    name: str,
+    provenance: dict[str, Any],
+    what: str,
+) -> Evaluation:
+    """Score the model (PET-only models; real data here has no CT) and the baselines."""
     segmenters = {} if predictor is None else {"model": predictor.predict}
     if predictor is not None and "ct" in predictor.preprocessing.channels:
-        print("model needs CT, the real crops have none; scoring baselines only", flush=True)
+        print(f"model needs CT, {what} have none; scoring baselines only", flush=True)
         segmenters = {}
     evaluation = evaluate_entries(
         entries,
@@ -194,13 +197,18 @@ def real_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluati
         baselines=list(CLASSICAL_BASELINES),
         method_descriptions={"model": f"model folder {args.model}"},
     )
-    write_evaluation(
-        evaluation,
-        args.out_dir / "real_eval",
-        overwrite=True,
-        provenance={"dataset": str(args.real_dir)},
-    )
+    write_evaluation(evaluation, args.out_dir / name, overwrite=True, provenance=provenance)
     return evaluation
+
+
+def real_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation | None:
+    """Score the model and baselines on the real sarcoma crops (None if the data is absent)."""
+    entries = real_entries(args.real_dir)
+    if not entries:
+        print(f"real crops not found in {args.real_dir}; skipping", flush=True)
+        return None
+    provenance = {"dataset": str(args.real_dir)}
+    return _score_real(args, predictor, entries, "real_eval", provenance, "the real crops")
 
 
 def wholebody_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evaluation | None:
@@ -226,26 +234,11 @@ def wholebody_evaluation(args: argparse.Namespace, predictor: Any | None) -> Eva
     entries = [
         {**study_entry("STS_001", "wholebody", pet_path, None, mask_path), "case": "STS_001"}
     ]
-    segmenters = {} if predictor is None else {"model": predictor.predict}
-    if predictor is not None and "ct" in predictor.preprocessing.channels:
-        print("model needs CT, the series has none; scoring baselines only", flush=True)
-        segmenters = {}
-    evaluation = evaluate_entries(
-        entries,
-        segmenters=segmenters,
-        baselines=list(CLASSICAL_BASELINES),
-        method_descriptions={"model": f"model folder {args.model}"},
-    )
-    write_evaluation(
-        evaluation,
-        args.out_dir / "wholebody_eval",
-        overwrite=True,
-        provenance={"dataset": str(args.wholebody_dir), "roi": WHOLEBODY_ROI},
-    )
-    return evaluation
+    provenance = {"dataset": str(args.wholebody_dir), "roi": WHOLEBODY_ROI}
+    return _score_real(args, predictor, entries, "wholebody_eval", provenance, "the series' scans")
 
 
-# --------------------------------------------------------------------------- part 3: speed
+# --------------------------------------------------------------------------- part 4: speed
 
 
 def speed_worker(
