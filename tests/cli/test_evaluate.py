@@ -203,28 +203,24 @@ def test_manifest_layout_and_segmenter(tmp_path: Path) -> None:
     assert ev.cases[1].metrics["oracle"].is_negative
 
 
+def _baseline_benchmark_cmd(root: Path, tmp_path: Path, wholebody: Path) -> list[str]:
+    """benchmark_seg.py without a model folder or crops: report ``tmp_path/bench.md``."""
+    return [
+        sys.executable,
+        str(REPO / "scripts" / "benchmark_seg.py"),
+        *("--model", str(tmp_path / "no-model"), "--phantom-dataset", str(root)),
+        *("--real-dir", str(tmp_path / "no-real"), "--wholebody-dir", str(wholebody)),
+        *("--out-dir", str(tmp_path / "bench"), "--report", str(tmp_path / "bench.md")),
+    ]
+
+
 def test_benchmark_script_scores_baselines_without_model(
     autopet_dataset: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """scripts/benchmark_seg.py runs its baseline parts when no model folder exists yet."""
     root, _ = autopet_dataset
     report = tmp_path / "bench.md"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "benchmark_seg.py"),
-        "--model",
-        str(tmp_path / "no-model"),
-        "--phantom-dataset",
-        str(root),
-        "--real-dir",
-        str(tmp_path / "no-real"),
-        "--wholebody-dir",
-        str(tmp_path / "no-wholebody"),
-        "--out-dir",
-        str(tmp_path / "bench"),
-        "--report",
-        str(report),
-    ]
+    cmd = _baseline_benchmark_cmd(root, tmp_path, tmp_path / "no-wholebody")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     text = report.read_text()
@@ -286,13 +282,7 @@ def test_benchmark_script_scores_the_real_whole_body_series(
     """The whole-body DICOM part converts the series and its RTSTRUCT and scores them."""
     root, _ = autopet_dataset
     report = tmp_path / "bench.md"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "benchmark_seg.py"),
-        *("--model", str(tmp_path / "no-model"), "--phantom-dataset", str(root)),
-        *("--real-dir", str(tmp_path / "no-real"), "--wholebody-dir", str(STS_DICOM)),
-        *("--out-dir", str(tmp_path / "bench"), "--report", str(report)),
-    ]
+    cmd = _baseline_benchmark_cmd(root, tmp_path, STS_DICOM)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     text = report.read_text().split("## Real FDG-PET: whole-body DICOM series")[1]
