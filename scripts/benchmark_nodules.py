@@ -5,8 +5,9 @@ nodule is small (8-22 mm) and sits inside a mass that otherwise responds, the ha
 for a network trained on whole lesions. For every ``nodule_within_mass`` pair of a phantom set
 (``truth/<patient>.json`` from ``petflare-synth``), each model folder's network segments the
 follow-up scan, and the nodule counts as found when the lesion probability reaches the
-model's threshold (before small-component removal) at a voxel within its radius of its true
-centre (world mm, so any orientation and spacing work). Reported per nodule: diameter,
+model's threshold (before small-component removal) at a voxel within its radius (a ball in
+world mm, ``petflare.quant.metrics.ball_kernel``) of the voxel nearest its true centre, so any
+orientation and spacing work. Reported per nodule: diameter,
 true SUV, the measured SUVmax within its radius (partial volume included), the network's
 largest lesion probability there, and found or not; then the share found per model, overall
 and by diameter.
@@ -70,11 +71,11 @@ def nodule_cases(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
 def ball(
     shape: tuple[int, ...], affine: np.ndarray, centre_mm: Any, radius_mm: float
 ) -> np.ndarray:
-    """Voxels of a grid whose centres lie within ``radius_mm`` of a world point."""
-    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    xyz = affine[:3, :3].astype(np.float32) @ ijk + affine[:3, 3:4].astype(np.float32)
-    dist = np.linalg.norm(xyz - np.asarray(centre_mm, dtype=np.float32)[:, None], axis=0)
-    return (dist <= radius_mm).reshape(shape)
+    """Voxels within ``radius_mm`` (world mm) of the voxel nearest a world point."""
+    from petflare.quant.metrics import ball_kernel, ball_mask
+
+    ijk = np.linalg.solve(affine, np.append(np.asarray(centre_mm, dtype=np.float64), 1.0))[:3]
+    return ball_mask(shape, ball_kernel(affine, radius_mm), tuple(np.rint(ijk).astype(int)))
 
 
 def score(model_dir: Path, cases: list[dict[str, Any]], threshold: float | None) -> list[dict]:
