@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from petflare.cli._common import config_dir
+from petflare.cli.export_model import export_run
 from petflare.cli.train import train
 from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import load_network_weights
@@ -97,6 +100,20 @@ def test_train_starts_from_init_weights(tmp_path: Path) -> None:
     assert second["global_step"] == 2
     net = {k: v for k, v in first["state_dict"].items() if k.startswith("net.")}
     assert net and same_weights(net, {k: second["state_dict"][k] for k in net})
+
+    # provenance: the run config and the exported folder name the starting weights and hash
+    digest = hashlib.sha256(first_last.read_bytes()).hexdigest()
+    run_cfg = OmegaConf.load(tmp_path / "second" / "config.yaml")
+    assert run_cfg.init_weights_sha256 == digest
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        export_cfg = compose(
+            config_name="export_model",
+            overrides=[f"run_dir={tmp_path / 'second'}", f"out_dir={tmp_path / 'model'}"],
+        )
+    export_run(export_cfg)
+    meta = json.loads((tmp_path / "model" / "metadata.json").read_text())
+    assert meta["training"]["init_weights"] == str(first_last)
+    assert meta["training"]["init_weights_sha256"] == digest
 
 
 def test_init_weights_and_resume_exclude_each_other(tmp_path: Path) -> None:

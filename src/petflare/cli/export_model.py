@@ -82,6 +82,9 @@ def export_run(cfg: DictConfig) -> Path:
             "optimizer": str(train_cfg.model.optimizer._target_),
             "learning_rate": float(train_cfg.model.optimizer.lr),
             "command": str(cfg.training_command or ""),
+            # a fine-tune: the weights it started from (path as given, and their hash)
+            "init_weights": train_cfg.get("init_weights"),
+            "init_weights_sha256": train_cfg.get("init_weights_sha256"),
         },
         "metrics": {
             "validation": record.get("summary", {}),

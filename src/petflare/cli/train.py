@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from petflare.cli._common import config_dir, exit_on_bad_input
 from petflare.errors import PetflareInputError
@@ -70,6 +71,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         read = load_network_weights(objects["net"], init_weights)
         print(f"petflare-train: network initialised from {read}")
+        # provenance: the starting weights may be overwritten later (e.g. a model folder that
+        # this run's export replaces), so the run config records their hash
+        with open_dict(cfg):
+            cfg.init_weights_sha256 = hashlib.sha256(read.read_bytes()).hexdigest()
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         output_dir / RUN_CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True), overwrite=True
