@@ -98,7 +98,9 @@ def test_synthetic_cpu_trains_pet_only_on_cpu() -> None:
     assert cfg.data.source.train_seed != cfg.data.source.val_seed
 
 
-@pytest.mark.parametrize("experiment", ["head_debug", "head_synthetic_cpu"])
+@pytest.mark.parametrize(
+    "experiment", ["head_debug", "head_synthetic_cpu", "head_synthetic_cpu_missed_nodule"]
+)
 def test_head_training_record_is_plain_json(experiment: str) -> None:
     """head.json's training record: plain types, with or without extra phantom sets."""
     import json

@@ -22,16 +22,19 @@ from petflare.data.longitudinal import (
     PAIR_FEATURE_NAMES,
     HeadKeys,
     LongitudinalDataModule,
+    MissedNoduleMasks,
     PairSample,
     PairSampleDataset,
     class_weights,
     collate_samples,
     crop_grid,
+    load_row_studies,
     pair_samples,
     perturb_labels,
     without_ct,
 )
 from petflare.data.transforms import PreprocessingConfig
+from petflare.errors import PetflareInputError
 from petflare.io.nifti import save_nifti
 from petflare.io.study import Study, StudyMeta
 from petflare.networks import build_unet
@@ -466,4 +469,50 @@ def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
             tmp_path / "c",
             extra_val_sets=[{"n_pairs": 1, "seed": 15}],
             extra_train_sets=[{"n_pairs": 1, "seed": 15}],
+        )
+
+
+def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> None:
+    """Nodule pairs gain a variant whose follow-up mask lost the nodule (truth record); the
+    baseline mask and the other pairs are untouched."""
+    only = [{"n_pairs": 1, "seed": 13, "phantom": COARSE, "patterns": ["nodule_within_mass"]}]
+    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
+    dm = LongitudinalDataModule(
+        net,
+        PRE,
+        tmp_path / "cache",
+        data_dir=tmp_path / "pairs",
+        n_train_pairs=1,
+        n_val_pairs=1,
+        train_seed=11,
+        val_seed=12,
+        phantom=COARSE,
+        extra_train_sets=only,
+        n_mask_variants=0,
+        missed_nodule_variant=True,
+    )
+    row = dm.rows()["train"][1]
+    source = MissedNoduleMasks.for_row(row)
+    ids = source.nodule_ids(row[Keys.PATIENT_ID])
+    assert len(ids) == 1
+    base, fol = load_row_studies(row)
+    assert np.isin(fol.mask, ids).any()  # the nodule is labelled at follow-up
+    cut = source(fol)
+    assert not np.isin(cut, ids).any()
+    kept = ~np.isin(fol.mask, ids)
+    np.testing.assert_array_equal(cut[kept], np.asarray(fol.mask)[kept])
+    np.testing.assert_array_equal(source(base), base.mask)
+
+    dm.setup("fit")
+    variants = dm.datasets["train"].variants
+    expected = [1 + (r[Keys.PATTERN] == "nodule_within_mass") for r in dm.rows()["train"]]
+    assert [len(v) for v in variants] == expected
+    assert variants[1][-1].label == PATTERN_TO_INDEX["nodule_within_mass"]
+
+    with pytest.raises(PetflareInputError, match="truth record"):
+        MissedNoduleMasks(tmp_path / "nowhere").nodule_ids("PF0000")
+    manifest = write_manifest(tmp_path / "m", ["controlled"], ["train"])
+    with pytest.raises(ValueError, match="phantom pairs"):
+        LongitudinalDataModule(
+            net, PRE, tmp_path / "c", manifest=manifest, missed_nodule_variant=True
         )

@@ -191,7 +191,9 @@ def test_modes_are_validated() -> None:
         ChangePatternModule(head, partial(torch.optim.AdamW), mode="other")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("experiment", ["head_debug", "head_synthetic_cpu"])
+@pytest.mark.parametrize(
+    "experiment", ["head_debug", "head_synthetic_cpu", "head_synthetic_cpu_missed_nodule"]
+)
 def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) -> None:
     """Every head experiment composes and builds its objects (head_debug also trains in
     tests/inference/test_pattern.py)."""

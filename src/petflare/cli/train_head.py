@@ -138,6 +138,7 @@ def training_data_record(cfg: DictConfig) -> dict[str, Any]:
         "val_mask_source": str(cfg.data.val_mask_source),
         "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
         "ct_dropout": float(cfg.data.get("ct_dropout", 0.0)),
+        "missed_nodule_variant": bool(cfg.data.get("missed_nodule_variant", False)),
     }
 
 

@@ -1282,6 +1282,8 @@ class LongitudinalDataModule(pl.LightningDataModule):
         noise_std: largest noise added to each scan in image batches.
         ct_dropout: probability that a training sample is shown without its CT features (a
             PET-only study); 0 keeps them always.
+        missed_nodule_variant: give each ``nodule_within_mass`` training pair one more variant
+            whose follow-up mask lost the nodule (:class:`MissedNoduleMasks`; phantom pairs).
     """
 
     def __init__(
@@ -1310,6 +1312,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         include_images: bool = False,
         noise_std: float = 0.05,
         ct_dropout: float = 0.0,
+        missed_nodule_variant: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= ct_dropout <= 1.0:
@@ -1353,6 +1356,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.include_images = bool(include_images)
         self.noise_std = float(noise_std)
         self.ct_dropout = float(ct_dropout)
+        if missed_nodule_variant and manifest is not None:
+            raise ValueError("missed_nodule_variant needs phantom pairs (their truth records)")
+        self.missed_nodule_variant = bool(missed_nodule_variant)
         if self.include_images and val_mask_source != "ground_truth":
             raise ValueError("include_images (finetune/joint modes) needs ground-truth val masks")
         self.datasets: dict[str, PairSampleDataset] = {}
@@ -1505,6 +1511,17 @@ class LongitudinalDataModule(pl.LightningDataModule):
                 variants + self.samples_for_row(r, 0, extra, 0)
                 for r, variants in zip(
                     tqdm(train_rows, desc="pair features (train, model masks)", unit="pair"),
+                    train,
+                    strict=True,
+                )
+            ]
+        if self.missed_nodule_variant:
+            train = [
+                variants + self.samples_for_row(r, 0, MissedNoduleMasks.for_row(r), 0)
+                if r.get(Keys.PATTERN) == "nodule_within_mass"
+                else variants
+                for r, variants in zip(
+                    tqdm(train_rows, desc="pair features (train, nodule missed)", unit="pair"),
                     train,
                     strict=True,
                 )
@@ -1704,3 +1721,48 @@ class PredictedMasks:
 
     def __call__(self, study: Study) -> np.ndarray:
         return np.asarray(self.predictor.predict(study))
+
+
+class MissedNoduleMasks:
+    """Mask source for phantom training pairs: the ground truth, less the follow-up's nodule.
+
+    A ``nodule_within_mass`` pair whose follow-up mask lost the nodule is what the head meets
+    when the U-Net misses it: the responding mass is then "resolved" and only the voxelwise
+    region features still see the focal rise. The images are untouched, so the label stays
+    valid. The nodule is found in the phantom's truth record (``<set>/truth/<patient>.json``
+    beside the layout folder: lesions whose follow-up ``in_mask`` is ``"nodule"``); baseline
+    masks are returned unchanged.
+    """
+
+    cache_tag = "ground_truth_without_nodule"
+
+    def __init__(self, truth_dir: str | Path) -> None:
+        self.truth_dir = Path(truth_dir)
+
+    @classmethod
+    def for_row(cls, row: Mapping[str, Any]) -> MissedNoduleMasks:
+        """The source for a phantom set row (``<set>/<layout>/<patient>/followup/<mask>``)."""
+        mask = row.get(Keys.FOLLOWUP_MASK)
+        if not mask:
+            raise PetflareInputError(row.get(Keys.FOLLOWUP_PET), "no follow-up mask for this pair")
+        return cls(Path(mask).parents[3] / "truth")
+
+    def nodule_ids(self, patient_id: str) -> list[int]:
+        """Lesion ids labelled as a nodule (only the nodule part) in the follow-up mask."""
+        path = self.truth_dir / f"{patient_id}.json"
+        if not path.is_file():
+            raise PetflareInputError(path, "no phantom truth record for this pair")
+        truth = json.loads(path.read_text())
+        return [
+            int(les["id"])
+            for les in truth.get("lesions", [])
+            if (les.get("followup") or {}).get("in_mask") == "nodule"
+        ]
+
+    def __call__(self, study: Study) -> np.ndarray:
+        if study.mask is None:
+            raise PetflareInputError(study.meta.patient_id, "no ground-truth mask")
+        mask = np.array(study.mask)
+        if study.meta.study_id == "followup":
+            mask[np.isin(mask, self.nodule_ids(study.meta.patient_id))] = 0
+        return mask
