@@ -400,11 +400,10 @@ COARSE = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}
 WIDER = {**COARSE, "noise_cv_liver": [0.3, 0.4]}
 
 
-def _coarse_phantom_rows(
-    tmp_path: Path, **extra: list[dict[str, Any]]
-) -> tuple[torch.nn.Module, dict[str, list[dict[str, Any]]]]:
-    """Rows of a 1 + 1 pair coarse phantom DataModule (seeds 11 / 12) with extra sets whose
-    PhantomConfig is ``WIDER``."""
+def _coarse_phantom_dm(
+    tmp_path: Path, **kwargs: Any
+) -> tuple[torch.nn.Module, LongitudinalDataModule]:
+    """A 1 + 1 pair coarse phantom DataModule (seeds 11 / 12); ``kwargs`` are passed on."""
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
     dm = LongitudinalDataModule(
         net,
@@ -416,8 +415,16 @@ def _coarse_phantom_rows(
         train_seed=11,
         val_seed=12,
         phantom=COARSE,
-        **extra,
+        **kwargs,
     )
+    return net, dm
+
+
+def _coarse_phantom_rows(
+    tmp_path: Path, **extra: list[dict[str, Any]]
+) -> tuple[torch.nn.Module, dict[str, list[dict[str, Any]]]]:
+    """Rows of :func:`_coarse_phantom_dm` with extra sets whose PhantomConfig is ``WIDER``."""
+    net, dm = _coarse_phantom_dm(tmp_path, **extra)
     return net, dm.rows()
 
 
@@ -476,20 +483,8 @@ def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> 
     """Nodule pairs gain a variant whose follow-up mask lost the nodule (truth record); the
     baseline mask and the other pairs are untouched."""
     only = [{"n_pairs": 1, "seed": 13, "phantom": COARSE, "patterns": ["nodule_within_mass"]}]
-    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
-    dm = LongitudinalDataModule(
-        net,
-        PRE,
-        tmp_path / "cache",
-        data_dir=tmp_path / "pairs",
-        n_train_pairs=1,
-        n_val_pairs=1,
-        train_seed=11,
-        val_seed=12,
-        phantom=COARSE,
-        extra_train_sets=only,
-        n_mask_variants=0,
-        missed_nodule_variant=True,
+    net, dm = _coarse_phantom_dm(
+        tmp_path, extra_train_sets=only, n_mask_variants=0, missed_nodule_variant=True
     )
     row = dm.rows()["train"][1]
     source = MissedNoduleMasks.for_row(row)
