@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def nodule_cases(data_dir: Path, limit: int | None) -> list[dict[str, Any]]:
     """Truth of the nodule pairs: patient, follow-up folder and the nodule's record."""
-    truth = sorted((data_dir / "truth").glob("*.json"))
+    from petflare.synth.dataset import TRUTH_DIR
+
+    truth = sorted((data_dir / TRUTH_DIR).glob("*.json"))
     if not truth:
         raise PetflareInputError(data_dir, "no truth/*.json: not a petflare-synth phantom set")
     cases = []

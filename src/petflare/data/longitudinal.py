@@ -1505,27 +1505,27 @@ class LongitudinalDataModule(pl.LightningDataModule):
             self.samples_for_row(r, self.n_mask_variants, "ground_truth", self.seed + i)
             for i, r in enumerate(tqdm(train_rows, desc="pair features (train)", unit="pair"))
         ]
-        extra = self.train_extra_mask_source
-        if extra is not None:
-            train = [
-                variants + self.samples_for_row(r, 0, extra, 0)
-                for r, variants in zip(
-                    tqdm(train_rows, desc="pair features (train, model masks)", unit="pair"),
-                    train,
-                    strict=True,
-                )
-            ]
+
+        def add_variant(desc: str, source_for: Callable[[Mapping[str, Any]], Any]) -> None:
+            # one more sample per training pair whose source_for(row) is not None
+            for r, variants in zip(tqdm(train_rows, desc=desc, unit="pair"), train, strict=True):
+                source = source_for(r)
+                if source is not None:
+                    variants.extend(self.samples_for_row(r, 0, source, 0))
+
+        if self.train_extra_mask_source is not None:
+            add_variant(
+                "pair features (train, model masks)", lambda r: self.train_extra_mask_source
+            )
         if self.missed_nodule_variant:
-            train = [
-                variants + self.samples_for_row(r, 0, MissedNoduleMasks.for_row(r), 0)
-                if r.get(Keys.PATTERN) == "nodule_within_mass"
-                else variants
-                for r, variants in zip(
-                    tqdm(train_rows, desc="pair features (train, nodule missed)", unit="pair"),
-                    train,
-                    strict=True,
-                )
-            ]
+            add_variant(
+                "pair features (train, nodule missed)",
+                lambda r: (
+                    MissedNoduleMasks.for_row(r)
+                    if r.get(Keys.PATTERN) == "nodule_within_mass"
+                    else None
+                ),
+            )
         val = [
             self.samples_for_row(r, 0, self.val_mask_source, 0)
             for r in tqdm(val_rows, desc="pair features (val)", unit="pair")
@@ -1745,7 +1745,9 @@ class MissedNoduleMasks:
         mask = row.get(Keys.FOLLOWUP_MASK)
         if not mask:
             raise PetflareInputError(row.get(Keys.FOLLOWUP_PET), "no follow-up mask for this pair")
-        return cls(Path(mask).parents[3] / "truth")
+        from petflare.synth.dataset import TRUTH_DIR
+
+        return cls(Path(mask).parents[3] / TRUTH_DIR)
 
     def nodule_ids(self, patient_id: str) -> list[int]:
         """Lesion ids labelled as a nodule (only the nodule part) in the follow-up mask."""

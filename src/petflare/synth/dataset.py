@@ -36,6 +36,9 @@ from petflare.synth.scenarios import Scenario, build_scenario
 #: Version of the ground-truth JSON written next to the dataset.
 TRUTH_SCHEMA_VERSION = "1.0"
 
+#: Folder of a phantom set (beside its layout folder) holding one truth JSON per patient.
+TRUTH_DIR = "truth"
+
 #: Split fractions used by :func:`generate_dataset` (by patient, stratified by pattern).
 DEFAULT_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -381,7 +384,7 @@ def _write_pair(job: tuple[Path, str, int, str, PhantomConfig]) -> dict[str, str
         row[f"{tp}_pet"] = (rel / "SUV.nii.gz").as_posix()
         row[f"{tp}_ct"] = (rel / "CTres.nii.gz").as_posix()
         row[f"{tp}_mask"] = (rel / "SEG.nii.gz").as_posix()
-    atomic_write_text(root / "truth" / f"{patient_id}.json", json.dumps(truth, indent=1))
+    atomic_write_text(root / TRUTH_DIR / f"{patient_id}.json", json.dumps(truth, indent=1))
     return row
 
 
