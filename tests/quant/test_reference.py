@@ -230,3 +230,23 @@ def test_fine_scan_is_searched_on_blocks_and_measured_on_its_own_voxels():
     assert moved.found, moved.reason
     assert not (_sphere_voxels(study, moved, xyz) & met).any()
     assert moved.suv_mean == pytest.approx(LIVER_SUV, rel=0.05)
+
+
+def test_inside_distance_equals_the_full_volume_transform() -> None:
+    """The liver search's distance map is computed on the region's box only; it must be exact."""
+    from scipy import ndimage
+
+    from petflare.quant.reference import _inside_distance
+
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 24, 3))
+        smooth = ndimage.gaussian_filter(rng.random(shape), 1.5)
+        region = smooth > np.quantile(smooth, rng.uniform(0.3, 0.9))
+        if trial == 0:
+            region[:] = True  # no voxel outside the region at all
+        if trial == 1:
+            region[:] = False
+        spacing = tuple(float(s) for s in rng.uniform(0.7, 5.0, 3))
+        expected = ndimage.distance_transform_edt(region, sampling=spacing)
+        np.testing.assert_array_equal(_inside_distance(region, spacing), expected)

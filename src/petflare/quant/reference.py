@@ -38,7 +38,13 @@ import numpy as np
 from scipy import ndimage
 
 from petflare.io.study import Study
-from petflare.quant.metrics import ball_kernel, ball_mask, voxel_to_world, world_to_voxel
+from petflare.quant.metrics import (
+    ball_kernel,
+    ball_mask,
+    crop_slices,
+    voxel_to_world,
+    world_to_voxel,
+)
 from petflare.quant.report import LiverReference
 
 #: PERCIST liver reference: a 3 cm diameter sphere.
@@ -135,11 +141,28 @@ def _not_found(method: str, reason: str, radius_mm: float) -> LiverReference:
     return LiverReference(found=False, method=method, reason=reason, radius_mm=float(radius_mm))
 
 
+def _inside_distance(region: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Distance (mm) from each voxel of ``region`` to the nearest voxel outside it; 0 outside.
+
+    Equal to ``ndimage.distance_transform_edt(region, sampling=spacing)``, computed only on the
+    region's bounding box grown by one voxel: every voxel of that margin lies outside the
+    region, and for a point inside the box the nearest outside voxel beyond the box is never
+    closer than its projection onto the margin. A liver search region is a small part of a
+    whole-body scan, so this saves most of the transform's time.
+    """
+    edt = np.zeros(region.shape, dtype=np.float64)
+    if not region.any():
+        return edt
+    box, _ = crop_slices(region, (1, 1, 1))
+    edt[box] = ndimage.distance_transform_edt(region[box], sampling=spacing)
+    return edt
+
+
 def _deepest_point(
     region: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[tuple[int, ...], float]:
     """Voxel of ``region`` farthest from its border (mm) and that distance."""
-    edt = ndimage.distance_transform_edt(region, sampling=spacing)
+    edt = _inside_distance(region, spacing)
     idx = np.unravel_index(int(np.argmax(edt)), edt.shape)
     return tuple(int(i) for i in idx), float(edt[idx])
 
@@ -221,7 +244,7 @@ def _deep_right_core(
     region: np.ndarray, x: np.ndarray, spacing: tuple[float, float, float], radius_mm: float
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(distance map, right half of the largest sphere-holding core) of ``region``, or None."""
-    edt = ndimage.distance_transform_edt(region, sampling=spacing)
+    edt = _inside_distance(region, spacing)
     deep = edt >= radius_mm
     if not deep.any():
         return None
