@@ -261,6 +261,11 @@ def test_explanations_name_the_driving_lesion() -> None:
         "focal uptake in baseline lesion 3 at (-36, -12, -356) mm: SUVpeak 5.1 (7.9 there at "
         "baseline) against a median SUV of 1.3 in the lesion's region (6.8 at baseline)"
     )
+    # its empty follow-up mask is not quoted as an SUVpeak of 0: the site's uptake is
+    assert lines[-1].endswith(
+        "baseline lesion 3 (resolved, SUVpeak 4.0 -> not segmented, 5.1 at the site); "
+        "follow-up lesion 1 (persisting, SUVpeak 4.0 -> 8.0)"
+    )
     # a piece of a mass the follow-up segmentation cut up says so
     piece = {**host, "info": {**host["info"], "n_fragments": 3}}
     assert explain("nodule_within_mass", [other, piece], [0.1, 0.9])[0].endswith(
@@ -278,6 +283,12 @@ def test_explanations_name_the_driving_lesion() -> None:
     assert organ[1].endswith(
         "hot together with a structure 35 times its size (physiological uptake such as heart, "
         "bowel or brown fat?)"
+    )
+    assert "follow-up lesion 4 (new, SUVpeak 4.0 -> 8.0)" in organ[-1]  # no focus measured
+    measured = {**new_unit, "info": {**new_unit["info"], "focus_suv_peak_baseline": 2.2}}
+    assert (
+        "follow-up lesion 4 (new, SUVpeak not segmented, 2.2 at the site -> 8.0)"
+        in (explain("new_lesions", [other, measured], [0.1, 0.9])[-1])
     )
     small = {**new_unit, "info": {**new_unit["info"], "hot_extent_ratio": 0.6}}
     assert "physiological" not in explain("new_lesions", [other, small], [0.1, 0.9])[1]

@@ -274,13 +274,29 @@ def explain(label: str, units: Sequence[Mapping[str, Any]], weights: Sequence[fl
     top = [units[i] for i in order[:3]]
     lines.append(
         "lesions weighted most by the classifier: "
-        + "; ".join(
-            f"{_lesion_name(u)} ({u['kind']}, SUVpeak {u['info']['suv_peak_baseline']:.1f} -> "
-            f"{u['info']['suv_peak_followup']:.1f})"
-            for u in top
-        )
+        + "; ".join(f"{_lesion_name(u)} ({u['kind']}, {_peak_change(u)})" for u in top)
     )
     return lines
+
+
+def _peak_change(unit: Mapping[str, Any]) -> str:
+    """SUVpeak at both time points; where a mask is empty, the uptake measured at the site.
+
+    A lesion that is "resolved" only lost its follow-up mask: the SUVpeak of its segmented
+    volume is 0 by definition, while the site may still be as hot as before (a structure the
+    segmentation kept at one time point only). The region's focus SUVpeak says which.
+    """
+    info = unit["info"]
+    before, after = info["suv_peak_baseline"], info["suv_peak_followup"]
+    site = {
+        "resolved": info.get("focus_suv_peak_followup"),
+        "new": info.get("focus_suv_peak_baseline"),
+    }.get(unit["kind"])
+    if site is None:
+        return f"SUVpeak {before:.1f} -> {after:.1f}"
+    if unit["kind"] == "resolved":
+        return f"SUVpeak {before:.1f} -> not segmented, {site:.1f} at the site"
+    return f"SUVpeak not segmented, {site:.1f} at the site -> {after:.1f}"
 
 
 class PatternClassifier:
