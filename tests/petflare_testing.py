@@ -13,6 +13,27 @@ from typing import Any
 
 import numpy as np
 
+#: The repository root (scripts/, tests/, configs/).
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_module(name: str, path: str | Path) -> Any:
+    """Import a file that is not in a package (a script, another test module) as ``name``.
+
+    The module is registered in ``sys.modules`` first, as a normal import would, so that
+    dataclasses and pickling inside it can find their module.
+    """
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 #: Voxel spacing (mm) of the non-RAS test affine, one distinct value per axis.
 NON_RAS_SPACING_MM = (2.0, 3.0, 4.5)
 

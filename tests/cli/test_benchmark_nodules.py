@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from petflare_testing import make_tiny_model_folder
+from petflare_testing import REPO, load_module, make_tiny_model_folder
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_nodules", ROOT / "scripts" / "benchmark_nodules.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_nodules"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _script()
+bench = load_module("benchmark_nodules", REPO / "scripts" / "benchmark_nodules.py")
 
 
 def test_ball_follows_the_affine() -> None:

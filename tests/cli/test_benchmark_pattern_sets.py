@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from petflare_testing import REPO, load_module
 
 
 def load_script():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_pattern", REPO / "scripts" / "benchmark_pattern.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("benchmark_pattern", REPO / "scripts" / "benchmark_pattern.py")
 
 
 def test_sets_are_outside_the_recorded_training_range() -> None:

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from petflare.io.study import Study
-from petflare_testing import make_non_ras_affine
+from petflare_testing import REPO, load_module, make_non_ras_affine
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_repeat", ROOT / "scripts" / "benchmark_repeat.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_repeat"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _script()
+bench = load_module("benchmark_repeat", REPO / "scripts" / "benchmark_repeat.py")
 
 
 class ThresholdPredictor:

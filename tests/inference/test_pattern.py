@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,15 +23,9 @@ from petflare.inference.pattern import (
 from petflare.inference.pipeline import TimepointResult
 from petflare.networks.change_head import HeadEnsemble
 from petflare.quant import lesion_instances
-from petflare_testing import make_tiny_model_folder
+from petflare_testing import REPO, load_module, make_tiny_model_folder
 
-REPO = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "_tiny_pairs", REPO / "tests" / "data" / "test_longitudinal.py"
-)
-assert _spec is not None and _spec.loader is not None
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
+_tiny = load_module("_tiny_pairs", REPO / "tests" / "data" / "test_longitudinal.py")
 
 NET_KWARGS = {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0}
 

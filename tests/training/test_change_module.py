@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
 from pathlib import Path
 
@@ -32,13 +31,9 @@ from petflare.training.change_module import (
     fit_head_normalization,
     stratified_folds,
 )
+from petflare_testing import REPO, load_module
 
-_spec = importlib.util.spec_from_file_location(
-    "_tiny_pairs", Path(__file__).parents[1] / "data" / "test_longitudinal.py"
-)
-assert _spec is not None and _spec.loader is not None
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
+_tiny = load_module("_tiny_pairs", REPO / "tests" / "data" / "test_longitudinal.py")
 make_pair = _tiny.make_pair
 
 PRE = PreprocessingConfig(spacing_mm=(4.0, 4.0, 4.0))
