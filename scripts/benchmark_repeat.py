@@ -148,6 +148,7 @@ def score_pairs(
                 "repeat": i,
                 **how,
                 "label": call.label,
+                "rules": pair.pattern_rules.label,
                 "p_controlled": None if not probabilities else float(probabilities["controlled"]),
                 "persisting": pair.disease.n_persisting_baseline,
                 "resolved": pair.disease.n_resolved,
@@ -178,23 +179,23 @@ def markdown(command: str, pet: Path, results: dict[str, list[dict]]) -> str:
         "",
         f"Command: `{command}`",
         "",
-        "| model | called controlled | mean P(controlled) | resolved units | new units "
-        "(new uptake) |",
-        "|---|---|---|---|---|",
+        "| model | called controlled | mean P(controlled) | rules on its masks: controlled "
+        "| resolved lesions | new lesions (new uptake) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         ok = sum(r["label"] == "controlled" for r in rows)
         lines.append(
             f"| {name} | {ok} / {len(rows)} | {_mean_p(rows)} | "
+            f"{sum(r['rules'] == 'controlled' for r in rows)} / {len(rows)} | "
             f"{sum(r['resolved'] for r in rows)} | {sum(r['new'] for r in rows)} "
             f"({sum(r['new_uptake'] for r in rows)}) |"
         )
     lines += [
         "",
         "| model | repeat | shift (RAS mm) | noise CV | lesions base / repeat | label "
-        "| P(controlled) "
-        "| persisting (baseline) | resolved | new (new uptake) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| P(controlled) | rules | persisting (baseline) | resolved | new (new uptake) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
@@ -202,7 +203,7 @@ def markdown(command: str, pet: Path, results: dict[str, list[dict]]) -> str:
             lines.append(
                 f"| {name} | {r['repeat']} | ({shift}) | {r['noise_cv']:.2f} | "
                 f"{r['n_baseline']} / {r['n_followup']} | {r['label']} | "
-                f"{_p(r['p_controlled'])} | {r['persisting']} | {r['resolved']} | "
+                f"{_p(r['p_controlled'])} | {r['rules']} | {r['persisting']} | {r['resolved']} | "
                 f"{r['new']} ({r['new_uptake']}) |"
             )
     return "\n".join(lines) + "\n"

@@ -61,12 +61,13 @@ def test_the_scan_paired_with_itself_reads_controlled() -> None:
     args = argparse.Namespace(n_repeats=2, seed=3, max_shift_mm=4.0, noise_cv=(0.03, 0.03))
     rows = bench.score_pairs(ThresholdPredictor(), None, scan, bench.repeats(scan, args))
     itself = rows[0]
-    assert itself["label"] == "controlled" and itself["p_controlled"] is None  # the rules
+    assert itself["label"] == itself["rules"] == "controlled"
+    assert itself["p_controlled"] is None  # no head: the rules, without probabilities
     assert (itself["n_baseline"], itself["n_followup"], itself["persisting"]) == (2, 2, 2)
     assert itself["resolved"] == 0 and itself["new"] == 0 and itself["new_uptake"] == 0
     text = bench.markdown("cmd", Path("scan"), {"rules": rows})
     n_controlled = sum(r["label"] == "controlled" for r in rows)
-    assert f"| rules | {n_controlled} / 2 | n/a |" in text  # summary: no probabilities
+    assert f"| rules | {n_controlled} / 2 | n/a | {n_controlled} / 2 |" in text  # summary
 
 
 def test_bad_input_exits_2_naming_the_file(tmp_path: Path, capsys) -> None:
