@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from petflare.errors import PetflareInputError
+from petflare.inference.pipeline import ScanInput, read_scan
 from petflare.io.atomic import atomic_write_text, check_can_write
 from petflare.io.study import Study
 
@@ -54,19 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="Markdown output")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
-
-
-def read_scan(pet: Path, ct: Path | None) -> Study:
-    """The real scan as a Study (SUV), from a DICOM PET folder or a NIfTI file."""
-    if not pet.exists():
-        raise PetflareInputError(pet, "no such PET file or folder")
-    if pet.is_dir():
-        from petflare.io.dicom import read_dicom_pet
-
-        return read_dicom_pet(pet)
-    from petflare.io import load_study
-
-    return load_study(pet, ct=ct)
 
 
 def simulated_repeat(
@@ -217,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             check_can_write(args.out, args.overwrite)
         if args.n_repeats < 1:
             raise PetflareInputError("--n-repeats", f"must be >= 1, got {args.n_repeats}")
-        study = read_scan(args.pet, args.ct)
+        study = read_scan(ScanInput(pet=args.pet, ct=args.ct), study_id="baseline")
         pairs = repeats(study, args)
         results = {str(m): score(m, study, pairs) for m in args.model_dir}
     except PetflareInputError as err:
