@@ -250,3 +250,39 @@ def test_inside_distance_equals_the_full_volume_transform() -> None:
         spacing = tuple(float(s) for s in rng.uniform(0.7, 5.0, 3))
         expected = ndimage.distance_transform_edt(region, sampling=spacing)
         np.testing.assert_array_equal(_inside_distance(region, spacing), expected)
+
+
+def test_near_lesions_equals_the_ball_dilation() -> None:
+    """The lesion margin of the liver search is a distance transform on axis-aligned grids: it
+    must keep exactly the voxels that a dilation with the ball kernel keeps, for any axis order,
+    sign and spacing; an oblique grid is dilated."""
+    from scipy import ndimage
+
+    from petflare.quant.metrics import ball_kernel
+    from petflare.quant.reference import _near_lesions
+
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        shape = tuple(int(n) for n in rng.integers(4, 30, 3))
+        lesions = ndimage.gaussian_filter(rng.random(shape), 1.0) > rng.uniform(0.6, 0.8)
+        lesions[tuple(int(rng.integers(0, n)) for n in shape)] = True
+        if trial == 0:
+            lesions[:] = False
+            lesions[0, 0, 0] = True  # a lesion in the corner: the box is clipped by the array
+        spacing = rng.choice([2.0, 3.0, 4.0, 5.0, 2.5, 3.27], size=3)
+        perm = rng.permutation(3)
+        affine = np.eye(4)
+        affine[:3, :3] = 0.0
+        for col, row in enumerate(perm):
+            affine[row, col] = spacing[col] * rng.choice([-1.0, 1.0])
+        if trial % 10 == 9:  # oblique: the dilation itself
+            c, s = np.cos(0.3), np.sin(0.3)
+            affine[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag(
+                spacing
+            )
+        margin = float(rng.choice([4.0, 6.0, 10.0, 7.3]))
+        expected = ndimage.binary_dilation(lesions, structure=ball_kernel(affine, margin))
+        got = _near_lesions(affine, lesions, margin)
+        assert got is not None
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
+    assert _near_lesions(np.eye(4), np.zeros((4, 4, 4), dtype=bool), 10.0) is None
