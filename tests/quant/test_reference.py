@@ -286,3 +286,34 @@ def test_near_lesions_equals_the_ball_dilation() -> None:
         assert got is not None
         np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
     assert _near_lesions(np.eye(4), np.zeros((4, 4, 4), dtype=bool), 10.0) is None
+
+
+@pytest.mark.parametrize("use_ct", [True, False])
+def test_search_reuses_a_scan_s_scene_with_the_same_results(use_ct) -> None:
+    """The lesion-independent part of the search is kept per scan content: searching one scan
+    with several lesion masks gives what fresh searches give, and changing the scan's voxels in
+    place is a new scan, not a stale one."""
+    from petflare.quant import reference
+
+    study, _, xyz = _torso()
+    if not use_ct:
+        study.ct = None
+    clean = liver_reference(study)
+    assert clean.found, clean.reason
+    masks = [None, _ball(xyz, clean.centre_mm, 14.0), _ball(xyz, [-60.0, 0.0, 0.0], 20.0)]
+
+    def fresh(mask):
+        reference._SCENES.clear()
+        return liver_reference(study, lesion_mask=mask)
+
+    expected = [fresh(m) for m in masks]
+    reference._SCENES.clear()
+    reused = [liver_reference(study, lesion_mask=m) for m in masks]
+    assert len(reference._SCENES) == 1  # one scan, one scene
+    assert reused == expected
+    assert reused[1].centre_mm != clean.centre_mm  # the lesion moved the sphere
+    # the scan's own arrays changed in place: a hot focus where the sphere sat is seen
+    study.pet[_ball(xyz, clean.centre_mm, 14.0)] = 6.0
+    moved = liver_reference(study)
+    assert moved == fresh(None)
+    assert moved.centre_mm != clean.centre_mm

@@ -30,8 +30,11 @@ docs/report.md for the method and docs/bench_quant.md for its validation on the 
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import cc3d
 import numpy as np
@@ -255,25 +258,21 @@ def _deep_right_core(
 
 def _pick_liver(
     study: Study,
+    scene: _Scene,
     candidate: np.ndarray,
-    body: np.ndarray,
-    lungs: np.ndarray,
     cfg: LiverSearchConfig,
-    method: str,
-    smooth_pet: np.ndarray,
-    smooth_ct: np.ndarray | None = None,
     stats_study: Study | None = None,
 ) -> LiverReference:
     """Restrict candidates to the right upper abdomen, keep normal liver, place the sphere.
 
-    ``stats_study``: the same scan on a finer grid (``study`` is its block average); the
-    sphere's statistics are read there.
+    ``scene``: what the search derived from ``study`` alone; ``candidate``: its liver-like
+    tissue without the voxels near known lesions. ``stats_study``: the same scan on a finer
+    grid (``study`` is its block average); the sphere's statistics are read there.
     """
+    method = scene.method
+    body, lungs, smooth_ct = scene.body, scene.lungs, scene.smooth_ct
     affine = study.affine
-    x = _world_grid(affine, study.shape, 0)
-    z = _world_grid(affine, study.shape, 2)
-    body_x = float(np.mean(x[body]))
-    base_z = _lung_base_z(lungs, affine, body_x)
+    x, z, body_x, base_z = scene.x, scene.z, scene.body_x, scene.base_z
     region = candidate & (x > body_x) & ~lungs
     if base_z is not None:
         region &= (z <= base_z + cfg.above_lung_base_mm) & (z >= base_z - cfg.below_lung_mm)
@@ -326,9 +325,7 @@ def _pick_liver(
         )
     # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
     # the noise of a low-count scan alone would punch holes everywhere.
-    focus_pet = ndimage.gaussian_filter(
-        study.pet.astype(np.float32), [cfg.focus_sigma_mm / s for s in study.spacing_mm]
-    )
+    focus_pet = scene.focus_pet
     level = float(np.median(focus_pet[liver]))
     normal = (
         liver & (focus_pet >= cfg.focus_band[0] * level) & (focus_pet <= cfg.focus_band[1] * level)
@@ -346,7 +343,7 @@ def _pick_liver(
     edt, core = placed
     masked = np.where(core, edt, -1.0)
     centres: list[tuple[int, ...]] = []
-    y = _world_grid(affine, study.shape, 1)
+    y = scene.y
     for _ in range(cfg.n_spheres):
         if masked.max() < 0:
             break
@@ -390,19 +387,96 @@ def _pick_liver(
     return ref
 
 
-def liver_from_ct(
+@dataclass(eq=False)
+class _Scene:
+    """What an automatic search derives from one scan alone, whatever its lesion mask: kept
+    (see :func:`_scene`) for the next lesion mask of the same scan, e.g. the mask variants of
+    one training pair, which quantify each scan several times. It holds only arrays computed
+    from the scan (never the caller's own arrays, which the caller may change afterwards)."""
+
+    method: str  # "auto_ct" or "auto_pet"
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    body: np.ndarray
+    lungs: np.ndarray
+    candidate: np.ndarray  # liver-like tissue, before the margin around lesions is removed
+    smooth_ct: np.ndarray | None
+    # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
+    # the noise of a low-count scan alone would punch holes everywhere.
+    focus_pet: np.ndarray
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        return _world_grid(self.affine, self.shape, 0)
+
+    @cached_property
+    def y(self) -> np.ndarray:
+        return _world_grid(self.affine, self.shape, 1)
+
+    @cached_property
+    def z(self) -> np.ndarray:
+        return _world_grid(self.affine, self.shape, 2)
+
+    @cached_property
+    def body_x(self) -> float:
+        return float(np.mean(self.x[self.body]))
+
+    @cached_property
+    def base_z(self) -> float | None:
+        return _lung_base_z(self.lungs, self.affine, self.body_x)
+
+
+def _new_scene(
     study: Study,
     cfg: LiverSearchConfig,
-    avoid: np.ndarray | None = None,
-    stats_study: Study | None = None,
-) -> LiverReference:
-    """Automatic liver reference from CT (with a PET plausibility check); ``stats_study`` as
-    in :func:`_pick_liver`."""
+    method: str,
+    body: np.ndarray,
+    lungs: np.ndarray,
+    candidate: np.ndarray,
+    smooth_ct: np.ndarray | None,
+) -> _Scene:
+    sigma = [cfg.focus_sigma_mm / s for s in study.spacing_mm]
+    focus_pet = ndimage.gaussian_filter(study.pet.astype(np.float32), sigma)
+    affine = np.array(study.affine, dtype=np.float64)
+    return _Scene(method, affine, tuple(study.shape), body, lungs, candidate, smooth_ct, focus_pet)
+
+
+#: Scenes of the last few scans searched (an LRU keyed by content; see :func:`_scene`).
+_SCENES: OrderedDict[bytes, _Scene] = OrderedDict()
+_MAX_SCENES = 4
+
+
+def _scene(
+    study: Study, cfg: LiverSearchConfig, method: str, build: Callable[[], _Scene | str]
+) -> _Scene | str:
+    """The scene of ``study`` for ``method``: ``build()`` (a scene, or why there is none),
+    computed once per scan content, affine and settings and then reused."""
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{method}|{cfg!r}|{study.shape}".encode())
+    h.update(np.ascontiguousarray(study.affine, dtype=np.float64).tobytes())
+    for arr in (study.pet, study.ct):
+        if arr is not None:
+            a = np.ascontiguousarray(arr)
+            h.update(str(a.dtype).encode())
+            h.update(a.data)
+    key = h.digest()
+    if key in _SCENES:
+        _SCENES.move_to_end(key)
+        return _SCENES[key]
+    scene = build()
+    if isinstance(scene, _Scene):
+        _SCENES[key] = scene
+        while len(_SCENES) > _MAX_SCENES:
+            _SCENES.popitem(last=False)
+    return scene
+
+
+def _ct_scene(study: Study, cfg: LiverSearchConfig) -> _Scene | str:
     assert study.ct is not None
     ct = study.ct.astype(np.float32)
     body = _largest_component(ct > cfg.body_hu)
     if not body.any():
-        return _not_found("auto_ct", "no body found on CT", cfg.radius_mm)
+        return "no body found on CT"
     lungs = _inner_cavities(ct < cfg.lung_hu, study.voxel_volume_ml, cfg.min_lung_ml)
     lo, hi = cfg.liver_hu
     sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
@@ -415,26 +489,16 @@ def liver_from_ct(
         & (smooth_pet >= cfg.pet_suv[0])
         & (smooth_pet <= cfg.pet_suv[1])
     )
-    if avoid is not None:
-        candidate &= ~avoid
-    return _pick_liver(
-        study, candidate, body, lungs, cfg, "auto_ct", smooth_pet, smooth_ct, stats_study
-    )
+    return _new_scene(study, cfg, "auto_ct", body, lungs, candidate, smooth_ct)
 
 
-def liver_from_pet(
-    study: Study,
-    cfg: LiverSearchConfig,
-    avoid: np.ndarray | None = None,
-    stats_study: Study | None = None,
-) -> LiverReference:
-    """Automatic liver reference from PET alone; ``stats_study`` as in :func:`_pick_liver`."""
+def _pet_scene(study: Study, cfg: LiverSearchConfig) -> _Scene | str:
     pet = study.pet.astype(np.float32)
     sigma = [cfg.smooth_sigma_mm / s for s in study.spacing_mm]
     smooth = ndimage.gaussian_filter(pet, sigma)
     body = _largest_component(smooth > cfg.body_suv)
     if not body.any():
-        return _not_found("auto_pet", "no body found on PET", cfg.radius_mm)
+        return "no body found on PET"
     # Lungs: low-uptake cavities enclosed by the body (the body is filled slice by slice).
     filled = body.copy()
     zaxis = int(np.argmax(np.abs(study.affine[2, :3])))
@@ -453,11 +517,44 @@ def liver_from_pet(
     local_cov = np.sqrt(np.maximum(m2 - m1 * m1, 0.0)) / np.maximum(m1, 1e-6)
     lo, hi = cfg.pet_suv
     candidate = body & (smooth >= lo) & (smooth <= hi) & (local_cov <= cfg.max_cov / 2)
-    if avoid is not None:
-        candidate &= ~avoid
-    return _pick_liver(
-        study, candidate, body, lungs, cfg, "auto_pet", smooth, stats_study=stats_study
-    )
+    return _new_scene(study, cfg, "auto_pet", body, lungs, candidate, None)
+
+
+def _search(
+    study: Study,
+    cfg: LiverSearchConfig,
+    method: str,
+    avoid: np.ndarray | None,
+    stats_study: Study | None,
+) -> LiverReference:
+    build = _ct_scene if method == "auto_ct" else _pet_scene
+    scene = _scene(study, cfg, method, lambda: build(study, cfg))
+    if isinstance(scene, str):
+        return _not_found(method, scene, cfg.radius_mm)
+    candidate = scene.candidate if avoid is None else scene.candidate & ~avoid
+    return _pick_liver(study, scene, candidate, cfg, stats_study)
+
+
+def liver_from_ct(
+    study: Study,
+    cfg: LiverSearchConfig,
+    avoid: np.ndarray | None = None,
+    stats_study: Study | None = None,
+) -> LiverReference:
+    """Automatic liver reference from CT (with a PET plausibility check); ``stats_study`` as
+    in :func:`_pick_liver`."""
+    assert study.ct is not None
+    return _search(study, cfg, "auto_ct", avoid, stats_study)
+
+
+def liver_from_pet(
+    study: Study,
+    cfg: LiverSearchConfig,
+    avoid: np.ndarray | None = None,
+    stats_study: Study | None = None,
+) -> LiverReference:
+    """Automatic liver reference from PET alone; ``stats_study`` as in :func:`_pick_liver`."""
+    return _search(study, cfg, "auto_pet", avoid, stats_study)
 
 
 def liver_reference(
