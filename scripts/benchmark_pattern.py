@@ -185,10 +185,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--masks", choices=["predicted", "ground_truth", "both"], default="predicted")
     p.add_argument("--out", type=Path, default=None, help="Markdown output")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes computing the pairs missing from the cache (one thread each)",
+    )
     return p.parse_args(argv)
 
 
-def set_rows(data_dir: Path, name: str, n_pairs: int, seed: int) -> list[dict[str, Any]]:
+def set_rows(
+    data_dir: Path, name: str, n_pairs: int, seed: int, workers: int = 1
+) -> list[dict[str, Any]]:
     """The first ``n_pairs`` pairs of one evaluation set, generated once.
 
     Pair ``i`` depends only on the seed and ``i`` (patterns cycle), so a larger set of the same
@@ -212,7 +220,12 @@ def set_rows(data_dir: Path, name: str, n_pairs: int, seed: int) -> list[dict[st
         folder = data_dir / f"test_n{n_pairs}{suffix}"
         print(f"generating {n_pairs} pairs for '{name}' into {folder}", file=sys.stderr)
         manifest = generate_dataset(
-            folder, n_pairs, seed, config=PhantomConfig(**SETS[name]), overwrite=True
+            folder,
+            n_pairs,
+            seed,
+            config=PhantomConfig(**SETS[name]),
+            overwrite=True,
+            workers=workers,
         )
     rows = load_manifest(manifest)[:n_pairs]
     if name in PET_ONLY_SETS:
@@ -226,6 +239,7 @@ def evaluate_set(
     """Head and rule metrics on manifest rows (samples cached in the DataModule's cache)."""
     y_true, head_pred, head_probs, rule_pred = [], [], [], []
     t0 = time.perf_counter()
+    dm.warm_cache([(row, 0, mask_source, 0) for row in rows])
     for i, row in enumerate(rows):
         sample = dm.samples_for_row(row, 0, mask_source, 0)[0]
         pred = classifier.predict_samples([sample])[0]
@@ -304,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest=None,
             encoder_scales=meta.get("encoder_scales"),
             margin_mm=float(meta.get("margin_mm", 32.0)),
+            workers=args.workers,
         )
         sources: dict[str, Any] = {}
         if args.masks in ("predicted", "both"):
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         raw: dict[str, Any] = {}
         for name in args.sets:
             n = args.n_pairs if name == "main" else args.robust_pairs
-            rows = set_rows(args.data_dir, name, n, args.seed)
+            rows = set_rows(args.data_dir, name, n, args.seed, args.workers)
             for source_name, source in sources.items():
                 head, rules, timing = evaluate_set(classifier, dm, rows, source)
                 raw[f"{name}/{source_name}"] = {

@@ -511,3 +511,50 @@ def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> 
         LongitudinalDataModule(
             net, PRE, tmp_path / "c", manifest=manifest, missed_nodule_variant=True
         )
+
+
+def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> None:
+    """``workers=2`` computes the missing pairs in two processes (ground truth, its perturbed
+    variant, an extra mask source and validation pairs) and the samples equal one process's."""
+    manifest = write_manifest(
+        tmp_path / "data", ["diffuse_flare", "controlled", "new_lesions"], ["train", "train", "val"]
+    )
+    torch.manual_seed(0)
+    net = build_unet(channels=(4, 8, 16), strides=(2, 2))
+
+    def datamodule(cache: str, workers: int) -> LongitudinalDataModule:
+        return LongitudinalDataModule(
+            net,
+            PRE,
+            tmp_path / cache,
+            manifest=manifest,
+            n_mask_variants=1,
+            train_extra_mask_source=_OneVoxelShort(),
+            batch_size=2,
+            workers=workers,
+        )
+
+    one = datamodule("one", 1)
+    one.setup("fit")
+    two = datamodule("two", 2)
+    rows = two.rows()
+    tasks = two._setup_tasks(rows["train"], rows["val"])
+    assert len(tasks) == 2 * len(rows["train"]) + len(rows["val"])
+    assert two.warm_cache(tasks) == len(tasks)
+    assert all(two.is_cached(*task) for task in tasks)
+    assert two.warm_cache(tasks) == 0  # nothing left to compute
+    source = two.train_extra_mask_source
+    two.setup("fit")
+    assert isinstance(source, _OneVoxelShort) and source.calls == 0  # all read from the cache
+    for split in ("train", "val"):
+        for va, vb in zip(one.datasets[split].variants, two.datasets[split].variants, strict=True):
+            assert len(va) == len(vb)
+            for a, b in zip(va, vb, strict=True):
+                assert (a.label, a.rule_label) == (b.label, b.rule_label)
+                assert a.patient_id == b.patient_id
+                assert [u["kind"] for u in a.units] == [u["kind"] for u in b.units]
+                np.testing.assert_allclose(a.lesion_features, b.lesion_features, atol=1e-4)
+                np.testing.assert_allclose(a.pair_features, b.pair_features, atol=1e-4)
+                np.testing.assert_allclose(a.lesion_pooled, b.lesion_pooled, atol=2e-2)
+    with pytest.raises(ValueError, match="workers"):
+        datamodule("bad", 0)

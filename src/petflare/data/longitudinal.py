@@ -1237,6 +1237,36 @@ def weights_digest(net: nn.Module) -> str:
 
 
 MaskSource = Callable[[Study], np.ndarray]
+#: One unit of cached work: (manifest row, number of mask variants, mask source, seed).
+RowTask = tuple[Mapping[str, Any], int, str | MaskSource, int]
+
+
+@dataclass
+class _WorkerState:
+    """What a feature worker process holds: the DataModule and the tasks' mask sources."""
+
+    datamodule: Any
+    sources: list[Any]
+
+
+_WORKER: _WorkerState | None = None
+
+
+def _init_worker(state: _WorkerState) -> None:
+    """Worker start: one thread each (the workers share the machine's cores), then the state."""
+    global _WORKER
+    import SimpleITK as sitk
+
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    _WORKER = state
+
+
+def _compute_job(job: Sequence[tuple[dict[str, Any], int, int, int]]) -> None:
+    """Compute one pair's tasks into the cache (in a worker set up by :func:`_init_worker`)."""
+    assert _WORKER is not None, "worker not initialised"
+    for row, n_variants, source, seed in job:
+        _WORKER.datamodule.samples_for_row(row, n_variants, _WORKER.sources[source], seed)
 
 
 class LongitudinalDataModule(pl.LightningDataModule):
@@ -1284,6 +1314,9 @@ class LongitudinalDataModule(pl.LightningDataModule):
             PET-only study); 0 keeps them always.
         missed_nodule_variant: give each ``nodule_within_mass`` training pair one more variant
             whose follow-up mask lost the nodule (:class:`MissedNoduleMasks`; phantom pairs).
+        workers: processes that generate phantom pairs and compute the pairs missing from the
+            cache (each with one thread; they write the cache files one process would). 1
+            does everything in this process.
     """
 
     def __init__(
@@ -1313,8 +1346,11 @@ class LongitudinalDataModule(pl.LightningDataModule):
         noise_std: float = 0.05,
         ct_dropout: float = 0.0,
         missed_nodule_variant: bool = False,
+        workers: int = 1,
     ) -> None:
         super().__init__()
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if not 0.0 <= ct_dropout <= 1.0:
             raise ValueError(f"ct_dropout must be in [0, 1], got {ct_dropout}")
         if balance not in ("sampler", "weights", "none"):
@@ -1359,6 +1395,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         if missed_nodule_variant and manifest is not None:
             raise ValueError("missed_nodule_variant needs phantom pairs (their truth records)")
         self.missed_nodule_variant = bool(missed_nodule_variant)
+        self.workers = int(workers)
         if self.include_images and val_mask_source != "ground_truth":
             raise ValueError("include_images (finetune/joint modes) needs ground-truth val masks")
         self.datasets: dict[str, PairSampleDataset] = {}
@@ -1395,7 +1432,13 @@ class LongitudinalDataModule(pl.LightningDataModule):
         if not manifest.is_file():
             log.info("generating %d phantom pairs (seed %d) into %s", n, seed, folder)
             manifest = generate_dataset(
-                folder, n, seed, config=PhantomConfig(**phantom), patterns=patterns, overwrite=True
+                folder,
+                n,
+                seed,
+                config=PhantomConfig(**phantom),
+                patterns=patterns,
+                overwrite=True,
+                workers=self.workers,
             )
         return load_manifest(manifest)[:n]
 
@@ -1463,15 +1506,93 @@ class LongitudinalDataModule(pl.LightningDataModule):
         )
         return self.cache_dir / key if with_encoder else self.cache_dir / "reports" / key
 
+    def _cached_paths(
+        self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
+    ) -> tuple[list[Path], Path, bool]:
+        folder = self.row_folder(row, n_variants, mask_source, seed)
+        paths = [folder / f"variant{i}.npz" for i in range(n_variants + 1)]
+        need_images = self.include_images and mask_source == "ground_truth"
+        return paths, folder / "images.npz", need_images
+
+    def is_cached(
+        self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
+    ) -> bool:
+        """Whether :meth:`samples_for_row` would read these samples from the cache."""
+        paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
+        return all(p.is_file() for p in paths) and (image_path.is_file() or not need_images)
+
+    def warm_cache(self, tasks: Sequence[RowTask], desc: str = "pair features") -> int:
+        """Compute the samples of the ``tasks`` missing from the cache, pair by pair.
+
+        Each task is ``(row, n_variants, mask_source, seed)`` as :meth:`samples_for_row` takes
+        them. The tasks of one pair run together (its scans' liver search is then done once
+        for all its mask sources), in ``workers`` processes when ``workers > 1``; they write
+        the same cache files, which :meth:`samples_for_row` then reads. Returns the number of
+        tasks computed.
+        """
+        from tqdm.auto import tqdm
+
+        jobs: dict[str, list[RowTask]] = {}
+        for task in tasks:
+            if not self.is_cached(*task):
+                row = task[0]
+                key = json.dumps([row.get(k) for k in MANIFEST_PATH_COLUMNS], default=str)
+                jobs.setdefault(key, []).append(task)
+        n_tasks = sum(len(job) for job in jobs.values())
+        if self.workers <= 1 or len(jobs) < 2:
+            for job in tqdm(list(jobs.values()), desc=desc, unit="pair", disable=not jobs):
+                for task in job:
+                    self.samples_for_row(*task)
+            return n_tasks
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # mask sources travel once per worker (a predictor holds a network), tasks by index
+        sources: list[str | MaskSource] = []
+        indexed_jobs = []
+        for job in jobs.values():
+            indexed = []
+            for row, n_variants, source, seed in job:
+                match = next((i for i, s in enumerate(sources) if s is source), None)
+                if match is None:
+                    sources.append(source)
+                    match = len(sources) - 1
+                indexed.append((dict(row), int(n_variants), match, int(seed)))
+            indexed_jobs.append(indexed)
+        state = _WorkerState(self._worker_copy(), sources)
+        n_proc = min(self.workers, len(indexed_jobs))
+        with ProcessPoolExecutor(
+            max_workers=n_proc,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(state,),
+        ) as pool:
+            futures = [pool.submit(_compute_job, job) for job in indexed_jobs]
+            for future in tqdm(
+                as_completed(futures),
+                total=len(futures),
+                desc=f"{desc} ({n_proc} processes)",
+                unit="pair",
+            ):
+                future.result()  # a worker's error is raised here, naming its file
+        return n_tasks
+
+    def _worker_copy(self) -> LongitudinalDataModule:
+        """This DataModule without its trainer or datasets (what a worker process needs)."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.trainer = None
+        clone.datasets = {}
+        clone.image_datasets = {}
+        return clone
+
     def samples_for_row(
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
     ) -> list[PairSample]:
         """Cached samples of one manifest row (variant 0, then ``n_variants`` perturbed)."""
-        folder = self.row_folder(row, n_variants, mask_source, seed)
-        paths = [folder / f"variant{i}.npz" for i in range(n_variants + 1)]
-        image_path = folder / "images.npz"
-        need_images = self.include_images and mask_source == "ground_truth"
-        if all(p.is_file() for p in paths) and (image_path.is_file() or not need_images):
+        paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
+        if self.is_cached(row, n_variants, mask_source, seed):
             return [PairSample.load(p) for p in paths]
         images: list[PairImages] = []
         samples = compute_row_samples(
@@ -1501,6 +1622,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         rows = self.rows()
         train_rows, val_rows = rows.get("train", []), rows.get("val", [])
         # Quantification, registration and encoding take seconds per pair (cached afterwards).
+        self.warm_cache(self._setup_tasks(train_rows, val_rows))
         train = [
             self.samples_for_row(r, self.n_mask_variants, "ground_truth", self.seed + i)
             for i, r in enumerate(tqdm(train_rows, desc="pair features (train)", unit="pair"))
@@ -1549,6 +1671,24 @@ class LongitudinalDataModule(pl.LightningDataModule):
                 self.image_datasets[split] = ImagePairDataset(
                     items, augment=split == "train", noise_std=self.noise_std, seed=self.seed
                 )
+
+    def _setup_tasks(
+        self, train_rows: Sequence[Mapping[str, Any]], val_rows: Sequence[Mapping[str, Any]]
+    ) -> list[RowTask]:
+        """Every (row, n_variants, mask source, seed) that :meth:`setup` reads."""
+        tasks: list[RowTask] = [
+            (r, self.n_mask_variants, "ground_truth", self.seed + i)
+            for i, r in enumerate(train_rows)
+        ]
+        if self.train_extra_mask_source is not None:
+            tasks += [(r, 0, self.train_extra_mask_source, 0) for r in train_rows]
+        if self.missed_nodule_variant:
+            tasks += [
+                (r, 0, MissedNoduleMasks.for_row(r), 0)
+                for r in train_rows
+                if r.get(Keys.PATTERN) == "nodule_within_mass"
+            ]
+        return tasks + [(r, 0, self.val_mask_source, 0) for r in val_rows]
 
     def use_train_pairs(self, indices: Sequence[int] | None) -> None:
         """Train on these training pairs only (None: all), e.g. one fold of a cross-fit.
