@@ -57,14 +57,16 @@ def _train_head(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny model folder with a head trained by the CLI on 4 train + 4 val tiny pairs."""
+    """A tiny model folder with a head trained by the CLI on 4 train + 4 val tiny pairs (their
+    features computed by two worker processes started from the script)."""
     tmp = tmp_path_factory.mktemp("head")
     model_dir = _model_folder(tmp / "model")
     patterns = list(PATTERNS) * 2
     manifest = _tiny.write_manifest(tmp / "pairs", patterns, ["train"] * 4 + ["val"] * 4)
-    result = _train_head(tmp, model_dir, manifest)
+    result = _train_head(tmp, model_dir, manifest, "data.workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "head written to" in result.stdout
+    assert "(2 processes)" in result.stderr  # the progress bar of the worker processes
     return model_dir, manifest
 
 
