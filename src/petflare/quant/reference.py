@@ -323,8 +323,6 @@ def _pick_liver(
             "and no lung base is seen: no liver in the field of view",
             cfg.radius_mm,
         )
-    # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
-    # the noise of a low-count scan alone would punch holes everywhere.
     focus_pet = scene.focus_pet
     level = float(np.median(focus_pet[liver]))
     normal = (
@@ -401,9 +399,7 @@ class _Scene:
     lungs: np.ndarray
     candidate: np.ndarray  # liver-like tissue, before the margin around lesions is removed
     smooth_ct: np.ndarray | None
-    # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
-    # the noise of a low-count scan alone would punch holes everywhere.
-    focus_pet: np.ndarray
+    focus_pet: np.ndarray  # SUV smoothed over focus_sigma_mm: hot and cold foci
 
     @cached_property
     def x(self) -> np.ndarray:
@@ -435,6 +431,8 @@ def _new_scene(
     candidate: np.ndarray,
     smooth_ct: np.ndarray | None,
 ) -> _Scene:
+    # Foci are judged at the scale that biases a 3 cm sphere (``focus_sigma_mm``): at 4 mm,
+    # the noise of a low-count scan alone would punch holes everywhere.
     sigma = [cfg.focus_sigma_mm / s for s in study.spacing_mm]
     focus_pet = ndimage.gaussian_filter(study.pet.astype(np.float32), sigma)
     affine = np.array(study.affine, dtype=np.float64)
