@@ -16,6 +16,10 @@ class PetflareInputError(ValueError):
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path is not None else problem)
 
+    def __reduce__(self) -> tuple[type, tuple[Path | None, str]]:
+        # an error raised in a worker process reaches the main one (and its exit code 2) whole
+        return type(self), (self.path, self.problem)
+
 
 class OutputExistsError(PetflareInputError):
     """An output already exists and overwriting was not requested."""

@@ -558,3 +558,23 @@ def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> N
                 np.testing.assert_allclose(a.lesion_pooled, b.lesion_pooled, atol=2e-2)
     with pytest.raises(ValueError, match="workers"):
         datamodule("bad", 0)
+
+
+def test_a_bad_file_in_a_worker_process_is_named_in_the_main_one(tmp_path: Path) -> None:
+    """An unreadable scan met by a worker process reaches the caller as the same input error
+    naming the file (not a broken process pool)."""
+    manifest = write_manifest(tmp_path / "data", ["diffuse_flare", "controlled"], ["train"] * 2)
+    bad = tmp_path / "data" / "ptrain1" / "followup" / "SUV.nii.gz"
+    bad.write_bytes(b"not a NIfTI file")
+    dm = LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)),
+        PRE,
+        tmp_path / "cache",
+        manifest=manifest,
+        n_mask_variants=0,
+        workers=2,
+    )
+    rows = dm.rows()
+    with pytest.raises(PetflareInputError, match="ptrain1/followup/SUV.nii.gz") as info:
+        dm.warm_cache(dm._setup_tasks(rows["train"], rows["val"]))
+    assert info.value.path is not None and info.value.path.name == "SUV.nii.gz"

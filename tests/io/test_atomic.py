@@ -87,3 +87,19 @@ def test_atomic_directory_all_or_nothing(tmp_path):
         (tmp / "new.json").write_text("{}")
     assert sorted(p.name for p in target.iterdir()) == ["new.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_input_errors_survive_pickling() -> None:
+    """Errors cross process boundaries (feature workers) whole: type, file and problem."""
+    import pickle
+
+    from petflare.errors import OutputExistsError, PetflareInputError
+
+    for err in (
+        PetflareInputError("/data/p1/SUV.nii.gz", "not a NIfTI file"),
+        PetflareInputError(None, "no pattern label"),
+        OutputExistsError("/out/report.json", "exists; pass overwrite=true"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err)
+        assert (back.path, back.problem, str(back)) == (err.path, err.problem, str(err))

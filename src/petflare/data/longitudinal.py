@@ -1568,13 +1568,18 @@ class LongitudinalDataModule(pl.LightningDataModule):
             initargs=(state,),
         ) as pool:
             futures = [pool.submit(_compute_job, job) for job in indexed_jobs]
-            for future in tqdm(
-                as_completed(futures),
-                total=len(futures),
-                desc=f"{desc} ({n_proc} processes)",
-                unit="pair",
-            ):
-                future.result()  # a worker's error is raised here, naming its file
+            try:
+                for future in tqdm(
+                    as_completed(futures),
+                    total=len(futures),
+                    desc=f"{desc} ({n_proc} processes)",
+                    unit="pair",
+                ):
+                    future.result()  # a worker's error is raised here, naming its file
+            except BaseException:
+                # stop at the first error (or Ctrl-C): the pairs not started are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         return n_tasks
 
     def _worker_copy(self) -> LongitudinalDataModule:
