@@ -1241,6 +1241,11 @@ MaskSource = Callable[[Study], np.ndarray]
 RowTask = tuple[Mapping[str, Any], int, str | MaskSource, int]
 
 
+def _present(paths: Sequence[Path], image_path: Path, need_images: bool) -> bool:
+    """Whether a row's cached samples (and its image crop, when needed) are all on disk."""
+    return all(p.is_file() for p in paths) and (image_path.is_file() or not need_images)
+
+
 @dataclass
 class _WorkerState:
     """What a feature worker process holds: the DataModule and the tasks' mask sources."""
@@ -1518,8 +1523,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
     ) -> bool:
         """Whether :meth:`samples_for_row` would read these samples from the cache."""
-        paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
-        return all(p.is_file() for p in paths) and (image_path.is_file() or not need_images)
+        return _present(*self._cached_paths(row, n_variants, mask_source, seed))
 
     def warm_cache(self, tasks: Sequence[RowTask], desc: str = "pair features") -> int:
         """Compute the samples of the ``tasks`` missing from the cache, pair by pair.
@@ -1597,7 +1601,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
     ) -> list[PairSample]:
         """Cached samples of one manifest row (variant 0, then ``n_variants`` perturbed)."""
         paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
-        if self.is_cached(row, n_variants, mask_source, seed):
+        if _present(paths, image_path, need_images):
             return [PairSample.load(p) for p in paths]
         images: list[PairImages] = []
         samples = compute_row_samples(

@@ -518,41 +518,21 @@ def _pet_scene(study: Study, cfg: LiverSearchConfig) -> _Scene | str:
     return _new_scene(study, cfg, "auto_pet", body, lungs, candidate, None)
 
 
-def _search(
+def _automatic(
     study: Study,
     cfg: LiverSearchConfig,
     method: str,
     avoid: np.ndarray | None,
     stats_study: Study | None,
 ) -> LiverReference:
+    """Automatic liver reference from CT (``auto_ct``, with a PET plausibility check) or from
+    PET alone (``auto_pet``); ``stats_study`` as in :func:`_pick_liver`."""
     build = _ct_scene if method == "auto_ct" else _pet_scene
     scene = _scene(study, cfg, method, lambda: build(study, cfg))
     if isinstance(scene, str):
         return _not_found(method, scene, cfg.radius_mm)
     candidate = scene.candidate if avoid is None else scene.candidate & ~avoid
     return _pick_liver(study, scene, candidate, cfg, stats_study)
-
-
-def liver_from_ct(
-    study: Study,
-    cfg: LiverSearchConfig,
-    avoid: np.ndarray | None = None,
-    stats_study: Study | None = None,
-) -> LiverReference:
-    """Automatic liver reference from CT (with a PET plausibility check); ``stats_study`` as
-    in :func:`_pick_liver`."""
-    assert study.ct is not None
-    return _search(study, cfg, "auto_ct", avoid, stats_study)
-
-
-def liver_from_pet(
-    study: Study,
-    cfg: LiverSearchConfig,
-    avoid: np.ndarray | None = None,
-    stats_study: Study | None = None,
-) -> LiverReference:
-    """Automatic liver reference from PET alone; ``stats_study`` as in :func:`_pick_liver`."""
-    return _search(study, cfg, "auto_pet", avoid, stats_study)
 
 
 def liver_reference(
@@ -581,16 +561,16 @@ def liver_reference(
         lesions = _block_pool(lesions, factors, np.max)  # a block with any lesion voxel
     avoid = _near_lesions(search.affine, lesions, cfg.lesion_margin_mm)
     if search.ct is not None:
-        ref = liver_from_ct(search, cfg, avoid, stats)
+        ref = _automatic(search, cfg, "auto_ct", avoid, stats)
         if ref.found:
             return ref
-        pet_ref = liver_from_pet(search, cfg, avoid, stats)
+        pet_ref = _automatic(search, cfg, "auto_pet", avoid, stats)
         if pet_ref.found:
             pet_ref.reason += f" (CT search failed: {ref.reason})"
             return pet_ref
         ref.reason += f"; PET search failed too: {pet_ref.reason}"
         return ref
-    return liver_from_pet(search, cfg, avoid, stats)
+    return _automatic(search, cfg, "auto_pet", avoid, stats)
 
 
 def _near_lesions(
