@@ -316,7 +316,19 @@ class _OneVoxelShort:
         return mask
 
 
-def test_training_pairs_gain_a_variant_from_the_extra_mask_source(tmp_path: Path) -> None:
+def test_training_pairs_gain_a_variant_from_the_extra_mask_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import petflare.quant.analysis as analysis
+
+    registered = []
+    register = analysis.register_followup_to_baseline
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        registered.append(1)
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "register_followup_to_baseline", counting)
     manifest = write_manifest(tmp_path / "data", ["diffuse_flare", "controlled"], ["train"] * 2)
     source = _OneVoxelShort()
     dm = LongitudinalDataModule(
@@ -334,6 +346,23 @@ def test_training_pairs_gain_a_variant_from_the_extra_mask_source(tmp_path: Path
     assert source.calls == 4  # both scans of both pairs, once
     for variants in train.variants:
         assert variants[-1].label == variants[0].label
+    # each pair is registered once for both mask sources, and its registration is kept
+    assert len(registered) == 2
+    assert len(list((tmp_path / "cache" / "registrations").glob("*.json"))) == 2
+    # the stored registration gives the samples that registering again gives
+    fresh = LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)),
+        PRE,
+        tmp_path / "fresh",
+        manifest=manifest,
+        n_mask_variants=1,
+    )
+    fresh.net.load_state_dict(dm.net.state_dict())
+    for row, variants in zip(dm.rows()["train"], train.variants, strict=True):
+        again = fresh.samples_for_row(row, 0, source, 0)[0]
+        np.testing.assert_array_equal(again.lesion_features, variants[-1].lesion_features)
+        np.testing.assert_array_equal(again.pair_features, variants[-1].pair_features)
+    assert len(registered) == 4
 
 
 def test_image_batches_augment_both_scans_consistently(tmp_path: Path) -> None:
@@ -392,8 +421,9 @@ def test_variants_reuse_the_pairs_registration(encoder: EncoderFeatures) -> None
     same = [(np.asarray(base.mask), np.asarray(fol.mask))] * 2
     samples = pair_samples(base, fol, encoder, PRE, label=2, label_variants=same)
     for s in samples[1:]:
-        np.testing.assert_allclose(s.lesion_features, samples[0].lesion_features, atol=1e-4)
-        np.testing.assert_allclose(s.lesion_pooled, samples[0].lesion_pooled, atol=1e-4)
+        np.testing.assert_array_equal(s.lesion_features, samples[0].lesion_features)
+        np.testing.assert_array_equal(s.lesion_pooled, samples[0].lesion_pooled)
+        np.testing.assert_array_equal(s.pair_features, samples[0].pair_features)
 
 
 COARSE = {"spacing_inplane_mm": [8.0, 10.0], "spacing_slice_mm": [8.0, 10.0]}

@@ -220,6 +220,29 @@ def test_registration_is_reproducible(moved_pair):
     np.testing.assert_allclose(first.matrix_ras, second.matrix_ras, rtol=0, atol=1e-6)
 
 
+def test_a_known_alignment_gives_the_report_registering_gives(moved_pair, monkeypatch):
+    import petflare.quant.analysis as analysis
+
+    base, follow, _, _ = moved_pair
+    rep = compare_studies(base, follow)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("registered again")
+
+    monkeypatch.setattr(analysis, "register_followup_to_baseline", fail)
+    again = compare_studies(base, follow, alignment=rep.registration)
+    assert again == rep
+
+
+def test_registration_blocks_are_about_the_final_spacing_per_scan_and_axis():
+    from petflare.quant.registration import block_factors
+
+    assert block_factors((2.04, 2.04, 3.0), 8.0) == [4, 4, 3]
+    assert block_factors((4.0, 4.42, 4.73), 8.0) == [2, 2, 2]  # floor gave 1: 4x the voxels
+    assert block_factors((5.5, 6.0, 9.0), 8.0) == [1, 1, 1]
+    assert block_factors((1.0, 1.0, 1.0), 8.0) == [8, 8, 8]
+
+
 def test_wall_clock_registration_seed_is_refused():
     with pytest.raises(ValueError, match="wall clock"):
         RegistrationConfig(seed=0)

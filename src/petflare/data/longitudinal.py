@@ -3,7 +3,8 @@
 Per pair, the expensive work is done once and cached to disk (``.npz``):
 
 1. quantification and matching with :func:`petflare.quant.compare_studies` (which registers the
-   follow-up to the baseline; the registration is reused for every mask variant of a pair),
+   follow-up to the baseline; the registration is kept and reused for every mask variant and
+   mask source of a pair),
 2. lesion units: every follow-up lesion with the baseline lesions it matches (persisting or
    new) and every resolved baseline lesion; a unit's region is the union of its lesions' masks
    at both time points, on the baseline grid,
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Version of the cached per-pair feature layout; bump when features change.
 FEATURE_VERSION = "9"
 #: Version of the cached quantification (reports, predicted masks); independent of the features.
-REPORT_VERSION = "2"
+REPORT_VERSION = "3"  # 3: registration blocks per scan and axis (petflare.quant.registration)
 
 
 class HeadKeys:
@@ -689,24 +690,16 @@ def compare_pair(
 ) -> Any:
     """``petflare.quant.compare_studies`` on two studies carrying instance masks.
 
-    With a known ``registration`` (a ``RegistrationResult`` of the same pair), the follow-up
-    is re-expressed in baseline world coordinates (its affine composed with the inverse
-    transform) and compared without registering again, so mask variants of one pair cost one
-    registration in all. Follow-up coordinates in that report are then baseline-world ones.
+    With a known ``registration`` (a ``RegistrationResult`` of the same two scans, e.g. from
+    another mask variant of the pair) it is used instead of registering again, so the mask
+    variants and mask sources of a pair cost one registration in all; the report is the one
+    registering again would give (the registration is deterministic).
     """
-    from petflare.quant import RegistrationConfig, compare_studies
+    from petflare.quant import compare_studies
 
-    if registration is None:
-        return compare_studies(baseline, followup, registration=registration_config)
-    inv = np.linalg.inv(np.asarray(registration.matrix_ras, dtype=np.float64))
-    moved = Study(
-        pet=followup.pet,
-        affine=inv @ followup.affine,
-        ct=followup.ct,
-        mask=followup.mask,
-        meta=followup.meta,
+    return compare_studies(
+        baseline, followup, registration=registration_config, alignment=registration
     )
-    return compare_studies(baseline, moved, registration=RegistrationConfig(modality="none"))
 
 
 @torch.no_grad()
@@ -912,11 +905,17 @@ def pair_samples(
     registration_config: Any | None = None,
     images_out: list[PairImages] | None = None,
     report_cache: Path | None = None,
+    alignment: Any | None = None,
+    registration_out: list[Any] | None = None,
 ) -> list[PairSample]:
     """Samples of one pair: its own masks first, then each (baseline, follow-up) mask variant.
 
     ``report_cache`` is a folder where the quantification of each variant is kept as JSON
     (``report<i>.json``): it does not depend on the encoder, so it survives a new network.
+    The pair is registered once for all variants; ``alignment`` is its registration when
+    already known (e.g. computed for another mask source of the same scans), which is then
+    not computed again. The pair's registration is appended to ``registration_out`` when
+    that is a list.
 
     ``baseline.mask`` and ``followup.mask`` are the masks of the first sample (ground truth or
     predicted). The encoder runs once per scan on a crop covering every variant's lesions.
@@ -932,7 +931,7 @@ def pair_samples(
     # labels a predicted mask, so training on ground truth sees lesions the same way
     variants = [(lesion_instances(b > 0), lesion_instances(f > 0)) for b, f in variants]
     reports, unit_lists, rule_labels = [], [], []
-    registration = None
+    registration = alignment
     for i, (b_lab, f_lab) in enumerate(variants):
         cached = None if report_cache is None else report_cache / f"report{i}.json"
         if cached is not None and cached.is_file():
@@ -954,6 +953,8 @@ def pair_samples(
         unit_lists.append(lesion_units(rep))
         rule_labels.append((rep.pattern_rules or classify_pattern_rules(rep)).label)
     matrix = registration_matrix(reports[0])
+    if registration_out is not None:
+        registration_out.append(reports[0].registration)
     # one crop that holds the lesions of all variants (dilations reach one voxel further)
     union_b = np.maximum.reduce([b for b, _ in variants])
     union_f = np.maximum.reduce([f for _, f in variants])
@@ -1406,6 +1407,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.datasets: dict[str, PairSampleDataset] = {}
         self.image_datasets: dict[str, ImagePairDataset] = {}
         self._train_pairs: list[int] | None = None
+        self._loaded: tuple[str, tuple[Study, Study]] | None = None  # the last pair read
 
     # -- rows
     def _phantom_set(
@@ -1594,6 +1596,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         clone.trainer = None
         clone.datasets = {}
         clone.image_datasets = {}
+        clone._loaded = None
         return clone
 
     def samples_for_row(
@@ -1603,7 +1606,16 @@ class LongitudinalDataModule(pl.LightningDataModule):
         paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
         if _present(paths, image_path, need_images):
             return [PairSample.load(p) for p in paths]
+        from petflare.quant.report import registration_from_json, registration_to_json
+
         images: list[PairImages] = []
+        registration_path = self.registration_file(row)
+        alignment = (
+            registration_from_json(registration_path.read_text())
+            if registration_path.is_file()
+            else None
+        )
+        registrations: list[Any] = []
         samples = compute_row_samples(
             row,
             self.encoder,
@@ -1615,12 +1627,44 @@ class LongitudinalDataModule(pl.LightningDataModule):
             self.margin_mm,
             images_out=images if need_images else None,
             report_cache=self.row_folder(row, n_variants, mask_source, seed, with_encoder=False),
+            studies=self._row_studies(row),
+            alignment=alignment,
+            registration_out=registrations if alignment is None else None,
         )
+        if registrations:
+            text = registration_to_json(registrations[0])
+            atomic_write_text(registration_path, text, overwrite=True)
         for sample, path in zip(samples, paths, strict=True):
             sample.save(path)
         if images:
             images[0].save(image_path)
         return samples
+
+    def registration_file(self, row: Mapping[str, Any]) -> Path:
+        """Where the registration of a row's scans is kept, keyed by the images and settings.
+
+        It depends on neither the masks nor the encoder, so every mask source of a pair (and
+        every later network) reuses the pair's first registration: the same reports as
+        registering again (the registration is deterministic), at no cost.
+        """
+        from petflare.quant import RegistrationConfig
+
+        scans = (Keys.BASELINE_PET, Keys.BASELINE_CT, Keys.FOLLOWUP_PET, Keys.FOLLOWUP_CT)
+        key = _cache_key(
+            {
+                "files": [_file_stamp(row.get(k)) for k in scans],
+                "registration": dataclasses.asdict(RegistrationConfig()),
+                "version": REPORT_VERSION,
+            }
+        )
+        return self.cache_dir / "registrations" / f"{key}.json"
+
+    def _row_studies(self, row: Mapping[str, Any]) -> tuple[Study, Study]:
+        """The row's studies, loaded once for consecutive calls on the same pair."""
+        key = json.dumps([_file_stamp(row.get(k)) for k in MANIFEST_PATH_COLUMNS])
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = (key, load_row_studies(row))
+        return self._loaded[1]
 
     def setup(self, stage: str | None = None) -> None:
         """Compute (or read from the cache) the samples of every pair."""
@@ -1810,13 +1854,18 @@ def compute_row_samples(
     margin_mm: float = 32.0,
     images_out: list[PairImages] | None = None,
     report_cache: Path | None = None,
+    studies: tuple[Study, Study] | None = None,
+    alignment: Any | None = None,
+    registration_out: list[Any] | None = None,
 ) -> list[PairSample]:
     """Samples of one manifest row: its masks, then perturbed variants.
 
     ``report_cache`` keeps what does not depend on the encoder (predicted masks, the
-    quantification of every variant) so a new encoder or head reuses it.
+    quantification of every variant) so a new encoder or head reuses it. ``studies`` are the
+    row's studies when already loaded (:func:`load_row_studies`); ``alignment`` and
+    ``registration_out`` are :func:`pair_samples`'.
     """
-    base, fol = load_row_studies(row)
+    base, fol = studies or load_row_studies(row)
     pattern = row.get(Keys.PATTERN)
     label = PATTERN_TO_INDEX[pattern] if pattern in PATTERN_TO_INDEX else -1
     if not isinstance(mask_source, str):
@@ -1852,6 +1901,8 @@ def compute_row_samples(
         margin_mm,
         images_out=images_out,
         report_cache=report_cache,
+        alignment=alignment,
+        registration_out=registration_out,
     )
 
 

@@ -32,7 +32,7 @@ from petflare.quant.registration import (
     register_followup_to_baseline,
     resample_to,
 )
-from petflare.quant.report import PairReport, ScanReport
+from petflare.quant.report import PairReport, RegistrationResult, ScanReport
 from petflare.quant.rules import RuleThresholds, classify_pattern_rules
 
 
@@ -136,6 +136,7 @@ def compare_studies(
     nodule_criteria: NoduleCriteria | None = None,
     after_one_cycle: bool = False,
     rule_thresholds: RuleThresholds | None = None,
+    alignment: RegistrationResult | None = None,
 ) -> PairReport:
     """Compare a follow-up study with its baseline.
 
@@ -154,6 +155,9 @@ def compare_studies(
         nodule_criteria: thresholds for a new intratumoural nodule (Choi PD and rule R2).
         after_one_cycle: EORTC's early (one cycle) PMR threshold of 15% instead of 25%.
         rule_thresholds: thresholds of the rule-based classifier.
+        alignment: the registration of these two scans when it is already known (e.g.
+            computed for another lesion mask of the same pair): used as it is, and
+            ``registration`` is then ignored. The report is the one registering would give.
     """
     rules = rule_thresholds or RuleThresholds()
     nodules = nodule_criteria or rules.nodule
@@ -162,7 +166,7 @@ def compare_studies(
     radii = (SUV_PEAK_RADIUS_MM, FOCAL_RADIUS_MM)
     b_rep = _analyze(baseline, b_labels, connectivity, baseline_liver_mask, liver_config, *radii)
     f_rep = _analyze(followup, f_labels, connectivity, followup_liver_mask, liver_config, *radii)
-    reg = register_followup_to_baseline(baseline, followup, registration)
+    reg = alignment or register_followup_to_baseline(baseline, followup, registration)
     matrix = np.asarray(reg.matrix_ras)
     f_on_b = resample_to(
         f_labels, followup.affine, baseline.shape, baseline.affine, matrix, nearest=True

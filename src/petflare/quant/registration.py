@@ -1,8 +1,10 @@
 """Rigid alignment of a follow-up scan to its baseline with SimpleITK.
 
 Euler 3D transform, Mattes mutual information, two pyramid levels at about 2x and 1x
-``final_spacing_mm`` (the scans are first averaged over blocks of voxels to the finer level, so
-a 2 mm whole-body scan costs about what a 4 mm one does), initialised by the identity or by
+``final_spacing_mm`` (each scan is first averaged over blocks of whole voxels about as wide as
+the finer level, axis by axis, so a 2 mm or a 4.5 mm whole-body scan costs about what a 4 mm one
+does, and a follow-up on another grid than its baseline is brought to the same block size),
+initialised by the identity or by
 aligning the bodies' centroids. It runs on CT when both scans have CT (anatomy is
 stable there, uptake is what changes), else on PET. The transform is reported in the NIfTI
 world frame (RAS mm) as a 4x4 matrix mapping baseline points to follow-up points, with the
@@ -13,6 +15,7 @@ SimpleITK works in LPS; the conversion is the fixed flip ``diag(-1, -1, 1)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,6 +189,13 @@ def _initial_transform(
     return best
 
 
+def block_factors(spacing_mm: Sequence[float], final_spacing_mm: float) -> list[int]:
+    """Voxels per block along each axis, so that a block is as close as whole voxels allow to
+    ``final_spacing_mm`` wide (each scan and axis on its own: anisotropic voxels, and a
+    follow-up on another grid than its baseline, are averaged to the same block size)."""
+    return [max(1, int(round(final_spacing_mm / float(s)))) for s in spacing_mm]
+
+
 def register_followup_to_baseline(
     baseline: Study, followup: Study, config: RegistrationConfig | None = None
 ) -> RegistrationResult:
@@ -204,10 +214,15 @@ def register_followup_to_baseline(
         fixed_arr, moving_arr = baseline.ct, followup.ct
     else:
         fixed_arr, moving_arr = baseline.pet, followup.pet
-    shrink = max(1, int(cfg.final_spacing_mm // min(baseline.spacing_mm)))
     # Block averages to the finest level: the pyramid's smoothing then runs on small images.
-    fixed = sitk.BinShrink(to_sitk(fixed_arr.astype(np.float32), baseline.affine), [shrink] * 3)
-    moving = sitk.BinShrink(to_sitk(moving_arr.astype(np.float32), followup.affine), [shrink] * 3)
+    fixed = sitk.BinShrink(
+        to_sitk(fixed_arr.astype(np.float32), baseline.affine),
+        block_factors(baseline.spacing_mm, cfg.final_spacing_mm),
+    )
+    moving = sitk.BinShrink(
+        to_sitk(moving_arr.astype(np.float32), followup.affine),
+        block_factors(followup.spacing_mm, cfg.final_spacing_mm),
+    )
     n_final = int(np.prod(fixed.GetSize()))
 
     reg = sitk.ImageRegistrationMethod()

@@ -403,6 +403,16 @@ def pair_report_from_json(text: str) -> PairReport:
     return _from_dict(PairReport, data)
 
 
+def registration_to_json(result: RegistrationResult) -> str:
+    """A :class:`RegistrationResult` as JSON (floats written exactly, so it round-trips)."""
+    return json.dumps(_to_jsonable(dataclasses.asdict(result)))
+
+
+def registration_from_json(text: str) -> RegistrationResult:
+    """Parse a :class:`RegistrationResult` written by :func:`registration_to_json`."""
+    return _from_dict(RegistrationResult, json.loads(text))
+
+
 def scan_report_from_json(text: str) -> ScanReport:
     """Parse a :class:`ScanReport` from JSON, checking the major schema version."""
     data = json.loads(text)
