@@ -299,6 +299,29 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     assert not np.allclose(new.lesion_pooled, old.lesion_pooled)
 
 
+def test_a_new_quantification_version_invalidates_reports_and_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import petflare.data.longitudinal as longitudinal
+
+    manifest = write_manifest(tmp_path / "data", ["controlled"], ["train"])
+    dm = LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)), PRE, tmp_path / "cache", manifest=manifest
+    )
+    row = dm.rows()["train"][0]
+
+    def folders() -> list[Path]:
+        return [
+            dm.row_folder(row, 1, "ground_truth", 0),
+            dm.row_folder(row, 1, "ground_truth", 0, with_encoder=False),
+            dm.registration_file(row),
+        ]
+
+    before = folders()
+    monkeypatch.setattr(longitudinal, "REPORT_VERSION", "another")
+    assert all(a != b for a, b in zip(before, folders(), strict=True))
+
+
 class _OneVoxelShort:
     """A mask source that mimics a model: the ground truth minus its first voxel."""
 

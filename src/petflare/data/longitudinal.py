@@ -1476,6 +1476,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
     def _settings(self) -> dict[str, Any]:
         return {
             "version": FEATURE_VERSION,
+            "reports": REPORT_VERSION,  # features are computed from the quantification
             "weights": weights_digest(self.net),
             "preprocessing": self.preprocessing.to_dict(),
             "scales": self.encoder_scales,
