@@ -166,7 +166,11 @@ def compare_studies(
     radii = (SUV_PEAK_RADIUS_MM, FOCAL_RADIUS_MM)
     b_rep = _analyze(baseline, b_labels, connectivity, baseline_liver_mask, liver_config, *radii)
     f_rep = _analyze(followup, f_labels, connectivity, followup_liver_mask, liver_config, *radii)
-    reg = alignment or register_followup_to_baseline(baseline, followup, registration)
+    reg = (
+        alignment
+        if alignment is not None
+        else register_followup_to_baseline(baseline, followup, registration)
+    )
     matrix = np.asarray(reg.matrix_ras)
     f_on_b = resample_to(
         f_labels, followup.affine, baseline.shape, baseline.affine, matrix, nearest=True

@@ -4,11 +4,11 @@ Euler 3D transform, Mattes mutual information, two pyramid levels at about 2x an
 ``final_spacing_mm`` (each scan is first averaged over blocks of whole voxels about as wide as
 the finer level, axis by axis, so a 2 mm or a 4.5 mm whole-body scan costs about what a 4 mm one
 does, and a follow-up on another grid than its baseline is brought to the same block size),
-initialised by the identity or by
-aligning the bodies' centroids. It runs on CT when both scans have CT (anatomy is
-stable there, uptake is what changes), else on PET. The transform is reported in the NIfTI
-world frame (RAS mm) as a 4x4 matrix mapping baseline points to follow-up points, with the
-final metric and the normalised cross-correlation before and after alignment as quality.
+initialised by the identity or by aligning the bodies' centroids. It runs on CT when both scans
+have CT (anatomy is stable there, uptake is what changes), else on PET. The transform is
+reported in the NIfTI world frame (RAS mm) as a 4x4 matrix mapping baseline points to follow-up
+points, with the final metric and the normalised cross-correlation before and after alignment as
+quality.
 
 SimpleITK works in LPS; the conversion is the fixed flip ``diag(-1, -1, 1)``.
 """
