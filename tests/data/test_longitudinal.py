@@ -247,6 +247,13 @@ def write_manifest(root: Path, patterns: list[str], splits: list[str]) -> Path:
     return path
 
 
+def manifest_dm(cache: Path, manifest: Path, **kwargs: Any) -> LongitudinalDataModule:
+    """A DataModule reading ``manifest`` on a tiny U-Net with fresh random weights."""
+    return LongitudinalDataModule(
+        build_unet(channels=(4, 8, 16), strides=(2, 2)), PRE, cache, manifest=manifest, **kwargs
+    )
+
+
 def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "data", list(PATTERNS), ["train"] * 4)
     torch.manual_seed(0)
@@ -282,14 +289,7 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     assert [p.stat().st_mtime_ns for p in cached] == stamp
     # another encoder recomputes the features but reuses the quantification
     report_stamp = [p.stat().st_mtime_ns for p in reports]
-    dm3 = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)),
-        PRE,
-        tmp_path / "cache",
-        manifest=manifest,
-        n_mask_variants=1,
-        batch_size=3,
-    )
+    dm3 = manifest_dm(tmp_path / "cache", manifest, n_mask_variants=1, batch_size=3)
     dm3.setup("fit")
     assert len(list((tmp_path / "cache").rglob("variant*.npz"))) == 16
     assert [p.stat().st_mtime_ns for p in reports] == report_stamp
@@ -305,9 +305,7 @@ def test_a_new_quantification_version_invalidates_reports_and_features(
     import petflare.data.longitudinal as longitudinal
 
     manifest = write_manifest(tmp_path / "data", ["controlled"], ["train"])
-    dm = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)), PRE, tmp_path / "cache", manifest=manifest
-    )
+    dm = manifest_dm(tmp_path / "cache", manifest)
     row = dm.rows()["train"][0]
 
     def folders() -> list[Path]:
@@ -354,11 +352,9 @@ def test_training_pairs_gain_a_variant_from_the_extra_mask_source(
     monkeypatch.setattr(analysis, "register_followup_to_baseline", counting)
     manifest = write_manifest(tmp_path / "data", ["diffuse_flare", "controlled"], ["train"] * 2)
     source = _OneVoxelShort()
-    dm = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)),
-        PRE,
+    dm = manifest_dm(
         tmp_path / "cache",
-        manifest=manifest,
+        manifest,
         n_mask_variants=1,
         train_extra_mask_source=source,
         batch_size=2,
@@ -373,13 +369,7 @@ def test_training_pairs_gain_a_variant_from_the_extra_mask_source(
     assert len(registered) == 2
     assert len(list((tmp_path / "cache" / "registrations").glob("*.json"))) == 2
     # the stored registration gives the samples that registering again gives
-    fresh = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)),
-        PRE,
-        tmp_path / "fresh",
-        manifest=manifest,
-        n_mask_variants=1,
-    )
+    fresh = manifest_dm(tmp_path / "fresh", manifest, n_mask_variants=1)
     fresh.net.load_state_dict(dm.net.state_dict())
     for row, variants in zip(dm.rows()["train"], train.variants, strict=True):
         again = fresh.samples_for_row(row, 0, source, 0)[0]
@@ -396,14 +386,8 @@ def test_image_batches_augment_both_scans_consistently(tmp_path: Path) -> None:
         tmp_path / "data", ["nodule_within_mass", "controlled"], ["train"] * 2
     )
     torch.manual_seed(0)
-    dm = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)),
-        PRE,
-        tmp_path / "cache",
-        manifest=manifest,
-        n_mask_variants=0,
-        batch_size=2,
-        include_images=True,
+    dm = manifest_dm(
+        tmp_path / "cache", manifest, n_mask_variants=0, batch_size=2, include_images=True
     )
     dm.setup("fit")
     assert len(list((tmp_path / "cache").rglob("images.npz"))) == 2
@@ -619,14 +603,7 @@ def test_a_bad_file_in_a_worker_process_is_named_in_the_main_one(tmp_path: Path)
     manifest = write_manifest(tmp_path / "data", ["diffuse_flare", "controlled"], ["train"] * 2)
     bad = tmp_path / "data" / "ptrain1" / "followup" / "SUV.nii.gz"
     bad.write_bytes(b"not a NIfTI file")
-    dm = LongitudinalDataModule(
-        build_unet(channels=(4, 8, 16), strides=(2, 2)),
-        PRE,
-        tmp_path / "cache",
-        manifest=manifest,
-        n_mask_variants=0,
-        workers=2,
-    )
+    dm = manifest_dm(tmp_path / "cache", manifest, n_mask_variants=0, workers=2)
     rows = dm.rows()
     with pytest.raises(PetflareInputError, match="ptrain1/followup/SUV.nii.gz") as info:
         dm.warm_cache(dm._setup_tasks(rows["train"], rows["val"]))
