@@ -75,3 +75,32 @@ def test_resume_continues_the_schedule(tmp_path: Path) -> None:
     lrs = logged_lrs(tmp_path / "run")
     for step in range(4, 8):
         assert lrs[step] == pytest.approx(expected_lr(step)), step
+
+
+class _Payload:
+    """Unpickling this runs code (touches a file): what a hostile checkpoint could carry."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.flag,))
+
+
+def test_resume_refuses_a_checkpoint_that_runs_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch's own default is safe, but an environment can flip it for calls that do not ask
+    # explicitly (this variable); resuming must ask explicitly
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    train(debug_config(tmp_path, max_steps=2))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    flag = tmp_path / "code_ran"
+    state["payload"] = _Payload(flag)
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(state, hostile)
+
+    with pytest.raises(Exception, match="[Ww]eights only load failed|weights_only"):
+        train(debug_config(tmp_path, max_steps=4, ckpt_path=str(hostile)))
+    assert not flag.exists()

@@ -44,8 +44,13 @@ def fit_segmentation(
         The record written to ``val_metrics.json``.
     """
     run_dir = Path(run_dir)
+    # a checkpoint is untrusted input: resuming and re-validating read tensors and plain
+    # containers only (Lightning's torch.load with weights_only=True)
     trainer.fit(
-        module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path)
+        module,
+        datamodule=datamodule,
+        ckpt_path=None if ckpt_path is None else str(ckpt_path),
+        weights_only=True,
     )
     checkpoint = trainer.checkpoint_callback
     best = ""
@@ -60,7 +65,9 @@ def fit_segmentation(
         "summary": {},
     }
     if best and trainer.is_global_zero and datamodule.val_dataloader():
-        trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        trainer.validate(
+            module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True
+        )
         record["summary"] = {k: _json_safe(v) for k, v in module.last_val_summary.items()}
     if trainer.is_global_zero:
         atomic_write_text(
