@@ -111,6 +111,16 @@ def test_flipped_input_gives_flipped_prediction(axis: int) -> None:
     )
 
 
+def test_a_flipped_view_is_predicted_like_its_copy() -> None:
+    # np.flip and nibabel's reorientation give views with negative strides
+    study = off_centre_study(make_non_ras_affine())
+    copy = flipped(study, 1)
+    view = Study(pet=np.flip(study.pet, 1), affine=copy.affine, ct=np.flip(study.pet, 1))
+    assert view.pet.flags.c_contiguous and view.ct is not None and view.ct.flags.c_contiguous
+    predictor = threshold_predictor()
+    np.testing.assert_array_equal(predictor.predict(view), predictor.predict(copy))
+
+
 def test_tta_matches_plain_for_a_flip_symmetric_net() -> None:
     study = off_centre_study(make_non_ras_affine())
     plain = threshold_predictor().predict_proba(study)

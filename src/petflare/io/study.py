@@ -47,8 +47,14 @@ class Study:
     meta: StudyMeta = field(default_factory=StudyMeta)
 
     def __post_init__(self) -> None:
-        self.pet = np.asarray(self.pet, dtype=np.float32)
+        # C-contiguous copies only where needed: views with negative strides (what nibabel's
+        # reorientation and np.flip give) cannot become torch tensors without one
+        self.pet = np.ascontiguousarray(self.pet, dtype=np.float32)
         self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.ct is not None:
+            self.ct = np.ascontiguousarray(self.ct)
+        if self.mask is not None:
+            self.mask = np.ascontiguousarray(self.mask)
         if self.pet.ndim != 3:
             raise ValueError(f"PET must be 3D, got shape {self.pet.shape}")
         if self.affine.shape != (4, 4):
