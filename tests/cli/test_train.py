@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from petflare.cli.train import check_run_folder
+from petflare.cli import train as train_cli
+from petflare.cli.train import check_cpu_precision, check_run_folder
 from petflare.errors import PetflareInputError
 from petflare.inference.predictor import Predictor
 
@@ -78,3 +80,38 @@ def test_export_writes_a_loadable_model_folder(debug_run: Path, tmp_path: Path) 
     assert "Research" in metadata["intended_use"]
     assert metadata["channels"] == ["pet"] and metadata["spacing_mm"] == [2.5, 2.5, 2.5]
     assert Predictor.from_folder(out, device="cpu").metadata == metadata
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "precision", "native", "expected"),
+    [
+        ("cpu", "bf16-mixed", False, "32-true"),  # emulated bfloat16 would be slower: fp32
+        ("cpu", "bf16-mixed", True, "bf16-mixed"),
+        ("cpu", "32-true", False, "32-true"),
+        ("gpu", "bf16-mixed", False, "bf16-mixed"),  # a GPU run is not the CPU's business
+    ],
+)
+def test_cpu_bf16_falls_back_to_fp32_without_native_support(
+    monkeypatch: pytest.MonkeyPatch, accelerator: str, precision: str, native: bool, expected: str
+) -> None:
+    monkeypatch.setattr(train_cli, "cpu_bf16_supported", lambda: native)
+    cfg = OmegaConf.create({"trainer": {"accelerator": accelerator, "precision": precision}})
+    check_cpu_precision(cfg)
+    assert cfg.trainer.precision == expected
+
+
+def test_debug_experiment_trains_in_bf16_on_cpu(tmp_path: Path) -> None:
+    result = run_script(
+        "train.py",
+        "experiment=debug",
+        "trainer.precision=bf16-mixed",
+        f"paths.data_dir={tmp_path}",
+        f"paths.output_dir={tmp_path}/run",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
+    assert record["global_step"] == 6
+    assert 0.0 <= record["summary"]["mean_dice"] <= 1.0
+    # the precision actually used is recorded with the run (fp32 where bf16 is not native)
+    expected = "bf16-mixed" if train_cli.cpu_bf16_supported() else "32-true"
+    assert f"precision: {expected}" in (tmp_path / "run" / "config.yaml").read_text()
