@@ -301,3 +301,29 @@ def test_lesion_falloff_grades_uptake_inside_unchanged_masks() -> None:
     assert len(gains) >= 3 and np.median(gains) > 1.1, gains
     with pytest.raises(ValueError, match="lesion_falloff"):
         PhantomConfig(lesion_falloff=(0.5, 1.0))
+
+
+def test_myocardium_range_is_configurable_and_the_default_draw_unchanged() -> None:
+    """``myocardium_suv`` moves only the non-fasted hearts; the default keeps the 2-8 draw."""
+    from petflare.synth import PhantomConfig
+
+    assert PhantomConfig().myocardium_suv == (2.0, 8.0)
+    with pytest.raises(ValueError, match="myocardium_suv"):
+        PhantomConfig(myocardium_suv=(0.0, 5.0))
+    default = [sample_physiology(np.random.default_rng(s)).myocardium for s in range(200)]
+    explicit = [
+        sample_physiology(np.random.default_rng(s), myocardium_suv=(2.0, 8.0)).myocardium
+        for s in range(200)
+    ]
+    assert default == explicit
+    hot = np.array(
+        [
+            sample_physiology(np.random.default_rng(s), myocardium_suv=(10.0, 18.0)).myocardium
+            for s in range(200)
+        ]
+    )
+    suppressed = hot < 2.0
+    assert 0.2 < suppressed.mean() < 0.5  # fasting keeps about a third of hearts cold
+    assert ((hot[~suppressed] >= 10.0) & (hot[~suppressed] <= 18.0)).all()
+    # the same draws: each scan's heart is cold in both or hot in both
+    np.testing.assert_array_equal(suppressed, np.array(default) < 2.0)

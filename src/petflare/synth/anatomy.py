@@ -448,6 +448,7 @@ def sample_physiology(
     rng: np.random.Generator,
     previous: Physiology | None = None,
     brown_fat_probability: float = 0.0,
+    myocardium_suv: tuple[float, float] = (2.0, 8.0),
 ) -> Physiology:
     """Draw one scan's physiologic uptake; with ``previous``, a re-scan of the same patient.
 
@@ -459,7 +460,7 @@ def sample_physiology(
     def jitter(value: float, spread: float = 0.1) -> float:
         return float(value * rng.uniform(1.0 - spread, 1.0 + spread))
 
-    myocardium = float(rng.uniform(0.8, 2.0) if rng.random() < 0.35 else rng.uniform(2.0, 8.0))
+    myocardium = float(rng.uniform(0.8, 2.0) if rng.random() < 0.35 else rng.uniform(*myocardium_suv))
     urine = float(np.exp(rng.uniform(np.log(5.0), np.log(40.0))))
     fresh = {
         "myocardium": myocardium,

@@ -75,6 +75,10 @@ class PhantomConfig:
         n_baseline_lesions: inclusive range of the number of lesions at baseline.
         max_lesion_diameter_mm: largest baseline mass diameter.
         brown_fat_probability: probability of physiologic brown-fat uptake in a scan (a distractor).
+        myocardium_suv: SUV range of a left-ventricular myocardium that takes up FDG (65% of
+            scans, drawn afresh at each scan; the other 35% are suppressed by fasting, SUV
+            0.8-2). The default 2-8 is a moderate heart; real non-fasted hearts reach 10-20,
+            hotter than most lesions, and a network that never saw one calls it a lesion.
     """
 
     spacing_inplane_mm: tuple[float, float] = (3.6, 4.4)
@@ -96,6 +100,7 @@ class PhantomConfig:
     n_baseline_lesions: tuple[int, int] = (2, 7)
     max_lesion_diameter_mm: float = 120.0
     brown_fat_probability: float = 0.08
+    myocardium_suv: tuple[float, float] = (2.0, 8.0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -122,6 +127,8 @@ class PhantomConfig:
             raise ValueError("lesion_falloff must satisfy 0 <= low <= high < 1")
         if self.heterogeneity_scale < 0:
             raise ValueError("heterogeneity_scale must be >= 0")
+        if self.myocardium_suv[0] <= 0:
+            raise ValueError("myocardium_suv must be positive")
         if not 0.0 <= self.arms_up_probability <= 1.0:
             raise ValueError("arms_up_probability must lie in [0, 1]")
 
