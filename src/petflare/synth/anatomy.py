@@ -460,7 +460,8 @@ def sample_physiology(
     def jitter(value: float, spread: float = 0.1) -> float:
         return float(value * rng.uniform(1.0 - spread, 1.0 + spread))
 
-    myocardium = float(rng.uniform(0.8, 2.0) if rng.random() < 0.35 else rng.uniform(*myocardium_suv))
+    fasted = rng.random() < 0.35
+    myocardium = float(rng.uniform(0.8, 2.0) if fasted else rng.uniform(*myocardium_suv))
     urine = float(np.exp(rng.uniform(np.log(5.0), np.log(40.0))))
     fresh = {
         "myocardium": myocardium,

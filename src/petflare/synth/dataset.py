@@ -176,9 +176,7 @@ def generate_pair(
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
     )
     anatomy = sample_anatomy(rng_anat, config.height_m, config.girth, config.arms_up_probability)
-    phys_b = sample_physiology(
-        rng_phys, None, config.brown_fat_probability, config.myocardium_suv
-    )
+    phys_b = sample_physiology(rng_phys, None, config.brown_fat_probability, config.myocardium_suv)
     phys_f = sample_physiology(
         rng_phys, phys_b, config.brown_fat_probability, config.myocardium_suv
     )
