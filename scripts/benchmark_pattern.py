@@ -63,6 +63,10 @@ SETS: dict[str, dict[str, Any]] = {
     # coarser noise texture than any training scan (correlation 5-8 mm vs 2-4 mm: heavily
     # post-filtered reconstructions), at the default noise level
     "texture": {"noise_corr_mm": (5.0, 8.0)},
+    # non-fasted hearts as hot as real ones (myocardium SUV 9-18 in the two thirds of scans
+    # whose heart is not suppressed; default phantoms 2-8), redrawn at each scan as fasting
+    # changes: a heart cold at baseline and hot at follow-up is physiological, not new disease
+    "heart": {"myocardium_suv": (9.0, 18.0)},
 }
 #: Sets whose rows drop the CT columns.
 PET_ONLY_SETS = frozenset({"pet_only"})
@@ -95,6 +99,7 @@ def training_phantom(meta: dict[str, Any]) -> Any:
         "noise_cv_liver",
         "noise_corr_mm",
         "lesion_falloff",
+        "myocardium_suv",
     )
     return replace(
         configs[0],
@@ -146,6 +151,13 @@ def set_title(name: str, train: Any) -> str:
         return (
             f"noise correlation {lo:.0f}-{hi:.0f} mm (training: {train.noise_corr_mm[0]:.0f}-"
             f"{train.noise_corr_mm[1]:.0f} mm)" + _outside(lo, hi, train.noise_corr_mm)
+        )
+    if name == "heart":
+        lo, hi = SETS[name]["myocardium_suv"]
+        tlo, thi = train.myocardium_suv
+        return (
+            f"non-fasted myocardium SUV {lo:.0f}-{hi:.0f} (training: {tlo:.0f}-{thi:.0f})"
+            + _outside(lo, hi, train.myocardium_suv)
         )
     if name == "scanners":
         st = SETS[name]

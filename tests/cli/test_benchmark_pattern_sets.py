@@ -120,3 +120,13 @@ def test_pet_only_set_reads_the_main_pairs_without_ct(tmp_path: Path) -> None:
     assert all(r["baseline_ct"] is None and r["followup_ct"] is None for r in pet_only)
     assert all(r["baseline_pet"] == m["baseline_pet"] for r, m in zip(pet_only, main, strict=True))
     assert "without CT" in bench.set_title("pet_only", None)
+
+
+def test_heart_set_is_described_against_the_training_hearts() -> None:
+    bench = load_script()
+    shipped_like = bench.training_phantom({"training": {"phantom_pairs": {"phantom": {}}}})
+    assert "training: 2-8" in bench.set_title("heart", shipped_like)
+    assert "overlaps" not in bench.set_title("heart", shipped_like)
+    hot = {"myocardium_suv": [2.0, 18.0]}
+    meta = {"training": {"phantom_pairs": {"phantom": {}, "extra_train_sets": [{"phantom": hot}]}}}
+    assert "overlaps the training range" in bench.set_title("heart", bench.training_phantom(meta))
