@@ -20,6 +20,7 @@ CONFIGS = Path(config_dir())
 EXPERIMENTS = sorted(
     p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("head_")
 )
+HEAD_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("head_*.yaml"))
 CPU_TRAINER = {
     "accelerator": "cpu",
     "devices": 1,
@@ -36,6 +37,7 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
 def test_expected_experiments_exist() -> None:
     assert {"debug", "synthetic_cpu", "autopet_fdg"} <= set(EXPERIMENTS)
+    assert {"head_debug", "head_synthetic_cpu"} <= set(HEAD_EXPERIMENTS)
 
 
 @pytest.mark.parametrize("group", ["data", "net", "model", "trainer"], ids=lambda g: f"group={g}")
@@ -98,9 +100,7 @@ def test_synthetic_cpu_trains_pet_only_on_cpu() -> None:
     assert cfg.data.source.train_seed != cfg.data.source.val_seed
 
 
-@pytest.mark.parametrize(
-    "experiment", ["head_debug", "head_synthetic_cpu", "head_synthetic_cpu_missed_nodule"]
-)
+@pytest.mark.parametrize("experiment", HEAD_EXPERIMENTS)
 def test_head_training_record_is_plain_json(experiment: str) -> None:
     """head.json's training record: plain types, with or without extra phantom sets."""
     import json

@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
+from petflare.cli._common import config_dir
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS
 from petflare.data.longitudinal import (
     HEAD_LESION_FEATURE_NAMES,
@@ -187,7 +188,8 @@ def test_modes_are_validated() -> None:
 
 
 @pytest.mark.parametrize(
-    "experiment", ["head_debug", "head_synthetic_cpu", "head_synthetic_cpu_missed_nodule"]
+    "experiment",
+    sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("head_*.yaml")),
 )
 def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) -> None:
     """Every head experiment composes and builds its objects (head_debug also trains in
@@ -195,7 +197,6 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from petflare.cli._common import config_dir
     from petflare.data.longitudinal import LongitudinalDataModule
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
