@@ -15,6 +15,8 @@ import numpy as np
 
 #: The repository root (scripts/, tests/, configs/).
 REPO = Path(__file__).resolve().parents[1]
+#: The ``head_*`` experiments of configs/experiment (train_head.yaml's; the rest are train.yaml's).
+HEAD_EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("head_*.yaml"))
 
 
 def load_module(name: str, path: str | Path) -> Any:

@@ -14,13 +14,13 @@ import petflare.cli.train  # noqa: F401  (registers the ${len:...} resolver)
 from petflare.cli._common import config_dir
 from petflare.data import SegmentationDataModule
 from petflare.training.module import SegmentationModule
+from petflare_testing import HEAD_EXPERIMENTS
 
 CONFIGS = Path(config_dir())
 #: Experiments of train.yaml; ``head_*`` experiments belong to train_head.yaml (tested there).
 EXPERIMENTS = sorted(
     p.stem for p in (CONFIGS / "experiment").glob("*.yaml") if not p.stem.startswith("head_")
 )
-HEAD_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("head_*.yaml"))
 CPU_TRAINER = {
     "accelerator": "cpu",
     "devices": 1,

@@ -32,7 +32,7 @@ from petflare.training.change_module import (
     fit_head_normalization,
     stratified_folds,
 )
-from petflare_testing import REPO, load_module
+from petflare_testing import HEAD_EXPERIMENTS, REPO, load_module
 
 _tiny = load_module("_tiny_pairs", REPO / "tests" / "data" / "test_longitudinal.py")
 make_pair = _tiny.make_pair
@@ -187,10 +187,7 @@ def test_modes_are_validated() -> None:
         ChangePatternModule(head, partial(torch.optim.AdamW), mode="other")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "experiment",
-    sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("head_*.yaml")),
-)
+@pytest.mark.parametrize("experiment", HEAD_EXPERIMENTS)
 def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) -> None:
     """Every head experiment composes and builds its objects (head_debug also trains in
     tests/inference/test_pattern.py)."""
