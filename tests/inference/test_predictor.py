@@ -152,6 +152,17 @@ def test_model_folder_round_trip(tmp_path: Path) -> None:
     assert predictor.metadata["channels"] == ["pet"]
 
 
+def test_channels_last_on_cpu_predicts_what_the_default_layout_does(tmp_path: Path) -> None:
+    """On the CPU the network runs channels-last by default: the same probabilities and mask."""
+    folder = tiny_folder(tmp_path)
+    study = off_centre_study(make_non_ras_affine())
+    fast = Predictor.from_folder(folder, device="cpu")
+    plain = Predictor.from_folder(folder, device="cpu", channels_last=False)
+    assert fast.channels_last and not plain.channels_last
+    np.testing.assert_allclose(fast.predict_proba(study), plain.predict_proba(study), atol=1e-5)
+    np.testing.assert_array_equal(fast.predict(study), plain.predict(study))
+
+
 def test_existing_folder_is_not_overwritten(tmp_path: Path) -> None:
     tiny_folder(tmp_path)
     with pytest.raises(PetflareInputError, match="overwrite"):

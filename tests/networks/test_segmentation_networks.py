@@ -42,3 +42,43 @@ def test_unknown_network_is_refused() -> None:
 def test_inconsistent_strides_are_refused(target: str, kwargs: dict) -> None:
     with pytest.raises(ValueError, match="len"):
         build_network(target, kwargs)
+
+
+def test_channels_last_layout_gives_the_same_logits_and_loss() -> None:
+    """The channels-last option changes the memory layout only: same logits, same training loss."""
+    from monai.losses import DiceCELoss
+
+    from petflare.constants import Keys
+    from petflare.networks import channels_last, channels_last_input
+    from petflare.training.module import SegmentationModule
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 16, 16, 16)
+    label = (torch.rand(2, 1, 16, 16, 16) > 0.8).long()
+    logits, losses = [], []
+    for layout in (False, True):
+        torch.manual_seed(1)
+        net = build_network("petflare.networks.build_unet", TINY["petflare.networks.build_unet"])
+        module = SegmentationModule(
+            net,
+            DiceCELoss(to_onehot_y=True, softmax=True),
+            optimizer=torch.optim.AdamW,
+            roi_size=(16, 16, 16),
+            channels_last=layout,
+        )
+        kernels = [w for w in module.net.parameters() if w.ndim == 5 and w.shape[1] > 1]
+        wanted = torch.channels_last_3d if layout else torch.contiguous_format
+        assert kernels and all(w.is_contiguous(memory_format=wanted) for w in kernels)
+        assert layout or not all(
+            w.is_contiguous(memory_format=torch.channels_last_3d) for w in kernels
+        )
+        with torch.no_grad():
+            logits.append(module(x))
+            losses.append(module.training_step({Keys.IMAGE: x, Keys.LABEL: label}, 0))
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-6)
+    # the helpers: a 5D input is laid out channels-last, anything else is left alone
+    assert channels_last_input(x).is_contiguous(memory_format=torch.channels_last_3d)
+    assert channels_last_input(x[0]).is_contiguous()
+    conv = channels_last(torch.nn.Conv3d(2, 4, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)

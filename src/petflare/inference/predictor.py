@@ -27,6 +27,8 @@ from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import InferenceSettings, load_model_folder
 from petflare.inference.postprocess import remove_small_components
 from petflare.io.study import Study
+from petflare.networks.segmentation import channels_last as to_channels_last
+from petflare.networks.segmentation import channels_last_input
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -49,6 +51,9 @@ class Predictor:
         min_component_ml: overrides ``inference.min_component_ml`` when given.
         metadata: the model folder's metadata (exposed as ``predictor.metadata``).
         threshold: overrides ``inference.threshold`` (the lesion probability cut) when given.
+        channels_last: run the network in the channels-last 3D memory layout; None (default)
+            does so on the CPU, where oneDNN's 3D convolutions are faster in it (same
+            arithmetic up to the order of floating-point sums; identical masks measured).
     """
 
     def __init__(
@@ -62,9 +67,13 @@ class Predictor:
         min_component_ml: float | None = None,
         metadata: dict[str, Any] | None = None,
         threshold: float | None = None,
+        channels_last: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
+        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        if self.channels_last:
+            self.net = to_channels_last(self.net)
         self.preprocessing = preprocessing
         self.inference = (
             inference if threshold is None else replace(inference, threshold=float(threshold))
@@ -93,6 +102,7 @@ class Predictor:
         sw_batch_size: int = 2,
         min_component_ml: float | None = None,
         threshold: float | None = None,
+        channels_last: bool | None = None,
     ) -> Predictor:
         """Load a model folder once (weights read with ``weights_only=True``)."""
         loaded = load_model_folder(model_dir)
@@ -106,6 +116,7 @@ class Predictor:
             min_component_ml=min_component_ml,
             metadata=loaded.metadata,
             threshold=threshold,
+            channels_last=channels_last,
         )
 
     def _inputs(self, study: Study) -> dict[str, MetaTensor]:
@@ -149,12 +160,16 @@ class Predictor:
         with autocast:
             for axes in flips:
                 x = torch.flip(batch, axes) if axes else batch
-                logits = self._inferer(x, self.net)
+                logits = self._inferer(x, self._network)
                 assert isinstance(logits, torch.Tensor)
                 logits = logits.float()
                 prob = torch.softmax(logits, dim=1)[:, 1:2]
                 total += torch.flip(prob, axes) if axes else prob
         return (total / len(flips))[0]
+
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of windows, in the network's memory layout."""
+        return self.net(channels_last_input(x) if self.channels_last else x)
 
     def preprocess(self, study: Study) -> MetaTensor:
         """The network input of a study: channels stacked, RAS, model spacing, body crop."""

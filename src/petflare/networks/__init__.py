@@ -8,6 +8,8 @@ from petflare.networks.segmentation import (
     build_network,
     build_segresnet,
     build_unet,
+    channels_last,
+    channels_last_input,
 )
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "build_network",
     "build_segresnet",
     "build_unet",
+    "channels_last",
+    "channels_last_input",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from monai.networks.nets import DynUNet, SegResNet, UNet
 from torch import nn
 
@@ -102,3 +103,18 @@ def build_network(target: str, kwargs: Mapping[str, Any]) -> nn.Module:
     if target not in NETWORK_BUILDERS:
         raise ValueError(f"unknown network {target!r}; known: {sorted(NETWORK_BUILDERS)}")
     return NETWORK_BUILDERS[target](**dict(kwargs))
+
+
+def channels_last(net: nn.Module) -> nn.Module:
+    """The network with its weights in the channels-last 3D memory layout (in place).
+
+    The arithmetic is unchanged (up to the order of floating-point sums); oneDNN's 3D
+    convolutions run much faster in this layout on the CPU (docs/training.md). Inputs should
+    be given in the same layout (:func:`channels_last_input`).
+    """
+    return net.to(memory_format=torch.channels_last_3d)
+
+
+def channels_last_input(x: torch.Tensor) -> torch.Tensor:
+    """A 5D tensor in the channels-last 3D layout (other tensors unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if x.ndim == 5 else x

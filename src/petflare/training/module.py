@@ -19,6 +19,8 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from petflare.constants import Keys
+from petflare.networks.segmentation import channels_last as to_channels_last
+from petflare.networks.segmentation import channels_last_input
 from petflare.training.metrics import ScanMetrics, scan_metrics, summarize
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -64,6 +66,11 @@ class SegmentationModule(pl.LightningModule):
         sw_batch_size: windows per forward pass in validation.
         sw_overlap: window overlap in validation.
         connectivity: connectivity of lesion components in the metrics (autoPET: 18).
+        channels_last: keep the network's weights and its inputs in the channels-last 3D memory
+            layout (``torch.channels_last_3d``). The arithmetic is the same up to the order of
+            floating-point sums, so a run is not bit-identical to one without it; oneDNN's 3D
+            convolutions run faster in it (``synthetic_cpu``'s training steps about 1.5 times
+            as fast on 2 CPU cores, docs/training.md).
     """
 
     def __init__(
@@ -76,6 +83,7 @@ class SegmentationModule(pl.LightningModule):
         sw_batch_size: int = 2,
         sw_overlap: float = 0.25,
         connectivity: int = 18,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -90,17 +98,25 @@ class SegmentationModule(pl.LightningModule):
             mode="gaussian",
         )
         self.connectivity = int(connectivity)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.net = to_channels_last(self.net)
         self._val_scans: list[ScanMetrics] = []
         self.last_val_summary: dict[str, Any] = {}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits of the network."""
-        return self.net(image)
+        return self.net(self._layout(image))
+
+    def _layout(self, image: torch.Tensor) -> torch.Tensor:
+        """The input in the network's memory layout (channels-last 3D when configured)."""
+        image = _plain(image)
+        return channels_last_input(image) if self.channels_last else image
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Dice+CE (or the injected loss) on a batch of patches."""
         image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
-        loss = self.loss_fn(self.net(_plain(image)), _plain(label))
+        loss = self.loss_fn(self(image), _plain(label))
         self.log(
             "train/loss",
             loss,
@@ -118,7 +134,7 @@ class SegmentationModule(pl.LightningModule):
         """Sliding-window prediction of one whole volume and its autoPET metrics."""
         image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
         voxel_ml = voxel_volume_ml_of(image)
-        logits = self.inferer(_plain(image), self.net)
+        logits = self.inferer(_plain(image), self.forward)
         assert isinstance(logits, torch.Tensor)
         pred = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
         gt = (label[0, 0] > 0).cpu().numpy().astype(np.uint8)
