@@ -112,7 +112,7 @@ def channels_last(net: nn.Module) -> nn.Module:
     convolutions run much faster in this layout on the CPU (docs/training.md). Inputs should
     be given in the same layout (:func:`channels_last_input`).
     """
-    return net.to(memory_format=torch.channels_last_3d)
+    return net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
 
 def channels_last_input(x: torch.Tensor) -> torch.Tensor:
