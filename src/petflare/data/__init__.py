@@ -20,10 +20,12 @@ from petflare.data.sources import (
 )
 from petflare.data.transforms import (
     AugmentationConfig,
+    LiverReferencedSuvd,
     PreprocessingConfig,
     ScaleSuv,
     ScaleSuvd,
     augmentation_transforms,
+    liver_suv_scale,
     load_transforms,
     preprocessing_transforms,
     training_transforms,
@@ -54,6 +56,7 @@ __all__ = [
     "AutopetSource",
     "BlobSource",
     "DataSource",
+    "LiverReferencedSuvd",
     "ManifestSource",
     "NnunetRawSource",
     "PreprocessingConfig",
@@ -62,6 +65,7 @@ __all__ = [
     "SegmentationDataModule",
     "SyntheticSource",
     "augmentation_transforms",
+    "liver_suv_scale",
     "load_transforms",
     "preprocessing_transforms",
     "to_monai_items",
