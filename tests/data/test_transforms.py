@@ -226,3 +226,37 @@ def test_synthetic_source_extra_set_joins_training_only(tmp_path: Path) -> None:
     spacings = [nib.load(e["pet"]).header.get_zooms()[:3] for e in lists["train"]]
     assert [min(s) >= 4.8 for s in spacings] == [False, False, True, True]
     assert all(min(nib.load(e["pet"]).header.get_zooms()[:3]) < 4.8 for e in lists["val"])
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_random_suv_scaling_multiplies_suv_and_keeps_ct(log: bool) -> None:
+    """The factor acts on SUV (not on the log-compressed value); the CT channel is untouched."""
+    from petflare.data.transforms import RandSuvScaled
+
+    config = PreprocessingConfig(suv_log=log, channels=("pet", "ct"))
+    suv = torch.tensor([0.0, 1.0, 2.5, 8.0, 29.0])
+    pet = torch.log1p(suv) if log else suv / config.suv_max
+    image = torch.stack([pet, torch.linspace(-1, 1, 5)]).reshape(2, 5, 1, 1)
+    t = RandSuvScaled(Keys.IMAGE, (0.7, 1.43), config, prob=1.0)
+    t.set_random_state(3)
+    out = t({Keys.IMAGE: image})[Keys.IMAGE]
+    assert 0.7 <= t.factor <= 1.43 and t.factor != pytest.approx(1.0, abs=0.01)
+    got = torch.expm1(out[0]) if log else out[0] * config.suv_max
+    expected = torch.clamp(suv * t.factor, 0.0, config.suv_max)
+    np.testing.assert_allclose(got.flatten().numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[1], image[1])
+    assert torch.equal(image[0].flatten(), pet)  # the input is not modified in place
+
+
+def test_random_suv_scaling_is_off_by_default() -> None:
+    """Existing recipes get no extra transform (their random streams stay as they were)."""
+    from petflare.data.transforms import RandSuvScaled
+
+    def has_scaling(aug: AugmentationConfig) -> bool:
+        return any(isinstance(t, RandSuvScaled) for t in augmentation_transforms(aug))
+
+    assert not has_scaling(AugmentationConfig())
+    assert not has_scaling(AugmentationConfig(suv_scale_range=(0.8, 1.25)))  # prob 0
+    assert has_scaling(AugmentationConfig(suv_scale_range=(0.8, 1.25), suv_scale_prob=0.5))
+    with pytest.raises(ValueError, match="suv_scale_range"):
+        AugmentationConfig(suv_scale_range=(0.0, 1.2))

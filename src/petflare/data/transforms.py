@@ -34,6 +34,7 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatchd,
@@ -217,6 +218,48 @@ class LiverReferencedSuvd(MapTransform):
             if isinstance(out, MetaTensor):
                 out.meta["suv_scale"] = factor
             d[key] = out
+        return d
+
+
+class RandSuvScaled(RandomizableTransform, MapTransform):
+    """Multiply the SUV of the image's PET channel (channel 0) by a random factor.
+
+    The image is already scaled (``log1p`` or ``/ suv_max``), so the scaling is undone, the
+    SUV multiplied by a log-uniform factor in ``factor_range`` and clipped at ``suv_max``, and
+    the scaling redone: the patch reads as the same patient on a scanner whose SUV reads higher
+    or lower. The labels stay valid: lesions and the liver scale together.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        factor_range: tuple[float, float],
+        config: PreprocessingConfig,
+        prob: float = 1.0,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.log_range = (float(np.log(factor_range[0])), float(np.log(factor_range[1])))
+        self.config = config
+        self.factor = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self.factor = float(np.exp(self.R.uniform(*self.log_range)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        cfg = self.config
+        for key in self.key_iterator(d):
+            img = d[key].clone()
+            pet = img[0]
+            suv = torch.expm1(pet) if cfg.suv_log else pet * cfg.suv_max
+            suv = torch.clamp(suv * self.factor, 0.0, cfg.suv_max)
+            img[0] = torch.log1p(suv) if cfg.suv_log else suv / cfg.suv_max
+            d[key] = img
         return d
 
 
@@ -440,6 +483,10 @@ class AugmentationConfig:
         lesion_balance: fraction in [0, 1) of the positive patches centred lesion-first (each
             connected lesion equally likely) instead of voxel-first (large masses dominate);
             0 keeps MONAI's voxel-uniform draw.
+        suv_scale_range: (low, high) of a factor every SUV of a patch is multiplied by
+            (log-uniform; a scanner or an SUV calibration, weight or dose that reads higher or
+            lower); (1, 1), the default, adds no transform.
+        suv_scale_prob: probability of that scaling per patch.
     """
 
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
@@ -454,9 +501,17 @@ class AugmentationConfig:
     smooth_prob: float = 0.0
     smooth_sigma_vox: tuple[float, float] = (0.25, 0.75)
     lesion_balance: float = 0.0
+    suv_scale_range: tuple[float, float] = (1.0, 1.0)
+    suv_scale_prob: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
+        scale = tuple(float(s) for s in self.suv_scale_range)
+        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1]:
+            raise ValueError(f"suv_scale_range must be 0 < low <= high, got {self.suv_scale_range}")
+        object.__setattr__(self, "suv_scale_range", scale)
+        if not 0.0 <= self.suv_scale_prob <= 1.0:
+            raise ValueError(f"suv_scale_prob must be in [0, 1], got {self.suv_scale_prob}")
         sigma = tuple(float(s) for s in self.smooth_sigma_vox)
         if len(sigma) != 2 or not 0.0 <= sigma[0] <= sigma[1]:
             raise ValueError(f"smooth_sigma_vox must be (low, high), got {self.smooth_sigma_vox}")
@@ -506,6 +561,11 @@ def augmentation_transforms(
             scale_range=(aug.scale_fraction,) * 3,
             mode=("bilinear", "nearest"),
             padding_mode="zeros",
+        ),
+        *(
+            [RandSuvScaled(Keys.IMAGE, aug.suv_scale_range, config, aug.suv_scale_prob)]
+            if aug.suv_scale_range != (1.0, 1.0) and aug.suv_scale_prob > 0
+            else []
         ),
         RandScaleIntensityd(keys=Keys.IMAGE, factors=0.1, prob=aug.intensity_prob),
         RandShiftIntensityd(keys=Keys.IMAGE, offsets=0.05, prob=aug.intensity_prob),
