@@ -150,6 +150,8 @@ def phantom_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evalu
         manifest = generate_dataset(data_dir, args.n_pairs, args.seed, overwrite=True)
         print(f"  generated in {time.perf_counter() - start:.0f} s", flush=True)
     entries, _ = dataset_entries(manifest)
+    if args.suv_scale != 1.0:
+        entries = _suv_scaled(entries, args.suv_scale, args.out_dir / "phantom_suv_scaled")
     segmenters = {} if predictor is None else {"model": predictor.predict}
     evaluation = evaluate_entries(
         entries,
@@ -165,6 +167,27 @@ def phantom_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evalu
         provenance={"dataset": str(manifest), "seed": args.seed},
     )
     return evaluation
+
+
+def _suv_scaled(entries: list[dict[str, Any]], factor: float, folder: Path) -> list[dict[str, Any]]:
+    """Copies of the entries' PET with every SUV times ``factor``; labels and CT stay."""
+    import nibabel as nib
+    import numpy as np
+
+    from petflare.constants import Keys
+    from petflare.io.nifti import save_nifti
+
+    if not factor > 0:
+        raise SystemExit(f"--suv-scale must be positive, got {factor}")
+    print(f"writing the scans with SUV x {factor:g} to {folder}", flush=True)
+    out = []
+    for entry in entries:
+        img = nib.load(entry[Keys.PET])
+        pet = np.asarray(img.dataobj, dtype=np.float32) * np.float32(factor)
+        path = folder / f"{entry['case']}_SUV.nii.gz"
+        save_nifti(pet, img.affine, path, overwrite=True, dtype=np.float32)
+        out.append({**entry, Keys.PET: str(path)})
+    return out
 
 
 def real_entries(real_dir: Path) -> list[dict[str, Any]]:
@@ -473,6 +496,11 @@ def write_report(
             if args.phantom_dataset is None
             else f"{len(phantom.cases)} scans of `{args.phantom_dataset}`."
         )
+        + (
+            f" Every SUV multiplied by {args.suv_scale:g} (masks unchanged)."
+            if args.suv_scale != 1.0
+            else ""
+        )
         + " autoPET metrics, 18-connectivity: mean Dice and FNV over scans with lesions, FPV "
         "over all scans, detection pooled over lesions; lesion size = equivalent-sphere "
         "diameter.",
@@ -554,6 +582,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threshold",
         type=float,
         help="lesion probability cut of the model's masks (default: the model folder's)",
+    )
+    parser.add_argument(
+        "--suv-scale",
+        type=float,
+        default=1.0,
+        help="score the phantom scans with every SUV multiplied by this factor (masks as they "
+        "are): another scanner's calibration, a wrong weight or dose (default 1)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--speed-worker", choices=("predictor", "monai"), help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -231,6 +232,31 @@ def test_benchmark_script_scores_baselines_without_model(
     assert (tmp_path / "bench" / "phantom_eval" / "metrics.json").is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_benchmark_script_scores_scans_with_another_suv_calibration(
+    autopet_dataset: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--suv-scale scores copies whose SUV is multiplied; masks and the originals stay."""
+    root, _ = autopet_dataset
+    cmd = _baseline_benchmark_cmd(root, tmp_path, tmp_path / "no-wholebody")
+    proc = subprocess.run(
+        [*cmd, "--suv-scale", "0.5"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "bench.md").read_text()
+    assert "Every SUV multiplied by 0.5 (masks unchanged)." in text
+    # unscaled, 41% SUVmax in SUV >= 2.5 scores 1.000 (above): at half the SUV it does not
+    assert "| suvmax_41pct | 1.000 |" not in text
+    copies = sorted((tmp_path / "bench" / "phantom_suv_scaled").glob("*_SUV.nii.gz"))
+    originals = sorted(root.glob("*/*/SUV.nii.gz"))
+    assert copies and len(copies) == len(originals)
+    original = nib.load(originals[0])
+    copy = nib.load(tmp_path / "bench" / "phantom_suv_scaled" / copies[0].name)
+    np.testing.assert_allclose(copy.affine, original.affine)
+    assert float(np.asarray(copy.dataobj).max()) == pytest.approx(
+        0.5 * float(np.asarray(original.dataobj).max()), rel=1e-5
+    )
 
 
 def test_nnunet_layout_case_names(tmp_path: Path) -> None:
