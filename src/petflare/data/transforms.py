@@ -6,7 +6,9 @@ z-scored like CT: it is a calibrated physical quantity, so it is clipped and com
 with fixed constants that do not depend on the scan. Optionally (``suv_reference="liver"``) each
 scan's SUV is first rescaled so that its PERCIST liver reference reads one standard level: what
 counts as FDG-avid is judged against the liver (PERCIST, and the phantom's lesion masks), and the
-liver's own SUVmean varies between patients and scanners by a factor of about 1.7.
+liver's own SUVmean varies between patients and scanners by a factor of about 1.8. (Measured on
+the phantoms with the liver found on the PET alone, it does worse than SUV as measured:
+docs/benchmarks.md, "Liver-referenced SUV".)
 """
 
 from __future__ import annotations
