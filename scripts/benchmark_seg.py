@@ -164,7 +164,7 @@ def phantom_evaluation(args: argparse.Namespace, predictor: Any | None) -> Evalu
         evaluation,
         args.out_dir / "phantom_eval",
         overwrite=True,
-        provenance={"dataset": str(manifest), "seed": args.seed},
+        provenance={"dataset": str(manifest), "seed": args.seed, "suv_scale": args.suv_scale},
     )
     return evaluation
 
@@ -177,8 +177,6 @@ def _suv_scaled(entries: list[dict[str, Any]], factor: float, folder: Path) -> l
     from petflare.constants import Keys
     from petflare.io.nifti import save_nifti
 
-    if not factor > 0:
-        raise SystemExit(f"--suv-scale must be positive, got {factor}")
     print(f"writing the scans with SUV x {factor:g} to {folder}", flush=True)
     out = []
     for entry in entries:
@@ -593,7 +591,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.add_argument("--speed-worker", choices=("predictor", "monai"), help=argparse.SUPPRESS)
     parser.add_argument("--speed-pet", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.suv_scale > 0:
+        parser.error(f"--suv-scale must be positive, got {args.suv_scale}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
