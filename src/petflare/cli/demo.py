@@ -1,7 +1,7 @@
 """``petflare-demo`` / ``scripts/demo.py``: the main job on the embedded synthetic phantom.
 
 Synthesizes one phantom pair of each change pattern, runs the pair inference (segmentation,
-quantification, criteria, pattern, outputs) on each with the shipped model loaded once, and prints
+quantification, criteria, pattern, outputs) on each with the default model loaded once, and prints
 a table of true vs predicted pattern, probability and seconds, and where the HTML reports are.
 """
 
@@ -48,8 +48,8 @@ def run_demo(
 
     Args:
         out: demo folder (phantom data and per-pair result folders).
-        seed: phantom seed (the shipped model never trained on it when it differs from training).
-        model: model folder; None means the shipped ``models/phantom-unet``.
+        seed: phantom seed (the default model never trained on it when it differs from training).
+        model: model folder; None means the default ``models/phantom-unet-gpu``.
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: processes used to synthesize the phantom.
         overwrite: replace an earlier demo's outputs.

@@ -69,9 +69,16 @@ class InferRequest:
     registration: str = "auto"
 
 
+#: The model folder used when none is given. ``phantom-unet-gpu`` (the GPU-trained network and
+#: its head) generalizes better than the CPU-reproducible ``phantom-unet`` on every phantom
+#: variation measured (scanners, SUV calibration, texture, graded lesions) and on the real crops
+#: and test-retest scan (docs/model_card.md, "Default folder").
+DEFAULT_MODEL_NAME = "phantom-unet-gpu"
+
+
 def default_model_dir() -> Path:
-    """The shipped model folder, ``models/phantom-unet`` next to the ``configs/`` folder."""
-    return Path(config_dir()).parent / "models" / "phantom-unet"
+    """The default model folder, ``models/phantom-unet-gpu`` next to the ``configs/`` folder."""
+    return Path(config_dir()).parent / "models" / DEFAULT_MODEL_NAME
 
 
 def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
@@ -197,7 +204,12 @@ def check_inputs_exist(request: InferRequest) -> None:
 def _check_model_dir(model: Path) -> None:
     if not model.is_dir():
         shipped = model == default_model_dir()
-        hint = " (the shipped model: run `make weights`)" if shipped else ""
+        hint = (
+            " (the default model: run `make weights-gpu` on a CUDA machine, or pass"
+            " model=models/phantom-unet, which `make weights` retrains on a CPU)"
+            if shipped
+            else ""
+        )
         raise PetflareInputError(model, f"model folder not found{hint}; pass model=DIR")
 
 
