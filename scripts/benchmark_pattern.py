@@ -185,6 +185,24 @@ def set_title(name: str, train: Any) -> str:
     raise KeyError(name)
 
 
+def seeds_seen(meta: dict[str, Any]) -> set[int]:
+    """Phantom seeds a head's ``head.json`` says it was trained or calibrated on: its training
+    and validation sets and, for a recalibrated head (``petflare-train-head recalibrate=true``),
+    the calibration sets. A benchmark seed among them would score the head on pairs it saw."""
+    records = [(meta.get("training") or {}).get("phantom_pairs") or {}]
+    recal = meta.get("recalibration") or {}
+    records.append((recal.get("data") or {}).get("phantom_pairs") or {})
+    seeds = set()
+    for rec in records:
+        seeds |= {rec.get("train_seed"), rec.get("val_seed")}
+        seeds |= {
+            e.get("seed")
+            for key in ("extra_train_sets", "extra_val_sets")
+            for e in rec.get(key) or []
+        }
+    return {int(s) for s in seeds if s is not None}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=Path("models/phantom-unet"))
@@ -343,20 +361,23 @@ def main(argv: list[str] | None = None) -> int:
             sources["ground-truth masks"] = "ground_truth"
         training = meta.get("training", {})
         phantom = training.get("phantom_pairs") or {}
-        used = {phantom.get("train_seed"), phantom.get("val_seed")} | {
-            e.get("seed")
-            for key in ("extra_train_sets", "extra_val_sets")
-            for e in phantom.get(key) or []
-        }
+        recal = meta.get("recalibration") or {}
+        used = seeds_seen(meta)
         if args.seed in used:
             raise PetflareInputError(None, f"seed {args.seed} was used in training ({used})")
+        refit = (
+            f", refitted on {recal.get('n_calibration')} calibration pairs "
+            f"(was {float(recal['previous_temperature']):.3f})"
+            if recal.get("previous_temperature") is not None
+            else ""
+        )
         sections = [
             "# Change-pattern head benchmark",
             "",
             f"Model folder `{args.model_dir}`; head trained on {phantom or training} "
             f"(mode {training.get('mode')}, {training.get('n_heads', 1)} head(s) averaged, "
             f"CT dropout {training.get('ct_dropout', 0.0)}, "
-            f"temperature {classifier.temperature:.3f}). "
+            f"temperature {classifier.temperature:.3f}{refit}). "
             f"Masks: {args.masks.replace('_', ' ')}. Held-out generator seed {args.seed} "
             "(never used in training); classes balanced (patterns cycled).",
             "",

@@ -130,3 +130,23 @@ def test_heart_set_is_described_against_the_training_hearts() -> None:
     hot = {"myocardium_suv": [2.0, 18.0]}
     meta = {"training": {"phantom_pairs": {"phantom": {}, "extra_train_sets": [{"phantom": hot}]}}}
     assert "overlaps the training range" in bench.set_title("heart", bench.training_phantom(meta))
+
+
+def test_seeds_seen_include_a_recalibrated_heads_calibration_sets() -> None:
+    bench = load_script()
+    meta = {
+        "training": {
+            "phantom_pairs": {
+                "train_seed": 3100,
+                "val_seed": 3200,
+                "extra_train_sets": [{"seed": 3300}],
+                "extra_val_sets": [],
+            }
+        },
+        "recalibration": {
+            "previous_temperature": 1.8,
+            "data": {"phantom_pairs": {"val_seed": 3200, "extra_val_sets": [{"seed": 3210}]}},
+        },
+    }
+    assert bench.seeds_seen(meta) == {3100, 3200, 3300, 3210}
+    assert bench.seeds_seen({"training": {"manifest": "pairs.csv", "phantom_pairs": None}}) == set()

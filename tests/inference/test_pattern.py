@@ -135,6 +135,39 @@ def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: P
     assert "head.pt" in result.stderr and "overwrite" in result.stderr
 
 
+def test_cli_recalibrate_refits_only_the_temperature(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """recalibrate=true keeps head.pt byte for byte; on the very validation pairs the head was
+    calibrated on it must find the training run's temperature again."""
+    import shutil
+
+    source, manifest = trained
+    model_dir = tmp_path / "model"
+    shutil.copytree(source, model_dir)
+    before = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
+    weights = (model_dir / HEAD_WEIGHTS_FILE).read_bytes()
+    refused = _train_head(tmp_path, model_dir, manifest, "recalibrate=true")
+    assert refused.returncode == 2 and "overwrite=true" in refused.stderr
+    assert json.loads((model_dir / HEAD_METADATA_FILE).read_text()) == before
+    result = _train_head(tmp_path, model_dir, manifest, "recalibrate=true", "overwrite=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "recalibrated on 4 pairs" in result.stdout
+    after = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
+    assert (model_dir / HEAD_WEIGHTS_FILE).read_bytes() == weights
+    assert after["weights"] == before["weights"] and after["head"] == before["head"]
+    # the same pairs give the same logits: the uncalibrated metrics (ECE included) match exactly
+    assert after["validation_uncalibrated"] == before["validation_uncalibrated"]
+    assert after["temperature"] == pytest.approx(before["temperature"], rel=1e-6)
+    assert after["recalibration"]["previous_temperature"] == before["temperature"]
+    assert after["recalibration"]["n_calibration"] == 4
+    assert after["validation"]["n"] == 4
+    load_head(model_dir)  # still a valid head folder
+    bare = _model_folder(tmp_path / "bare")
+    no_head = _train_head(tmp_path, bare, manifest, "recalibrate=true", "overwrite=true")
+    assert no_head.returncode == 2 and "no change-pattern head" in no_head.stderr
+
+
 def test_cli_missing_model_folder_exits_2(tmp_path: Path) -> None:
     result = _train_head(tmp_path, tmp_path / "nope", tmp_path / "manifest.csv")
     assert result.returncode == 2 and "nope" in result.stderr

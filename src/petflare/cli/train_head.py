@@ -216,8 +216,95 @@ def train_members(
     return module, record
 
 
+def recalibrate_head(cfg: DictConfig) -> dict[str, Any]:
+    """Refit the temperature of the head already in ``model_dir`` on the validation split.
+
+    The head's weights are not touched (``head.pt`` and its hash stay as they are); only
+    ``head.json`` is rewritten, with the new temperature, the validation metrics at it and a
+    ``recalibration`` record (previous temperature, calibration pairs). Use it to calibrate on a
+    set as varied as the data the head will meet (``data.extra_val_sets``), or on one's own
+    labelled pairs (``data.manifest``: its validation split). The pairs' features come from the
+    head's own encoder scales and margin, whatever ``data.encoder_scales`` / ``margin_mm`` say.
+    """
+    from datetime import datetime, timezone
+
+    from hydra.utils import instantiate
+
+    from petflare.inference.pattern import HEAD_METADATA_FILE, load_head
+    from petflare.io.atomic import atomic_write_text
+    from petflare.training.change_module import ChangePatternModule, calibrate_head
+
+    model_dir = Path(cfg.model_dir)
+    head, meta = load_head(model_dir)  # a missing or foreign head is refused here
+    meta_path = model_dir / HEAD_METADATA_FILE
+    if not bool(cfg.overwrite):
+        raise PetflareInputError(
+            meta_path, "recalibrate=true rewrites the temperature in head.json: pass overwrite=true"
+        )
+    if str(cfg.module.mode) != "frozen":
+        raise PetflareInputError(None, "recalibrate=true needs module.mode=frozen")
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    cfg.data.encoder_scales = meta.get("encoder_scales")
+    cfg.data.margin_mm = float(meta.get("margin_mm", cfg.data.margin_mm))
+    cfg.data.train_predicted_variant = False  # no training pairs are built
+    objects = build(cfg)
+    dm = objects["datamodule"]
+    dm.setup_validation()
+    module = ChangePatternModule(
+        head,
+        instantiate(cfg.module.optimizer),
+        mode="frozen",
+        encoder_scales=objects["scales"],
+    )
+    record = calibrate_head(module, dm)
+    if record["val_metrics"] is None:
+        raise PetflareInputError(None, "recalibrate=true found no validation pairs to fit on")
+    previous = float(meta["temperature"])
+    data = training_data_record(cfg)
+    calibration_data = {
+        "manifest": data["manifest"],
+        "phantom_pairs": None
+        if data["phantom_pairs"] is None
+        else {
+            k: data["phantom_pairs"][k]
+            for k in ("n_val_pairs", "val_seed", "phantom", "extra_val_sets")
+        },
+        "val_mask_source": data["val_mask_source"],
+    }
+    updated = {
+        **meta,
+        "temperature": float(record["temperature"]),
+        "validation": record["val_metrics"],
+        "validation_uncalibrated": record["val_metrics_uncalibrated"],
+        "recalibration": {
+            "previous_temperature": previous,
+            "n_calibration": int(record.get("n_calibration", 0)),
+            "data": calibration_data,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+    atomic_write_text(meta_path, json.dumps(updated, indent=2) + "\n", overwrite=True)
+    out = Path(cfg.output_dir)
+    atomic_write_text(
+        out / RUN_RECORD_FILE,
+        json.dumps({**record, "recalibration": updated["recalibration"]}, indent=2) + "\n",
+        overwrite=True,
+    )
+    val = record["val_metrics"]
+    ece = float("nan") if val.get("ece") is None else val["ece"]
+    print(
+        f"petflare-train-head: {meta_path} recalibrated on {record.get('n_calibration', 0)} "
+        f"pairs: temperature {previous:.3f} -> {record['temperature']:.3f}, val balanced "
+        f"accuracy {val['balanced_accuracy']:.3f}, ECE {ece:.3f}"
+    )
+    return record
+
+
 def train_head(cfg: DictConfig) -> dict[str, Any]:
     """Run one head training job; writes head.pt/head.json into ``model_dir``."""
+    if bool(cfg.get("recalibrate", False)):
+        return recalibrate_head(cfg)
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate

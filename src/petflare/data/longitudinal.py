@@ -1712,10 +1712,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
                     else None
                 ),
             )
-        val = [
-            self.samples_for_row(r, 0, self.val_mask_source, 0)
-            for r in tqdm(val_rows, desc="pair features (val)", unit="pair")
-        ]
+        val = self._val_samples(val_rows)
         self.datasets = {
             "train": PairSampleDataset(
                 train, random_variant=True, seed=self.seed, ct_dropout=self.ct_dropout
@@ -1735,6 +1732,27 @@ class LongitudinalDataModule(pl.LightningDataModule):
                 self.image_datasets[split] = ImagePairDataset(
                     items, augment=split == "train", noise_std=self.noise_std, seed=self.seed
                 )
+
+    def _val_samples(self, val_rows: Sequence[Mapping[str, Any]]) -> list[list[PairSample]]:
+        from tqdm.auto import tqdm
+
+        return [
+            self.samples_for_row(r, 0, self.val_mask_source, 0)
+            for r in tqdm(val_rows, desc="pair features (val)", unit="pair")
+        ]
+
+    def setup_validation(self) -> None:
+        """Compute (or read from the cache) the validation pairs' samples only, e.g. to refit
+        a trained head's temperature; the training split is left unbuilt."""
+        if self.datasets:
+            return
+        if self.include_images:
+            raise ValueError("setup_validation serves the frozen (pooled-feature) head only")
+        val_rows = self.rows().get("val", [])
+        self.warm_cache(self._setup_tasks([], val_rows))
+        self.datasets = {
+            "val": PairSampleDataset(self._val_samples(val_rows), random_variant=False)
+        }
 
     def _setup_tasks(
         self, train_rows: Sequence[Mapping[str, Any]], val_rows: Sequence[Mapping[str, Any]]
