@@ -205,7 +205,13 @@ def seeds_seen(meta: dict[str, Any]) -> set[int]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model-dir", type=Path, default=Path("models/phantom-unet"))
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        default=Path("models/phantom-unet"),
+        help="model folder with a head (default models/phantom-unet, docs/bench_pattern.md; "
+        "the default inference folder models/phantom-unet-gpu is docs/bench_pattern_gpu.md)",
+    )
     p.add_argument("--data-dir", type=Path, default=Path("data/phantom_pairs"))
     p.add_argument("--cache-dir", type=Path, default=Path("data/head_cache"))
     p.add_argument("--sets", nargs="+", default=["main"], choices=sorted(SETS))

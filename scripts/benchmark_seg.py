@@ -553,7 +553,13 @@ def write_report(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model folder")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help="model folder (default models/phantom-unet, the CPU-reproducible folder of "
+        "docs/bench_seg.md; inference defaults to models/phantom-unet-gpu, docs/bench_seg_gpu.md)",
+    )
     parser.add_argument("--n-pairs", type=int, default=10, help="phantom pairs (2 scans each)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out phantom seed")
     parser.add_argument(
