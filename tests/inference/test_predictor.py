@@ -283,3 +283,22 @@ def test_threshold_override_grows_the_mask_monotonically() -> None:
     assert grown.sum() > default.sum()
     with pytest.raises(ValueError, match="threshold"):
         InferenceSettings(threshold=1.0)
+
+
+def test_mask_overrides_key_the_pattern_heads_cached_features() -> None:
+    """Features cached for a model's own masks must not be served for masks made at another
+    threshold, minimum component or with TTA (the cache key of PredictedMasks says which)."""
+    from petflare.data.longitudinal import PredictedMasks
+
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), min_component_ml=0.1)
+    net = ThresholdNet(prep.scaled_suv(THRESHOLD_SUV))
+    own = Predictor(net, prep, settings, "cpu", threshold=0.5, min_component_ml=0.1)
+    assert own.mask_overrides == {}
+    tags = {PredictedMasks(own, "sha").cache_tag}
+    assert tags == {"predicted:sha"}  # the model's own settings: the key of existing caches
+    for kwargs in ({"threshold": 0.3}, {"min_component_ml": 1.0}, {"tta": True}):
+        other = Predictor(net, prep, settings, "cpu", **kwargs)
+        assert set(other.mask_overrides) == set(kwargs)
+        tags.add(PredictedMasks(other, "sha").cache_tag)
+    assert len(tags) == 4

@@ -1941,12 +1941,17 @@ class PredictedMasks:
     Args:
         predictor: anything with ``predict(study) -> mask`` on the study's grid (a
             :class:`petflare.inference.predictor.Predictor`).
-        cache_tag: identifies the model in the feature cache key (e.g. its weights hash).
+        cache_tag: identifies the model in the feature cache key (e.g. its weights hash). A
+            predictor whose masks differ from its model's own settings (another threshold,
+            minimum component or TTA: its ``mask_overrides``) adds them, so that cached features
+            of the model's own masks are never served for other masks.
     """
 
     def __init__(self, predictor: Any, cache_tag: str) -> None:
         self.predictor = predictor
-        self.cache_tag = f"predicted:{cache_tag}"
+        overrides = getattr(predictor, "mask_overrides", None) or {}
+        suffix = "".join(f":{k}={overrides[k]}" for k in sorted(overrides))
+        self.cache_tag = f"predicted:{cache_tag}{suffix}"
 
     def __call__(self, study: Study) -> np.ndarray:
         return np.asarray(self.predictor.predict(study))

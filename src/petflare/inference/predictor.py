@@ -82,6 +82,14 @@ class Predictor:
         self.min_component_ml = (
             inference.min_component_ml if min_component_ml is None else float(min_component_ml)
         )
+        # what makes this predictor's masks differ from the model's own settings
+        self.mask_overrides: dict[str, Any] = {}
+        if self.inference.threshold != inference.threshold:
+            self.mask_overrides["threshold"] = self.inference.threshold
+        if self.min_component_ml != inference.min_component_ml:
+            self.mask_overrides["min_component_ml"] = self.min_component_ml
+        if self.tta:
+            self.mask_overrides["tta"] = True
         self.metadata = dict(metadata or {})
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
