@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -285,20 +286,21 @@ def test_threshold_override_grows_the_mask_monotonically() -> None:
         InferenceSettings(threshold=1.0)
 
 
-def test_mask_overrides_key_the_pattern_heads_cached_features() -> None:
-    """Features cached for a model's own masks must not be served for masks made at another
-    threshold, minimum component or with TTA (the cache key of PredictedMasks says which)."""
+def test_mask_settings_key_the_pattern_heads_cached_features() -> None:
+    """Features cached for masks made at one threshold, minimum component or TTA setting must not
+    be served for masks made at another (the cache key of PredictedMasks says which)."""
     from petflare.data.longitudinal import PredictedMasks
 
     prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
     settings = InferenceSettings(roi_size_vox=(16, 16, 16), min_component_ml=0.1)
     net = ThresholdNet(prep.scaled_suv(THRESHOLD_SUV))
-    own = Predictor(net, prep, settings, "cpu", threshold=0.5, min_component_ml=0.1)
-    assert own.mask_overrides == {}
+    own = Predictor(net, prep, settings, "cpu")
+    same = Predictor(net, prep, settings, "cpu", threshold=0.5, min_component_ml=0.1)
+    assert own.mask_settings == {"threshold": 0.5, "min_component_ml": 0.1, "tta": False}
+    assert PredictedMasks(own, "sha").cache_tag == PredictedMasks(same, "sha").cache_tag
     tags = {PredictedMasks(own, "sha").cache_tag}
-    assert tags == {"predicted:sha"}  # the model's own settings: the key of existing caches
     for kwargs in ({"threshold": 0.3}, {"min_component_ml": 1.0}, {"tta": True}):
-        other = Predictor(net, prep, settings, "cpu", **kwargs)
-        assert set(other.mask_overrides) == set(kwargs)
-        tags.add(PredictedMasks(other, "sha").cache_tag)
+        tags.add(PredictedMasks(Predictor(net, prep, settings, "cpu", **kwargs), "sha").cache_tag)
+    exported_otherwise = Predictor(net, prep, replace(settings, threshold=0.3), "cpu")
+    assert PredictedMasks(exported_otherwise, "sha").cache_tag in tags  # same masks, same key
     assert len(tags) == 4

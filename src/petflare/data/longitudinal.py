@@ -1941,16 +1941,16 @@ class PredictedMasks:
     Args:
         predictor: anything with ``predict(study) -> mask`` on the study's grid (a
             :class:`petflare.inference.predictor.Predictor`).
-        cache_tag: identifies the model in the feature cache key (e.g. its weights hash). A
-            predictor whose masks differ from its model's own settings (another threshold,
-            minimum component or TTA: its ``mask_overrides``) adds them, so that cached features
-            of the model's own masks are never served for other masks.
+        cache_tag: identifies the model in the feature cache key (e.g. its weights hash). The
+            predictor's ``mask_settings`` (threshold, minimum component, TTA) are added to it, so
+            that features cached for one setting (or an earlier export of the same weights with
+            other settings) are never served for masks made with another.
     """
 
     def __init__(self, predictor: Any, cache_tag: str) -> None:
         self.predictor = predictor
-        overrides = getattr(predictor, "mask_overrides", None) or {}
-        suffix = "".join(f":{k}={overrides[k]}" for k in sorted(overrides))
+        settings = getattr(predictor, "mask_settings", None) or {}
+        suffix = "".join(f":{k}={settings[k]}" for k in sorted(settings))
         self.cache_tag = f"predicted:{cache_tag}{suffix}"
 
     def __call__(self, study: Study) -> np.ndarray:

@@ -82,14 +82,12 @@ class Predictor:
         self.min_component_ml = (
             inference.min_component_ml if min_component_ml is None else float(min_component_ml)
         )
-        # what makes this predictor's masks differ from the model's own settings
-        self.mask_overrides: dict[str, Any] = {}
-        if self.inference.threshold != inference.threshold:
-            self.mask_overrides["threshold"] = self.inference.threshold
-        if self.min_component_ml != inference.min_component_ml:
-            self.mask_overrides["min_component_ml"] = self.min_component_ml
-        if self.tta:
-            self.mask_overrides["tta"] = True
+        #: everything besides the weights and preprocessing that decides the masks
+        self.mask_settings: dict[str, Any] = {
+            "threshold": float(self.inference.threshold),
+            "min_component_ml": float(self.min_component_ml),
+            "tta": self.tta,
+        }
         self.metadata = dict(metadata or {})
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
