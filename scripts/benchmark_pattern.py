@@ -227,7 +227,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="processes computing the pairs missing from the cache (one thread each)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="lesion probability cut of the predicted masks (default: the model folder's own; "
+        "the head was trained on masks at that one)",
+    )
+    args = p.parse_args(argv)
+    if args.threshold is not None and not 0.0 < args.threshold < 1.0:
+        p.error(f"--threshold must be between 0 and 1, got {args.threshold}")
+    return args
 
 
 def set_rows(
@@ -360,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.masks in ("predicted", "both"):
             from petflare.inference.predictor import Predictor
 
-            predictor = Predictor.from_folder(args.model_dir, device="cpu")
+            predictor = Predictor.from_folder(
+                args.model_dir, device="cpu", threshold=args.threshold
+            )
             tag = str(predictor.metadata.get("weights", {}).get("sha256", args.model_dir))
             sources["predicted masks"] = PredictedMasks(predictor, tag)
         if args.masks in ("ground_truth", "both"):
@@ -384,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(mode {training.get('mode')}, {training.get('n_heads', 1)} head(s) averaged, "
             f"CT dropout {training.get('ct_dropout', 0.0)}, "
             f"temperature {classifier.temperature:.3f}{refit}). "
-            f"Masks: {args.masks.replace('_', ' ')}. Held-out generator seed {args.seed} "
+            f"Masks: {args.masks.replace('_', ' ')}"
+            + (f" (probability cut {args.threshold})" if args.threshold is not None else "")
+            + f". Held-out generator seed {args.seed} "
             "(never used in training); classes balanced (patterns cycled).",
             "",
             "Command: `.venv/bin/python scripts/benchmark_pattern.py "
