@@ -72,7 +72,7 @@ class InferRequest:
 #: The model folder used when none is given. ``phantom-unet-gpu`` (the GPU-trained network and
 #: its head) generalizes better than the CPU-reproducible ``phantom-unet`` on every phantom
 #: variation measured (scanners, SUV calibration, texture, graded lesions) and on the real crops
-#: and test-retest scan (docs/model_card.md, "Default folder").
+#: and test-retest scan (docs/model_card.md, "Which folder is the default, and why").
 DEFAULT_MODEL_NAME = "phantom-unet-gpu"
 
 
