@@ -37,14 +37,17 @@ weights: setup
 		overwrite=true 'training_command="python scripts/train.py experiment=synthetic_cpu"'
 	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu overwrite=true
 
-# The alternative folder models/phantom-unet-gpu: needs one CUDA GPU and a CUDA torch build (e.g.
+# The default folder models/phantom-unet-gpu: needs one CUDA GPU and a CUDA torch build (e.g.
 # make weights-gpu TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"); the shipped
-# one was stopped by the 5-minute limit at step 3093 of 4000 on an H200 with 16 CPU cores.
+# one was stopped by the 5-minute limit at step 3093 of 4000 on an H200 with 16 CPU cores. The
+# head is trained on the CPU, then its temperature refitted on 72 varied validation pairs.
 weights-gpu: setup
 	$(BIN)/python scripts/train.py experiment=synthetic_gpu overwrite=true +trainer.max_time=00:00:05:00
 	$(BIN)/python scripts/export_model.py run_dir=runs/synthetic_gpu out_dir=models/phantom-unet-gpu \
 		overwrite=true 'training_command="python scripts/train.py experiment=synthetic_gpu +trainer.max_time=00:00:05:00"'
 	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu \
+		model_dir=models/phantom-unet-gpu overwrite=true
+	$(BIN)/python scripts/train_head.py experiment=head_calibrate_wide \
 		model_dir=models/phantom-unet-gpu overwrite=true
 
 clean:
