@@ -53,3 +53,20 @@ F18_HALF_LIFE_S: Final = 6588.0
 
 #: Largest plausible SUV in a clinical FDG scan; values far above it suggest Bq/mL, not SUV.
 MAX_PLAUSIBLE_SUV: Final = 200.0
+
+#: Physiological-uptake sites the anatomy-aware network learns (auxiliary organ output) and the
+#: reports name as a lesion's site; index 0 is everything else (body, air, disease).
+#: "kidney" includes the renal pelvis and ureters; "head_neck" the tonsils, salivary glands and
+#: vocal cords; "other_physiological" brown fat, active muscle, joints and injection sites.
+ORGANS: Final = (
+    "background",
+    "brain",
+    "myocardium",
+    "liver",
+    "kidney",
+    "bladder",
+    "bowel",
+    "head_neck",
+    "other_physiological",
+)
+ORGAN_TO_INDEX: Final = {name: i for i, name in enumerate(ORGANS)}
