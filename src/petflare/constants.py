@@ -70,3 +70,8 @@ ORGANS: Final = (
     "other_physiological",
 )
 ORGAN_TO_INDEX: Final = {name: i for i, name in enumerate(ORGANS)}
+
+#: Value of "known disease" (visible tumour and nodes, e.g. an RTSTRUCT GTV) in the region maps
+#: of real scans (annotations/real/<case>/regions.nii.gz), beside the ORGAN_TO_INDEX values; kept
+#: apart from the organ indices so that adding an organ never changes its meaning.
+KNOWN_DISEASE_LABEL: Final = 100
