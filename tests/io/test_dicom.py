@@ -120,6 +120,29 @@ def test_meta_filled(tmp_path: Path) -> None:
     assert float(meta.source["suv_scale_factor"]) == pytest.approx(expected_suv_scale())
 
 
+def test_pair_check_meta_filled(tmp_path: Path) -> None:
+    """Identity and timing fields used by the pair checks come from the header."""
+    write_pet_series(tmp_path, tags={"PatientBirthDate": "19600131"})
+    meta = read_dicom_pet(tmp_path).meta
+    assert (meta.patient_name, meta.birth_date) == ("Synthetic^Phantom", "1960-01-31")
+    assert meta.acquisition_datetime == "2000-09-07T11:20:11"
+    assert meta.radiopharmaceutical == "FDG -- fluorodeoxyglucose"
+    assert meta.uptake_time_s == pytest.approx(DECAY_TIME_S)
+
+
+def test_pair_check_meta_without_decay_times(tmp_path: Path) -> None:
+    """ADMIN needs no times for SUV; the scan start and uptake are still read when present."""
+    write_pet_series(tmp_path / "admin", tags={"DecayCorrection": "ADMIN"})
+    meta = read_dicom_pet(tmp_path / "admin").meta
+    assert meta.uptake_time_s == pytest.approx(DECAY_TIME_S)
+    assert meta.acquisition_datetime == "2000-09-07T11:20:11"
+    write_pet_series(
+        tmp_path / "gml", tags={"Units": "GML", "SeriesDate": None, "AcquisitionTime": None}
+    )
+    meta = read_dicom_pet(tmp_path / "gml").meta
+    assert (meta.acquisition_datetime, meta.uptake_time_s, meta.birth_date) == ("", None, "")
+
+
 def test_series_time_after_acquisition_uses_earliest_acquisition(tmp_path: Path) -> None:
     """QIBA: a SeriesTime later than the acquisition (post-processed series) is not used."""
     acq = {s: {"AcquisitionTime": f"11{10 + s:02d}00"} for s in range(6)}  # 11:10:00 earliest
@@ -481,6 +504,8 @@ def test_sts001_meta_and_time(sts001: tuple[Study, float]) -> None:
     study, seconds = sts001
     assert study.meta.patient_id == "STS_001"
     assert study.meta.weight_kg == 71.0
+    assert study.meta.acquisition_datetime.endswith("T11:20:11")
+    assert study.meta.uptake_time_s == pytest.approx(2711.0)
     assert study.orientation == "LPS"
     assert seconds < 30.0
 

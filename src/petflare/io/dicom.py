@@ -521,8 +521,14 @@ def read_dicom_pet(
         volume[:, :, k] = (activity * suv.scale_factor).T.astype(np.float32)
 
     first = headers[order[0]]
+    scan_start, uptake_time_s = _scan_timing(headers, suv, folder)
     meta = StudyMeta(
         patient_id=str(first.get("PatientID", "")),
+        patient_name=str(first.get("PatientName", "") or "").strip(),
+        birth_date=_iso_date(first.get("PatientBirthDate", "")),
+        acquisition_datetime=scan_start.isoformat() if scan_start else "",
+        radiopharmaceutical=_radiopharmaceutical(first),
+        uptake_time_s=uptake_time_s,
         study_id=str(first.get("StudyID", "") or first.get("StudyInstanceUID", "")),
         study_date=_iso_date(first.get("StudyDate", "")),
         tracer=_tracer_name(first),
@@ -541,6 +547,34 @@ def read_dicom_pet(
         },
     )
     return Study(pet=volume, affine=LPS_TO_RAS @ affine_lps, meta=meta)
+
+
+def _scan_timing(
+    headers: Sequence[Dataset], suv: SuvConversion, folder: Path
+) -> tuple[dt.datetime | None, float | None]:
+    """Scan start and uptake time (s since injection) for the pair checks; None when unknown.
+
+    With DecayCorrection START they are the SUV conversion's own reference and decay times; for
+    ADMIN or GML series (which need no times for SUV) they are read if the header has them.
+    """
+    if suv.reference_time is not None and suv.injection_time is not None:
+        return suv.reference_time, suv.decay_time_s
+    try:
+        reference, _ = _scan_reference_time(headers, folder)
+    except PetflareInputError:
+        return None, None
+    seq = headers[0].get("RadiopharmaceuticalInformationSequence") or []
+    try:
+        injection = _injection_time(seq[0], reference, folder) if len(seq) else None
+    except PetflareInputError:
+        injection = None
+    uptake_s = None if injection is None else (reference - injection).total_seconds()
+    return reference, uptake_s
+
+
+def _radiopharmaceutical(ds: Dataset) -> str:
+    seq = ds.get("RadiopharmaceuticalInformationSequence") or []
+    return str(seq[0].get("Radiopharmaceutical", "") or "").strip() if len(seq) else ""
 
 
 def _iso_date(value: Any) -> str:

@@ -11,7 +11,13 @@ import numpy as np
 
 @dataclass
 class StudyMeta:
-    """Descriptive metadata of one PET study (not needed for computation, kept for reports)."""
+    """Descriptive metadata of one PET study (not needed for computation, kept for reports).
+
+    The identity and timing fields let a baseline / follow-up pair be checked (same patient,
+    follow-up after baseline, same tracer, comparable uptake time; PERCIST wants the uptake times
+    within 15 min). They are filled from DICOM headers, or from what a user gives with a NIfTI;
+    an empty string / None means unknown, and unknown is never treated as a mismatch.
+    """
 
     patient_id: str = ""
     study_id: str = ""
@@ -22,6 +28,16 @@ class StudyMeta:
     height_m: float | None = None
     weight_kg: float | None = None
     source: dict[str, str] = field(default_factory=dict)  # e.g. {"pet": path, "ct": path}
+    #: DICOM PatientName as stored (``Family^Given``), or "" when unknown.
+    patient_name: str = ""
+    #: Patient birth date, ISO ``YYYY-MM-DD``, or "" when unknown.
+    birth_date: str = ""
+    #: Scan start (the SUV reference time for DICOM), ISO ``YYYY-MM-DDTHH:MM:SS``, or "".
+    acquisition_datetime: str = ""
+    #: The radiopharmaceutical as written in the header (``tracer`` is its normalised name).
+    radiopharmaceutical: str = ""
+    #: Seconds from injection to scan start (FDG uptake time), or None when unknown.
+    uptake_time_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-friendly dict."""
