@@ -13,6 +13,7 @@ class Keys:
     PET: Final = "pet"
     CT: Final = "ct"
     LABEL: Final = "label"
+    ORGANS: Final = "organs"  # organ label map (values index ORGANS; ORGAN_IGNORE = unknown)
     IMAGE: Final = "image"
     PATTERN: Final = "pattern"
     SPLIT: Final = "split"
@@ -75,3 +76,6 @@ ORGAN_TO_INDEX: Final = {name: i for i, name in enumerate(ORGANS)}
 #: of real scans (annotations/real/<case>/regions.nii.gz), beside the ORGAN_TO_INDEX values; kept
 #: apart from the organ indices so that adding an organ never changes its meaning.
 KNOWN_DISEASE_LABEL: Final = 100
+#: Organ-label value of voxels whose organ is not known (e.g. a real background without an
+#: annotation there): the organ loss ignores them.
+ORGAN_IGNORE: Final = 255

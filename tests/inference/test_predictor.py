@@ -304,3 +304,39 @@ def test_mask_settings_key_the_pattern_heads_cached_features() -> None:
     exported_otherwise = Predictor(net, prep, replace(settings, threshold=0.3), "cpu")
     assert PredictedMasks(exported_otherwise, "sha").cache_tag in tags  # same masks, same key
     assert len(tags) == 4
+
+
+class OrganThresholdNet(ThresholdNet):
+    """ThresholdNet plus 3 organ logits: organ 1 where SUV > 0.5 and not lesion, else organ 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = super().forward(x)
+        body = self.gain * (x[:, :1] - 0.2)
+        organs = torch.cat([-body, body - lesion[:, 1:], torch.full_like(body, -50.0)], dim=1)
+        return torch.cat([lesion, organs], dim=1)
+
+
+def test_organ_output_is_read_back_on_the_input_grid() -> None:
+    """An anatomy-aware network: the lesion channels alone make the mask, the organ map comes
+    back on the study's grid (non-RAS affine) with the organ indices the network gave."""
+    affine = make_non_ras_affine()
+    study = off_centre_study(affine)
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    lesion_only = threshold_predictor()
+    with_organs = Predictor(
+        OrganThresholdNet(prep.scaled_suv(THRESHOLD_SUV)),
+        prep,
+        settings,
+        device="cpu",
+        metadata={"organ_classes": 3},
+    )
+    assert lesion_only.predict_organs(study) is None
+    np.testing.assert_array_equal(with_organs.predict(study), lesion_only.predict(study))
+    organs = with_organs.predict_organs(study)
+    assert organs is not None and organs.shape == study.shape and organs.dtype == np.uint8
+    assert study.mask is not None
+    body = (study.pet > 0.5) & (study.mask == 0)
+    # organ 1 on the body away from the lesion, never organ 2 (its logit is always lowest)
+    assert (organs[body] == 1).mean() > 0.9
+    assert not (organs == 2).any()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from petflare.networks import NETWORK_BUILDERS, build_network
+from petflare.networks import NETWORK_BUILDERS, build_network, build_unet, widened_state_dict
 
 TINY = {
     "petflare.networks.build_unet": {"channels": (4, 8, 16), "strides": (2, 2)},
@@ -82,3 +82,30 @@ def test_channels_last_layout_gives_the_same_logits_and_loss() -> None:
     assert channels_last_input(x[0]).is_contiguous()
     conv = channels_last(torch.nn.Conv3d(2, 4, 3))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_widened_network_keeps_the_trained_lesion_output() -> None:
+    """An anatomy-aware network started from a lesion-only one predicts the same lesion logits
+    at the start, and its organ channels are free to learn."""
+    torch.manual_seed(0)
+    kwargs = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}
+    trained = build_unet(out_channels=2, **kwargs).eval()
+    wide = build_unet(out_channels=2 + 9, **kwargs).eval()
+    wide.load_state_dict(widened_state_dict(trained.state_dict(), wide.state_dict()))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        a, b = trained(x), wide(x)
+    assert b.shape[1] == 11
+    torch.testing.assert_close(b[:, :2], a, rtol=1e-5, atol=1e-5)
+    assert b[:, 2:].abs().sum() > 0
+
+
+def test_widened_state_dict_refuses_a_narrower_or_other_network() -> None:
+    kwargs = {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1}
+    wide = build_unet(out_channels=11, **kwargs).state_dict()
+    narrow = build_unet(out_channels=2, **kwargs).state_dict()
+    with pytest.raises(ValueError, match="does not fit"):
+        widened_state_dict(wide, narrow)
+    other = build_unet(out_channels=11, channels=(4, 8), strides=(2,)).state_dict()
+    with pytest.raises(ValueError, match="names differ"):
+        widened_state_dict(narrow, other)

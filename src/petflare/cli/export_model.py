@@ -105,6 +105,7 @@ def export_run(cfg: DictConfig) -> Path:
         config_yaml=run_config.read_text(),
         metadata=metadata,
         overwrite=bool(cfg.overwrite),
+        organ_classes=int(train_cfg.model.get("organ_classes", 0) or 0),
     )
     size_mb = sum(p.stat().st_size for p in Path(out).iterdir()) / 1e6
     print(f"petflare-export-model: wrote {out} ({size_mb:.2f} MB) from {ckpt}")

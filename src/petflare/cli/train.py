@@ -27,6 +27,11 @@ def build_training(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     net = instantiate(cfg.net, _convert_="all")
     module = instantiate(cfg.model, net=net, _convert_="all")
+    if bool(getattr(module, "organ_classes", 0)) != bool(getattr(datamodule, "with_organs", False)):
+        raise ValueError(
+            "an organ output (model.organ_classes > 0) needs organ label maps "
+            "(data.with_organs=true), and the reverse"
+        )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -101,7 +106,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if init_weights:
         from petflare.inference.model_folder import load_network_weights
 
-        read = load_network_weights(objects["net"], init_weights)
+        # an anatomy-aware network may start from a lesion-only one (wider output layers)
+        read = load_network_weights(
+            objects["net"], init_weights, widen=bool(objects["module"].organ_classes)
+        )
         print(f"petflare-train: network initialised from {read}")
         # provenance: the starting weights may be overwritten later (e.g. a model folder that
         # this run's export replaces), so the run config records their hash

@@ -22,24 +22,30 @@ from petflare.errors import PetflareInputError
 log = logging.getLogger(__name__)
 
 
-def to_monai_items(entries: Datalist, channels: tuple[str, ...], split: str) -> Datalist:
-    """Keep the keys the transforms read; refuse entries missing a channel or the label.
+def to_monai_items(
+    entries: Datalist, channels: tuple[str, ...], split: str, with_organs: bool = False
+) -> Datalist:
+    """Keep the keys the transforms read; refuse entries missing a channel or a label.
 
     Raises:
-        PetflareInputError: an entry lacks the CT while the model uses CT, or lacks a label
-            (a negative scan needs an empty mask file, not a missing one).
+        PetflareInputError: an entry lacks the CT while the model uses CT, lacks a label
+            (a negative scan needs an empty mask file, not a missing one), or lacks the organ
+            label map an anatomy-aware network is trained with.
     """
     items: Datalist = []
+    keys = (*channels, Keys.LABEL, *((Keys.ORGANS,) if with_organs else ()))
     for entry in entries:
-        for key in (*channels, Keys.LABEL):
+        for key in keys:
             if entry.get(key) is None:
-                what = "lesion mask" if key == Keys.LABEL else f"{key.upper()} image"
+                what = {Keys.LABEL: "lesion mask", Keys.ORGANS: "organ label map"}.get(
+                    key, f"{key.upper()} image"
+                )
                 raise PetflareInputError(
                     entry.get(Keys.PET),
                     f"{split} study {entry.get(Keys.PATIENT_ID)}/{entry.get(Keys.STUDY_ID)} "
                     f"has no {what}",
                 )
-        item = {key: str(entry[key]) for key in (*channels, Keys.LABEL)}
+        item = {key: str(entry[key]) for key in keys}
         item[Keys.PATIENT_ID] = str(entry.get(Keys.PATIENT_ID))
         item[Keys.STUDY_ID] = str(entry.get(Keys.STUDY_ID))
         items.append(item)
@@ -60,6 +66,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes (0 = main process).
         cache_rate: fraction of volumes cached after preprocessing.
         cache_num_workers: threads used to fill the cache.
+        with_organs: also load each training study's organ label map (``organs``) for an
+            anatomy-aware network (``model.organ_classes``); validation scores lesions only.
     """
 
     def __init__(
@@ -71,6 +79,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_rate: float = 1.0,
         cache_num_workers: int = 1,
+        with_organs: bool = False,
     ) -> None:
         super().__init__()
         self.source = source
@@ -80,6 +89,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers)
         self.cache_rate = float(cache_rate)
         self.cache_num_workers = int(cache_num_workers)
+        self.with_organs = bool(with_organs)
         self.train_items: Datalist = []
         self.val_items: Datalist = []
         self._train_ds: CacheDataset | None = None
@@ -95,14 +105,16 @@ class SegmentationDataModule(pl.LightningDataModule):
             return
         lists = self.source.datalists()
         channels = self.preprocessing.channels
-        self.train_items = to_monai_items(lists["train"], channels, "train")
+        self.train_items = to_monai_items(lists["train"], channels, "train", self.with_organs)
         self.val_items = to_monai_items(lists.get("val", []), channels, "val")
         log.info(
             "%d training and %d validation studies", len(self.train_items), len(self.val_items)
         )
         self._train_ds = CacheDataset(
             self.train_items,
-            transform=training_transforms(self.preprocessing, self.augmentation),
+            transform=training_transforms(
+                self.preprocessing, self.augmentation, with_organs=self.with_organs
+            ),
             cache_rate=self.cache_rate,
             num_workers=self.cache_num_workers,
             progress=False,

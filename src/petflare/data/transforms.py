@@ -395,15 +395,24 @@ class AboveThreshold:
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
-def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> list[Transform]:
+def _label_keys(with_label: bool, with_organs: bool) -> list[str]:
+    """The label-like keys (nearest-neighbour resampling) a pipeline carries."""
+    return ([Keys.LABEL] if with_label else []) + ([Keys.ORGANS] if with_organs else [])
+
+
+def preprocessing_transforms(
+    config: PreprocessingConfig, with_label: bool, with_organs: bool = False
+) -> list[Transform]:
     """Deterministic transforms on a dict of channel-first MetaTensors (no file loading).
 
-    Input keys: ``pet`` (SUV), optionally ``ct`` (HU) and ``label``. Output keys: ``image``
-    (stacked, scaled channels, RAS, ``spacing_mm``, cropped to the body) and ``label``.
+    Input keys: ``pet`` (SUV), optionally ``ct`` (HU), ``label`` and ``organs`` (an organ
+    label map, for an anatomy-aware network). Output keys: ``image`` (stacked, scaled
+    channels, RAS, ``spacing_mm``, cropped to the body), ``label`` and ``organs``.
     """
     image_keys = list(config.channels)
-    keys = image_keys + ([Keys.LABEL] if with_label else [])
-    modes = ["bilinear"] * len(image_keys) + (["nearest"] if with_label else [])
+    label_keys = _label_keys(with_label, with_organs)
+    keys = image_keys + label_keys
+    modes = ["bilinear"] * len(image_keys) + ["nearest"] * len(label_keys)
     steps: list[Transform] = [EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True)]
     if Keys.CT in image_keys:
         # CT may come on its own grid; bring it onto the PET grid before anything else.
@@ -438,7 +447,7 @@ def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> l
         ConcatItemsd(keys=image_keys, name=Keys.IMAGE, dim=0),
         DeleteItemsd(keys=image_keys),
         CropForegroundd(
-            keys=[Keys.IMAGE] + ([Keys.LABEL] if with_label else []),
+            keys=[Keys.IMAGE, *label_keys],
             source_key=Keys.IMAGE,
             channel_indices=0,  # the PET channel defines the body
             select_fn=AboveThreshold(config.scaled_suv(config.body_suv_threshold)),
@@ -449,9 +458,11 @@ def preprocessing_transforms(config: PreprocessingConfig, with_label: bool) -> l
     return steps
 
 
-def load_transforms(config: PreprocessingConfig, with_label: bool) -> list[Transform]:
+def load_transforms(
+    config: PreprocessingConfig, with_label: bool, with_organs: bool = False
+) -> list[Transform]:
     """File loading (nibabel, affine kept, channel first) followed by the deterministic steps."""
-    keys = list(config.channels) + ([Keys.LABEL] if with_label else [])
+    keys = list(config.channels) + _label_keys(with_label, with_organs)
     loader = LoadImaged(
         keys=keys,
         reader="NibabelReader",
@@ -459,7 +470,7 @@ def load_transforms(config: PreprocessingConfig, with_label: bool) -> list[Trans
         image_only=True,
         squeeze_non_spatial_dims=True,
     )
-    return [loader, *preprocessing_transforms(config, with_label)]
+    return [loader, *preprocessing_transforms(config, with_label, with_organs)]
 
 
 @dataclass(frozen=True)
@@ -525,11 +536,11 @@ class AugmentationConfig:
 
 
 def augmentation_transforms(
-    aug: AugmentationConfig, config: PreprocessingConfig | None = None
+    aug: AugmentationConfig, config: PreprocessingConfig | None = None, with_organs: bool = False
 ) -> list[Transform]:
     """Random transforms applied after caching: balanced patch sampling, spatial, intensity."""
     config = config or PreprocessingConfig()
-    keys = [Keys.IMAGE, Keys.LABEL]
+    keys = [Keys.IMAGE, *_label_keys(True, with_organs)]
     rot = float(np.deg2rad(aug.rotate_deg))
     neg_threshold = config.scaled_suv(aug.neg_min_suv)
     balanced = aug.lesion_balance > 0
@@ -561,7 +572,7 @@ def augmentation_transforms(
             prob=aug.affine_prob,
             rotate_range=(rot, rot, rot),
             scale_range=(aug.scale_fraction,) * 3,
-            mode=("bilinear", "nearest"),
+            mode=("bilinear",) + ("nearest",) * (len(keys) - 1),
             padding_mode="zeros",
         ),
         *(
@@ -582,11 +593,19 @@ def augmentation_transforms(
     ]
 
 
-def training_transforms(config: PreprocessingConfig, aug: AugmentationConfig) -> Compose:
-    """Full training pipeline (CacheDataset caches up to the first random transform)."""
-    return Compose([*load_transforms(config, True), *augmentation_transforms(aug, config)])
+def training_transforms(
+    config: PreprocessingConfig, aug: AugmentationConfig, with_organs: bool = False
+) -> Compose:
+    """Full training pipeline (CacheDataset caches up to the first random transform);
+    ``with_organs`` carries the organ label map for an anatomy-aware network."""
+    return Compose(
+        [
+            *load_transforms(config, True, with_organs),
+            *augmentation_transforms(aug, config, with_organs),
+        ]
+    )
 
 
 def validation_transforms(config: PreprocessingConfig) -> Compose:
-    """Whole-volume validation pipeline (deterministic)."""
+    """Whole-volume validation pipeline (deterministic; lesion metrics only)."""
     return Compose(load_transforms(config, True))

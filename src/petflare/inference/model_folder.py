@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from petflare.constants import ORGANS
 from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_directory
-from petflare.networks import build_network
+from petflare.networks import build_network, widened_state_dict
 
 WEIGHTS_FILE = "model.pt"
 CONFIG_FILE = "config.yaml"
@@ -119,8 +120,11 @@ def _weights_file(model_dir: Path, metadata: Mapping[str, Any]) -> Path:
     return model_dir / name
 
 
-def _load_weights_into(net: nn.Module, path: Path, mismatch: str) -> None:
+def _load_weights_into(net: nn.Module, path: Path, mismatch: str, widen: bool = False) -> None:
     """Read ``path`` safely and load its network weights into ``net`` (cast to its dtypes).
+
+    ``widen``: ``net``'s output layers may be wider than the checkpoint's (a lesion network
+    fine-tuned into an anatomy-aware one, :func:`petflare.networks.widened_state_dict`).
 
     Raises:
         PetflareInputError: unsafe/missing file, or weights that do not fit ``net``; the
@@ -128,6 +132,11 @@ def _load_weights_into(net: nn.Module, path: Path, mismatch: str) -> None:
     """
     state = network_state_dict(safe_torch_load(path), path)
     reference = net.state_dict()
+    if widen:
+        try:
+            state = widened_state_dict(state, reference)
+        except ValueError as exc:
+            raise PetflareInputError(path, f"weights do not {mismatch} ({exc})") from exc
     try:
         net.load_state_dict(
             {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()},
@@ -138,12 +147,15 @@ def _load_weights_into(net: nn.Module, path: Path, mismatch: str) -> None:
         raise PetflareInputError(path, f"weights do not {mismatch} ({first})") from exc
 
 
-def load_network_weights(net: nn.Module, source: str | Path) -> Path:
+def load_network_weights(net: nn.Module, source: str | Path, widen: bool = False) -> Path:
     """Initialise ``net`` from a model folder or a checkpoint file (fine-tuning; safe loading).
 
     ``source`` is a model folder (its weights file is read) or a ``.ckpt``/``.pt`` file holding
     a Lightning checkpoint or ``{"state_dict": ...}``. Only the network weights are taken: no
     optimizer state or step count (that is what resuming with ``ckpt_path`` is for).
+
+    ``widen``: ``net`` may have more output channels than the source (an anatomy-aware
+    network started from a lesion-only one; see :func:`petflare.networks.widened_state_dict`).
 
     Returns:
         The weights file that was read.
@@ -161,7 +173,7 @@ def load_network_weights(net: nn.Module, source: str | Path) -> Path:
             except ValueError as exc:
                 raise PetflareInputError(meta_path, f"malformed model metadata ({exc})") from exc
         path = _weights_file(path, metadata if isinstance(metadata, Mapping) else {})
-    _load_weights_into(net, path, "fit the configured network (check net=...)")
+    _load_weights_into(net, path, "fit the configured network (check net=...)", widen=widen)
     return path
 
 
@@ -191,6 +203,7 @@ def export_model_folder(
     config_yaml: str,
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    organ_classes: int = 0,
 ) -> Path:
     """Write a model folder atomically (weights cast to float16 to keep it small).
 
@@ -207,7 +220,11 @@ def export_model_folder(
         config_yaml: the resolved training config, stored as ``config.yaml``.
         metadata: extra metadata (training data, seed, metrics, intended use, ...).
         overwrite: replace an existing folder.
+        organ_classes: organ classes of an auxiliary organ output after the lesion pair
+            (:data:`petflare.constants.ORGANS`; 0 for a lesion-only network).
     """
+    if organ_classes and not 2 <= organ_classes <= len(ORGANS):
+        raise ValueError(f"organ_classes must be 0 or 2..{len(ORGANS)}, got {organ_classes}")
     net = build_network(network_target, network_kwargs)
     net.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
     half = {
@@ -227,8 +244,13 @@ def export_model_folder(
             "target": network_target,
             "kwargs": dict(network_kwargs),
             "n_parameters": n_params,
-            "out_channels_meaning": ["background", "lesion"],
+            "out_channels_meaning": [
+                "background",
+                "lesion",
+                *(f"organ:{name}" for name in ORGANS[:organ_classes]),
+            ],
         },
+        "organ_classes": int(organ_classes),
         "inference": inference.to_dict(),
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:

@@ -27,8 +27,8 @@ from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import InferenceSettings, load_model_folder
 from petflare.inference.postprocess import remove_small_components
 from petflare.io.study import Study
+from petflare.networks.segmentation import LESION_CHANNELS, channels_last_input
 from petflare.networks.segmentation import channels_last as to_channels_last
-from petflare.networks.segmentation import channels_last_input
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -147,10 +147,21 @@ class Predictor:
             )
         return items
 
+    @property
+    def organ_classes(self) -> int:
+        """Organ classes of the network's auxiliary organ output (0: a lesion-only network)."""
+        return int(self.metadata.get("organ_classes", 0) or 0)
+
     @torch.no_grad()
     def _lesion_probability(self, image: torch.Tensor) -> torch.Tensor:
         """Lesion probability (1, X, Y, Z) on the preprocessed grid, with optional flip TTA
         (on the predictor's device)."""
+        return self._probabilities(image)[:1]
+
+    @torch.no_grad()
+    def _probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """Lesion probability, then the organ probabilities of an anatomy-aware network
+        (``1 + organ_classes`` channels) on the preprocessed grid, with optional flip TTA."""
         batch = image[None].to(self.device)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -162,15 +173,20 @@ class Predictor:
             if self.tta
             else [()]
         )
-        total = torch.zeros_like(batch[:, :1], dtype=torch.float32)
+        total: torch.Tensor | None = None
         with autocast:
             for axes in flips:
                 x = torch.flip(batch, axes) if axes else batch
                 logits = self._inferer(x, self._network)
                 assert isinstance(logits, torch.Tensor)
                 logits = logits.float()
-                prob = torch.softmax(logits, dim=1)[:, 1:2]
-                total += torch.flip(prob, axes) if axes else prob
+                prob = torch.softmax(logits[:, :LESION_CHANNELS], dim=1)[:, 1:2]
+                if self.organ_classes:
+                    organs = logits[:, LESION_CHANNELS : LESION_CHANNELS + self.organ_classes]
+                    prob = torch.cat([prob, torch.softmax(organs, dim=1)], dim=1)
+                prob = torch.flip(prob, axes) if axes else prob
+                total = prob if total is None else total + prob
+        assert total is not None
         return (total / len(flips))[0]
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,6 +214,23 @@ class Predictor:
         prob, affine = found
         back = _resample(prob, affine, study.affine, study.shape)
         return np.clip(back.cpu().numpy(), 0.0, 1.0)
+
+    def predict_organs(self, study: Study) -> np.ndarray | None:
+        """The organ label map (uint8, :data:`petflare.constants.ORGANS` indices) on the
+        study's grid from the network's organ output, or None for a lesion-only network.
+
+        The most probable organ on the model grid, carried back by nearest neighbour (the
+        organ probabilities of a whole-body scan at its own resolution would not fit memory).
+        """
+        if not self.organ_classes:
+            return None
+        image = self.preprocess(study)
+        if min(image.shape[1:]) == 0:
+            return np.zeros(study.shape, dtype=np.uint8)
+        probs = self._probabilities(image.as_tensor())
+        labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
+        back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
+        return back.cpu().numpy().round().astype(np.uint8)
 
     def predict(self, study: Study) -> np.ndarray:
         """Binary uint8 lesion mask on the study's grid, small components removed.
@@ -260,13 +293,17 @@ def _study_box(
 
 
 def _resample(
-    prob: torch.Tensor, src_affine: Any, dst_affine: Any, dst_shape: tuple[int, ...]
+    prob: torch.Tensor,
+    src_affine: Any,
+    dst_affine: Any,
+    dst_shape: tuple[int, ...],
+    mode: str = "bilinear",
 ) -> torch.Tensor:
     """(1, X, Y, Z) values on the source grid -> (X', Y', Z') on the destination grid
-    (bilinear in float64, so that any storage order of the same grid gives the same values;
-    zeros outside), on the tensor's device."""
+    (bilinear, or nearest for labels, in float64, so that any storage order of the same grid
+    gives the same values; zeros outside), on the tensor's device."""
     src = MetaTensor(prob, affine=torch.as_tensor(np.asarray(src_affine), dtype=torch.float64))
-    back = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=np.float64)(
+    back = SpatialResample(mode=mode, padding_mode="zeros", dtype=np.float64)(
         src,
         dst_affine=torch.as_tensor(np.asarray(dst_affine), dtype=torch.float64),
         spatial_size=tuple(int(n) for n in dst_shape),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from petflare.networks.segmentation import (
+    LESION_CHANNELS,
     NETWORK_BUILDERS,
     build_dynunet,
     build_network,
@@ -10,9 +11,11 @@ from petflare.networks.segmentation import (
     build_unet,
     channels_last,
     channels_last_input,
+    widened_state_dict,
 )
 
 __all__ = [
+    "LESION_CHANNELS",
     "NETWORK_BUILDERS",
     "build_dynunet",
     "build_network",
@@ -20,4 +23,5 @@ __all__ = [
     "build_unet",
     "channels_last",
     "channels_last_input",
+    "widened_state_dict",
 ]

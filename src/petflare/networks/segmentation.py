@@ -119,3 +119,49 @@ def channels_last(net: nn.Module) -> nn.Module:
 def channels_last_input(x: torch.Tensor) -> torch.Tensor:
     """A 5D tensor in the channels-last 3D layout (other tensors unchanged)."""
     return x.contiguous(memory_format=torch.channels_last_3d) if x.ndim == 5 else x
+
+
+#: Output channels of a lesion network: (background, lesion). An anatomy-aware network has
+#: ``LESION_CHANNELS + n_organ_classes`` outputs: the lesion pair first, then the organ logits.
+LESION_CHANNELS = 2
+
+
+def widened_state_dict(
+    old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``old``'s weights fitted into a network whose output layers are wider (fine-tuning).
+
+    Used to start an anatomy-aware network (lesion + organ outputs) from a trained lesion-only
+    one: every tensor whose shape matches is copied; a tensor that is larger in some dimensions
+    (the output convolution, its bias, the output residual unit) gets ``old`` in its leading
+    block and keeps ``new``'s initialisation elsewhere, except that the entries feeding the
+    old output channels from the new ones are zeroed, so the widened network's first
+    ``old`` outputs are exactly the trained network's at the start.
+
+    Raises:
+        ValueError: a name is missing on either side, or a tensor is smaller than ``old``'s.
+    """
+    if set(old) != set(new):
+        missing = sorted(set(new) ^ set(old))[:5]
+        raise ValueError(f"the networks' parameter names differ: {missing}")
+    out: dict[str, torch.Tensor] = {}
+    for name, target in new.items():
+        source = old[name].to(target.dtype)
+        if source.shape == target.shape:
+            out[name] = source.clone()
+            continue
+        if source.ndim != target.ndim or any(
+            s > t for s, t in zip(source.shape, target.shape, strict=True)
+        ):
+            raise ValueError(
+                f"{name}: trained shape {tuple(source.shape)} does not fit {tuple(target.shape)}"
+            )
+        widened = target.clone()
+        lead = tuple(slice(0, s) for s in source.shape)
+        if source.ndim >= 2 and source.shape[0] < target.shape[0]:
+            # old output channels (dim 0) must not see the new channels (beyond the old block)
+            head = widened[: source.shape[0]]
+            head.zero_()
+        widened[lead] = source
+        out[name] = widened
+    return out

@@ -18,9 +18,9 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from petflare.constants import Keys
+from petflare.constants import ORGAN_IGNORE, Keys
+from petflare.networks.segmentation import LESION_CHANNELS, channels_last_input
 from petflare.networks.segmentation import channels_last as to_channels_last
-from petflare.networks.segmentation import channels_last_input
 from petflare.training.metrics import ScanMetrics, scan_metrics, summarize
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -71,6 +71,13 @@ class SegmentationModule(pl.LightningModule):
             floating-point sums, so a run is not bit-identical to one without it; oneDNN's 3D
             convolutions run faster in it (``synthetic_cpu``'s training steps about 1.5 times
             as fast on 2 CPU cores, docs/training.md).
+        organ_classes: number of organ classes of an auxiliary organ output (0: none). The
+            network then returns ``2 + organ_classes`` channels: the lesion pair first (the
+            loss above), then organ logits trained with cross-entropy against the batch's
+            ``organs`` map (voxels valued ``ORGAN_IGNORE`` are ignored). The organ output teaches
+            the shared features what physiological uptake looks like (autoPET III/IV winners'
+            organ supervision) and names each predicted lesion's site at inference.
+        organ_loss_weight: weight of the organ cross-entropy in the training loss.
     """
 
     def __init__(
@@ -84,6 +91,8 @@ class SegmentationModule(pl.LightningModule):
         sw_overlap: float = 0.25,
         connectivity: int = 18,
         channels_last: bool = False,
+        organ_classes: int = 0,
+        organ_loss_weight: float = 0.5,
     ) -> None:
         super().__init__()
         self.net = net
@@ -101,12 +110,28 @@ class SegmentationModule(pl.LightningModule):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.net = to_channels_last(self.net)
+        self.organ_classes = int(organ_classes)
+        self.organ_loss_weight = float(organ_loss_weight)
+        if self.organ_classes < 0 or self.organ_classes == 1:
+            raise ValueError(f"organ_classes must be 0 or >= 2, got {organ_classes}")
+        self.organ_loss = nn.CrossEntropyLoss(ignore_index=ORGAN_IGNORE)
         self._val_scans: list[ScanMetrics] = []
         self.last_val_summary: dict[str, Any] = {}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits of the network."""
-        return self.net(self._layout(image))
+        """Logits of the network (lesion pair, then organ logits when configured)."""
+        logits = self.net(self._layout(image))
+        expected = LESION_CHANNELS + self.organ_classes
+        if logits.shape[1] != expected:
+            raise ValueError(
+                f"the network returns {logits.shape[1]} channels; {expected} expected "
+                f"(2 lesion + {self.organ_classes} organ classes: set net.out_channels)"
+            )
+        return logits
+
+    def lesion_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """The (background, lesion) logits only (validation, sliding-window inference)."""
+        return self(image)[:, :LESION_CHANNELS]
 
     def _layout(self, image: torch.Tensor) -> torch.Tensor:
         """The input in the network's memory layout (channels-last 3D when configured)."""
@@ -116,7 +141,20 @@ class SegmentationModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Dice+CE (or the injected loss) on a batch of patches."""
         image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
-        loss = self.loss_fn(self(image), _plain(label))
+        logits = self(image)
+        loss = self.loss_fn(logits[:, :LESION_CHANNELS], _plain(label))
+        if self.organ_classes:
+            organs = _plain(batch[Keys.ORGANS])[:, 0].long()
+            organ_loss = self.organ_loss(logits[:, LESION_CHANNELS:].float(), organs)
+            if torch.isfinite(organ_loss):  # NaN when every voxel of the batch is ignored
+                self.log(
+                    "train/organ_loss",
+                    organ_loss,
+                    on_step=True,
+                    on_epoch=True,
+                    batch_size=image.shape[0],
+                )
+                loss = loss + self.organ_loss_weight * organ_loss
         self.log(
             "train/loss",
             loss,
@@ -134,7 +172,7 @@ class SegmentationModule(pl.LightningModule):
         """Sliding-window prediction of one whole volume and its autoPET metrics."""
         image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
         voxel_ml = voxel_volume_ml_of(image)
-        logits = self.inferer(_plain(image), self.forward)
+        logits = self.inferer(_plain(image), self.lesion_logits)
         assert isinstance(logits, torch.Tensor)
         pred = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
         gt = (label[0, 0] > 0).cpu().numpy().astype(np.uint8)

@@ -1,0 +1,94 @@
+"""Anatomy-aware training: the organ output's loss, channel checks and organ-aware pipelines."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+
+from petflare.constants import ORGAN_IGNORE, ORGANS, Keys
+from petflare.data.transforms import (
+    AugmentationConfig,
+    PreprocessingConfig,
+    training_transforms,
+)
+from petflare.networks import build_unet
+from petflare.training.module import SegmentationModule
+
+N_ORGANS = len(ORGANS)
+
+
+def module(out_channels: int, organ_classes: int) -> SegmentationModule:
+    net = build_unet(out_channels=out_channels, channels=(4, 8), strides=(2,))
+    return SegmentationModule(
+        net,
+        DiceCELoss(to_onehot_y=True, softmax=True, include_background=False),
+        partial(torch.optim.AdamW, lr=1e-3),
+        roi_size=(16, 16, 16),
+        organ_classes=organ_classes,
+    )
+
+
+def batch(organs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    label = torch.zeros(2, 1, 16, 16, 16)
+    label[:, :, 4:8, 4:8, 4:8] = 1
+    out = {Keys.IMAGE: torch.rand(2, 1, 16, 16, 16), Keys.LABEL: label}
+    if organs is not None:
+        out[Keys.ORGANS] = organs
+    return out
+
+
+def test_organ_loss_is_added_and_ignores_unknown_voxels() -> None:
+    organs = torch.randint(0, N_ORGANS, (2, 1, 16, 16, 16)).float()
+    lesion_only = module(2, 0)
+    aware = module(2 + N_ORGANS, N_ORGANS)
+    loss_aware = aware.training_step(batch(organs), 0)
+    # the same network with its organ loss switched off gives the lesion loss alone
+    aware.organ_loss_weight = 0.0
+    loss_lesion = aware.training_step(batch(organs), 0)
+    assert float(loss_aware) > float(loss_lesion) > 0
+    # every voxel unknown: no organ term (and no NaN)
+    aware.organ_loss_weight = 0.5
+    unknown = torch.full_like(organs, float(ORGAN_IGNORE))
+    assert torch.isclose(aware.training_step(batch(unknown), 0), loss_lesion)
+    assert float(lesion_only.training_step(batch(), 0)) > 0
+
+
+def test_channel_count_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="net.out_channels"):
+        module(2, N_ORGANS).training_step(batch(torch.zeros(2, 1, 16, 16, 16)), 0)
+    with pytest.raises(ValueError, match="organ_classes"):
+        module(3, 1)
+
+
+def test_training_pipeline_carries_the_organ_map_with_the_image(tmp_path: Path) -> None:
+    """Patches of the organ map are cut and flipped/rotated together with the image."""
+    affine = np.diag([-4.0, -4.0, 4.0, 1.0])  # LPS storage: the pipeline reorients to RAS
+    pet = np.ones((24, 24, 24), dtype=np.float32)
+    organs = np.zeros((24, 24, 24), dtype=np.uint8)
+    pet[2:12] = 6.0
+    organs[2:12] = 3
+    label = np.zeros_like(organs)
+    label[16:20, 10:14, 10:14] = 1
+    paths = {}
+    for key, arr in ((Keys.PET, pet), (Keys.ORGANS, organs), (Keys.LABEL, label)):
+        paths[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, affine), paths[key])
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(4.0, 4.0, 4.0))
+    aug = AugmentationConfig(patch_size_vox=(16, 16, 16), num_samples=3, affine_prob=1.0)
+    pipeline = training_transforms(prep, aug, with_organs=True)
+    pipeline.set_random_state(0)
+    for patch in pipeline(paths):
+        image, organ = patch[Keys.IMAGE][0], patch[Keys.ORGANS][0]
+        assert organ.shape == image.shape
+        hot = image > prep.scaled_suv(4.0)
+        # organ 3 exactly where the organ's uptake is (up to interpolation at its edge)
+        agree = ((organ == 3) == hot).float().mean()
+        assert agree > 0.95
+        assert set(torch.unique(organ).tolist()) <= {0.0, 3.0}
