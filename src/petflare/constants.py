@@ -76,6 +76,7 @@ ORGAN_TO_INDEX: Final = {name: i for i, name in enumerate(ORGANS)}
 #: of real scans (annotations/real/<case>/regions.nii.gz), beside the ORGAN_TO_INDEX values; kept
 #: apart from the organ indices so that adding an organ never changes its meaning.
 KNOWN_DISEASE_LABEL: Final = 100
+
 #: Organ-label value of voxels whose organ is not known (e.g. a real background without an
 #: annotation there): the organ loss ignores them.
 ORGAN_IGNORE: Final = 255
