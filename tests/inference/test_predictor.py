@@ -340,3 +340,39 @@ def test_organ_output_is_read_back_on_the_input_grid() -> None:
     # organ 1 on the body away from the lesion, never organ 2 (its logit is always lowest)
     assert (organs[body] == 1).mean() > 0.9
     assert not (organs == 2).any()
+
+
+class BrainLesionNet(OrganThresholdNet):
+    """Everything hot is lesion, and the organ output calls it brain (organ index 1)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        lesion = out[:, 1:2]
+        return torch.cat([out[:, :2], -lesion, lesion, torch.full_like(lesion, -50.0)], dim=1)
+
+
+def test_physiology_filter_removes_lesions_the_organ_output_places_in_the_brain() -> None:
+    study = off_centre_study(make_non_ras_affine())
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(3.0, 3.0, 3.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    net = BrainLesionNet(prep.scaled_suv(THRESHOLD_SUV))
+
+    def make(**kwargs: object) -> Predictor:
+        return Predictor(net, prep, settings, device="cpu", metadata={"organ_classes": 3}, **kwargs)  # type: ignore[arg-type]
+
+    plain = make().segment(study)
+    assert plain.mask.any() and plain.dropped_physiological == {}
+    filtered = make(physiology_filter=True).segment(study)
+    assert not filtered.mask.any()
+    assert filtered.dropped_physiological == {"brain": 1}
+    # the model folder's setting is the default
+    stored = Predictor(
+        net,
+        prep,
+        replace(settings, physiology_filter=True),
+        device="cpu",
+        metadata={"organ_classes": 3},
+    )
+    assert stored.physiology_filter and not stored.predict(study).any()
+    # a lesion-only network ignores the filter (it has no organ output)
+    assert not threshold_predictor(physiology_filter=True).physiology_filter

@@ -65,6 +65,7 @@ def export_run(cfg: DictConfig) -> Path:
         overlap=float(cfg.overlap),
         threshold=float(cfg.threshold),
         min_component_ml=float(cfg.min_component_ml),
+        physiology_filter=bool(cfg.get("physiology_filter", False)),
     )
     source = OmegaConf.to_container(train_cfg.data.source, resolve=True)
     metadata = {

@@ -51,12 +51,15 @@ class InferenceSettings:
         overlap: fraction of overlap between windows (Gaussian blending).
         threshold: lesion probability above which a voxel is lesion.
         min_component_ml: predicted components smaller than this are removed.
+        physiology_filter: remove predicted lesions that an anatomy-aware network's own organ
+            output places in brain, myocardium, kidney or bladder (no effect without one).
     """
 
     roi_size_vox: tuple[int, int, int] = (64, 64, 64)
     overlap: float = 0.25
     threshold: float = 0.5
     min_component_ml: float = 0.1
+    physiology_filter: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "roi_size_vox", tuple(int(s) for s in self.roi_size_vox))

@@ -43,3 +43,70 @@ def remove_small_components(
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[labels].astype(np.uint8)
+
+
+#: Sites whose FDG uptake is physiological almost always (brain, heart muscle, urine in the
+#: kidneys and bladder): the organ-aware filter removes predicted lesions that lie there.
+#: Liver, bowel and the head-and-neck glands are left alone: disease arises there too (GIST:
+#: liver metastases, bowel primaries; head-and-neck cancer in the tonsils).
+PHYSIOLOGICAL_SITES: tuple[str, ...] = ("brain", "myocardium", "kidney", "bladder")
+
+#: Site of a lesion outside every organ the network knows.
+NO_ORGAN_SITE = "other"
+
+
+def component_sites(
+    instances: np.ndarray, organs: np.ndarray, min_fraction: float = 0.5
+) -> dict[int, str]:
+    """The site of each labelled component: the organ (``petflare.constants.ORGANS``) holding
+    at least ``min_fraction`` of its voxels, else :data:`NO_ORGAN_SITE`.
+
+    Args:
+        instances: components labelled 1..N (0 background), 3D.
+        organs: organ label map of the same grid (values index ORGANS; others are ignored).
+        min_fraction: share of the component's voxels that must lie in one organ.
+    """
+    from petflare.constants import ORGANS
+
+    instances = np.asarray(instances)
+    organs = np.asarray(organs)
+    if instances.shape != organs.shape:
+        raise ValueError(f"instances {instances.shape} and organs {organs.shape} differ")
+    inside = instances > 0
+    ids = instances[inside].astype(np.int64)
+    organ_ids = organs[inside].astype(np.int64)
+    valid = organ_ids < len(ORGANS)
+    counts = np.zeros((int(instances.max(initial=0)) + 1, len(ORGANS)), dtype=np.int64)
+    np.add.at(counts, (ids[valid], organ_ids[valid]), 1)
+    sizes = np.bincount(ids, minlength=counts.shape[0])
+    sites: dict[int, str] = {}
+    for lesion in np.unique(ids):
+        row = counts[lesion].copy()
+        row[0] = 0  # "background" is no site
+        best = int(np.argmax(row))
+        share = row[best] / max(int(sizes[lesion]), 1)
+        sites[int(lesion)] = ORGANS[best] if best and share >= min_fraction else NO_ORGAN_SITE
+    return sites
+
+
+def remove_physiological_components(
+    mask: np.ndarray,
+    organs: np.ndarray,
+    sites: tuple[str, ...] = PHYSIOLOGICAL_SITES,
+    min_fraction: float = 0.5,
+    connectivity: int = 18,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Drop the predicted components that lie in a physiological-uptake organ.
+
+    Returns:
+        The uint8 mask without them, and how many components were dropped per site.
+    """
+    binary = np.asarray(mask) > 0
+    labels = cc3d.connected_components(binary, connectivity=connectivity)  # type: ignore[call-overload]
+    found = component_sites(labels, organs, min_fraction)
+    dropped = [lesion for lesion, site in found.items() if site in sites]
+    keep = binary & ~np.isin(labels, dropped)
+    counts: dict[str, int] = {}
+    for lesion in dropped:
+        counts[found[lesion]] = counts.get(found[lesion], 0) + 1
+    return keep.astype(np.uint8), counts

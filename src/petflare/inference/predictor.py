@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,29 @@ from petflare.constants import Keys
 from petflare.data.transforms import PreprocessingConfig, preprocessing_transforms
 from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import InferenceSettings, load_model_folder
-from petflare.inference.postprocess import remove_small_components
+from petflare.inference.postprocess import (
+    remove_physiological_components,
+    remove_small_components,
+)
 from petflare.io.study import Study
 from petflare.networks.segmentation import LESION_CHANNELS, channels_last_input
 from petflare.networks.segmentation import channels_last as to_channels_last
+
+
+@dataclass
+class Segmentation:
+    """What the Predictor finds in one study, on the study's grid.
+
+    Attributes:
+        mask: binary uint8 lesion mask.
+        organs: organ label map (uint8, ``petflare.constants.ORGANS`` indices) of an
+            anatomy-aware network, else None.
+        dropped_physiological: lesions the physiology filter removed, per site.
+    """
+
+    mask: np.ndarray
+    organs: np.ndarray | None = None
+    dropped_physiological: dict[str, int] = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -54,6 +73,10 @@ class Predictor:
         channels_last: run the network in the channels-last 3D memory layout; None (default)
             does so on the CPU, where oneDNN's 3D convolutions are faster in it (same
             arithmetic up to the order of floating-point sums; identical masks measured).
+        physiology_filter: remove predicted lesions that the network's own organ output puts
+            in brain, myocardium, kidney or bladder (``postprocess.PHYSIOLOGICAL_SITES``); None
+            follows ``inference.physiology_filter`` (the model folder's setting). No effect on
+            a lesion-only network.
     """
 
     def __init__(
@@ -68,6 +91,7 @@ class Predictor:
         metadata: dict[str, Any] | None = None,
         threshold: float | None = None,
         channels_last: bool | None = None,
+        physiology_filter: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
@@ -89,6 +113,11 @@ class Predictor:
             "tta": self.tta,
         }
         self.metadata = dict(metadata or {})
+        if physiology_filter is None:
+            physiology_filter = self.inference.physiology_filter
+        self.physiology_filter = bool(physiology_filter) and self.organ_classes > 0
+        if self.organ_classes:  # lesion-only networks keep their feature-cache keys
+            self.mask_settings["physiology_filter"] = self.physiology_filter
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
             roi_size=inference.roi_size_vox,
@@ -109,6 +138,7 @@ class Predictor:
         min_component_ml: float | None = None,
         threshold: float | None = None,
         channels_last: bool | None = None,
+        physiology_filter: bool | None = None,
     ) -> Predictor:
         """Load a model folder once (weights read with ``weights_only=True``)."""
         loaded = load_model_folder(model_dir)
@@ -123,6 +153,7 @@ class Predictor:
             metadata=loaded.metadata,
             threshold=threshold,
             channels_last=channels_last,
+            physiology_filter=physiology_filter,
         )
 
     def _inputs(self, study: Study) -> dict[str, MetaTensor]:
@@ -215,6 +246,30 @@ class Predictor:
         back = _resample(prob, affine, study.affine, study.shape)
         return np.clip(back.cpu().numpy(), 0.0, 1.0)
 
+    def segment(self, study: Study) -> Segmentation:
+        """Lesion mask and, for an anatomy-aware network, the organ map, from one pass.
+
+        With ``physiology_filter`` on (and an organ output), predicted lesions lying in a
+        physiological-uptake organ (``postprocess.PHYSIOLOGICAL_SITES``) are removed from the mask
+        and counted in ``dropped_physiological``.
+        """
+        mask = np.zeros(study.shape, dtype=np.uint8)
+        organs = np.zeros(study.shape, dtype=np.uint8) if self.organ_classes else None
+        image = self.preprocess(study)
+        if min(image.shape[1:]) == 0:
+            return Segmentation(mask, organs)
+        probs = self._probabilities(image.as_tensor())
+        mask = self._mask(probs[:1], image.affine, study)
+        if not self.organ_classes:
+            return Segmentation(mask, None)
+        labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
+        back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
+        organs = back.cpu().numpy().round().astype(np.uint8)
+        dropped: dict[str, int] = {}
+        if self.physiology_filter and mask.any():
+            mask, dropped = remove_physiological_components(mask, organs)
+        return Segmentation(mask, organs, dropped)
+
     def predict_organs(self, study: Study) -> np.ndarray | None:
         """The organ label map (uint8, :data:`petflare.constants.ORGANS` indices) on the
         study's grid from the network's organ output, or None for a lesion-only network.
@@ -222,18 +277,15 @@ class Predictor:
         The most probable organ on the model grid, carried back by nearest neighbour (the
         organ probabilities of a whole-body scan at its own resolution would not fit memory).
         """
-        if not self.organ_classes:
-            return None
-        image = self.preprocess(study)
-        if min(image.shape[1:]) == 0:
-            return np.zeros(study.shape, dtype=np.uint8)
-        probs = self._probabilities(image.as_tensor())
-        labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
-        back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
-        return back.cpu().numpy().round().astype(np.uint8)
+        return self.segment(study).organs
 
     def predict(self, study: Study) -> np.ndarray:
-        """Binary uint8 lesion mask on the study's grid, small components removed.
+        """Binary uint8 lesion mask on the study's grid, small components removed (and
+        physiological-site lesions, with ``physiology_filter``)."""
+        return self.segment(study).mask
+
+    def _mask(self, prob: torch.Tensor, affine: Any, study: Study) -> np.ndarray:
+        """The thresholded lesion probability on the study's grid, small components removed.
 
         Equal to thresholding :meth:`predict_proba`, but only the box of the study's grid that
         can hold a voxel above the threshold is resampled: bilinear interpolation only mixes
@@ -241,10 +293,6 @@ class Predictor:
         with a margin of two voxels, mapped onto the study's grid) every value stays below it.
         """
         mask = np.zeros(study.shape, dtype=np.uint8)
-        found = self._model_grid_probability(study)
-        if found is None:
-            return mask
-        prob, affine = found
         above = torch.nonzero(prob[0] > self.inference.threshold)
         if above.numel() == 0:
             return mask
