@@ -142,3 +142,68 @@ def test_page_renders_in_headless_chromium(report: dict[str, Any], tmp_path: Pat
     # the notice banner's yellow (#fff4ce) is on the page
     yellow = np.all(np.abs(pixels - np.array([255, 244, 206])) < 4, axis=-1)
     assert yellow.sum() > 1000
+
+
+#: Any percentage printed on the page (``+12.5%``, ``-2487.7%``, ``1200 %``).
+_PERCENT = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*%")
+
+
+def assert_no_number_the_standard_would_not_produce(page: str) -> None:
+    """No nan / inf and no percentage above 1000 % anywhere in the visible text."""
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"data:image/png;base64,[^\"]+", "", page))
+    assert not re.search(r"\b(nan|inf|infinity)\b", text, re.I), re.findall(
+        r".{40}\b(?:nan|inf)\b.{40}", text, re.I
+    )
+    too_big = [p for p in _PERCENT.findall(text) if abs(float(p)) > 1000.0]
+    assert not too_big, too_big
+
+
+def test_page_shows_no_nan_inf_or_huge_percentage(report: dict[str, Any]) -> None:
+    assert_no_number_the_standard_would_not_produce(render_report_html(report, tiny_png()))
+    # A report as an older version wrote it (the issue-35 PF0002 case) or with non-finite
+    # numbers from a hand-made JSON: the page still prints none of them.
+    bad = dict(report)
+    bad["choi"] = dict(report["choi"], density_change_pct=-2487.7, density_assessable=True)
+    bad["percist"] = dict(report["percist"], change_pct=2400.0, tlg_change_pct=float("nan"))
+    bad["eortc"] = dict(report["eortc"], change_pct=float("inf"), baseline_suv_max=float("nan"))
+    page = render_report_html(bad, None)
+    assert_no_number_the_standard_would_not_produce(page)
+    assert "x25.0" in page  # the +2400% rise as a fold change
+
+
+def test_criteria_show_inputs_normalisation_and_not_assessable_reasons(
+    report: dict[str, Any],
+) -> None:
+    page = render_report_html(report, None)
+    for text in (
+        "normalisation",
+        "measurability threshold",
+        "uptake times",
+        "target lesions (baseline -&gt; follow-up)",
+        "CT contrast (ct_contrast)",
+        "driven by",
+    ):
+        assert text in page, text
+    ne = dict(
+        report,
+        percist=dict(
+            report["percist"],
+            category="NE",
+            not_assessable_reason="no measurable lesion at baseline",
+            measurability_threshold=3.4,
+            measurable_baseline=False,
+        ),
+        choi=dict(
+            report["choi"],
+            density_assessable=False,
+            density_reason="density not assessable: baseline mean -34 HU of the target lesions",
+            density_change_pct=None,
+            category_basis="size only",
+        ),
+        criteria_evidence=["PERCIST PMD while the pattern is controlled: lesion 3"],
+    )
+    page = render_report_html(ne, None)
+    assert "NE (not assessable: no measurable lesion at baseline)" in page
+    assert "1.5 x liver mean + 2 SD = 3.40; baseline hottest not above it" in page
+    assert "density not assessable: baseline mean -34 HU" in page and "size only" in page
+    assert '<ul id="criteria-evidence"><li>PERCIST PMD while the pattern is controlled' in page

@@ -82,6 +82,7 @@ def scan(
     liver: tuple[float, float] | None = (2.0, 0.2),
     sul_factor: float | None = None,
     has_ct: bool = False,
+    uptake_time_min: float | None = None,
 ):
     """A ScanReport around the given lesions, with a liver reference (mean, sd) or none."""
     from petflare.quant.report import LiverReference, ScanReport
@@ -111,4 +112,5 @@ def scan(
         sul_reason="test",
         liver=ref,
         lesions=lesions,
+        uptake_time_min=uptake_time_min,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from quant_phantoms import lesion, scan
 
-from petflare.quant.criteria import choi, eortc, percist
+from petflare.quant.criteria import choi, criteria_vs_pattern, eortc, percist
 
 
 def _percist(b_peak, f_peak, *, new=0, f_volume=10.0, liver=(1.0, 0.1), sul=None):
@@ -67,16 +67,18 @@ def test_percist_new_lesion_tlg_cmr_ne():
     res = _percist(3.3, 1.0, liver=(2.0, 0.2))
     assert res.measurable_baseline is False and res.category == "NE"
     assert res.measurability_threshold == pytest.approx(3.4)
-    # No liver: measurability unknown, categories still given, with a note.
+    # No liver: measurability cannot be assessed, so neither can the response.
     res = _percist(4.0, 2.0, liver=None)
-    assert res.measurable_baseline is None and res.category == "PMR"
-    assert any("no liver reference" in n for n in res.notes)
+    assert res.measurable_baseline is None and res.category == "NE"
+    assert "liver reference not found" in res.not_assessable_reason
 
 
 def _change(ld_b, ld_f):
     from types import SimpleNamespace
 
-    return SimpleNamespace(longest_diameter_mm_baseline=ld_b, longest_diameter_mm_followup=ld_f)
+    return SimpleNamespace(
+        followup_id=1, longest_diameter_mm_baseline=ld_b, longest_diameter_mm_followup=ld_f
+    )
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,7 @@ def _choi(ld_f, hu_f, *, new=0, nodules=0, ct=True):
 
     b = scan([lesion(1, 5.0, hu_mean=60.0, longest_diameter_mm=50.0)], has_ct=ct)
     f = scan([lesion(1, 5.0, hu_mean=hu_f, longest_diameter_mm=ld_f)], has_ct=ct)
-    return choi(b, f, [SimpleNamespace(followup_id=1)], new, nodules)
+    return choi(b, f, [SimpleNamespace(followup_id=1, baseline_ids=[1])], new, nodules)
 
 
 @pytest.mark.parametrize(
@@ -131,3 +133,265 @@ def test_choi_nodule_new_and_no_ct():
     assert _choi(45.0, 40.0, new=1).category == "PD"
     res = _choi(45.0, 40.0, ct=False)
     assert res.applicable is False and res.category is None
+
+
+# --------------------------------------------------------------------------- PERCIST NE and SUL
+
+
+def test_percist_measurability_boundary_is_strict():
+    """Wahl 2009: measurable only when SULpeak > 1.5 x liver mean + 2 SD (here 3.4)."""
+    at = _percist(3.4, 1.0, liver=(2.0, 0.2))
+    above = _percist(3.41, 1.0, liver=(2.0, 0.2))
+    assert at.category == "NE" and "no measurable lesion at baseline" in at.not_assessable_reason
+    assert "3.40" in at.not_assessable_reason  # the threshold is shown
+    assert above.measurable_baseline is True and above.category != "NE"
+
+
+def test_percist_no_baseline_lesion_is_not_assessable():
+    b = scan([])
+    f = scan([lesion(1, 3.0)])
+    res = percist(b, f, 0)
+    assert res.category == "NE" and res.not_assessable_reason == "no lesion at baseline"
+
+
+@pytest.mark.parametrize(
+    ("t_base", "t_follow", "expected"),
+    [
+        (60.0, 75.0, "PMR"),  # exactly 15 min apart: within tolerance
+        (60.0, 76.0, "NE"),  # 16 min: SUVs not comparable
+        (75.0, 59.0, "NE"),  # earlier follow-up counts the same
+        (60.0, None, "PMR"),  # one time unknown: nothing to check
+    ],
+)
+def test_percist_uptake_time_tolerance(t_base, t_follow, expected):
+    b = scan([lesion(1, 4.0)], liver=(0.5, 0.05), uptake_time_min=t_base)
+    f = scan([lesion(1, 2.0)], liver=(0.5, 0.05), uptake_time_min=t_follow)
+    res = percist(b, f, 0)
+    assert res.category == expected
+    if expected == "NE":
+        assert "uptake times differ" in res.not_assessable_reason
+        assert res.uptake_time_difference_min == pytest.approx(t_follow - t_base)
+
+
+def test_percist_new_lesions_still_pmd_with_uptake_mismatch_and_named():
+    b = scan([lesion(1, 4.0)], uptake_time_min=60.0)
+    f = scan([lesion(1, 4.0), lesion(7, 3.0, volume_ml=2.5)], uptake_time_min=100.0)
+    res = percist(b, f, 1, new_lesion_ids=[7])
+    assert res.category == "PMD" and res.new_lesion_ids == [7]
+    assert any("new follow-up lesion(s) 7" in d for d in res.drivers)
+    assert any("uptake times differ by 40 min" in n for n in res.notes)
+
+
+def test_percist_reports_liver_and_threshold_in_sul():
+    """With SUL on both scans every PERCIST number is in SUL: lesion, liver and threshold."""
+    sul = 0.8
+    res = _percist(5.0, 2.5, liver=(2.0, 0.2), sul=sul)
+    assert res.unit == "SUL" and res.normalisation.startswith("SUL")
+    assert res.liver_mean_baseline == pytest.approx(1.6)
+    assert res.liver_sd_baseline == pytest.approx(0.16)
+    assert res.measurability_threshold == pytest.approx(1.5 * 1.6 + 2 * 0.16)
+    assert res.baseline_peak == pytest.approx(4.0) and res.category == "PMR"
+    assert res.baseline_lesion_id == 1 and res.followup_lesion_id == 1
+
+
+def test_percist_sul_on_one_scan_only_falls_back_to_suv_and_names_it():
+    b = scan([lesion(1, 4.0, sul_factor=0.8)], sul_factor=0.8)
+    f = scan([lesion(1, 2.0)])
+    res = percist(b, f, 0)
+    assert res.unit == "SUV" and res.baseline_peak == pytest.approx(4.0)
+    assert "follow-up" in res.normalisation and "baseline" not in res.normalisation
+
+
+def test_percist_cmr_uses_followup_liver_and_notes_liver_drift():
+    b = scan([lesion(1, 6.0)], liver=(2.0, 0.2))
+    f = scan([lesion(1, 2.6)], liver=(2.7, 0.2))  # liver +35%: above the follow-up liver? no
+    res = percist(b, f, 0)
+    assert res.category == "CMR" and res.liver_mean_followup == pytest.approx(2.7)
+    assert any("reproducibility" in n for n in res.notes)
+
+
+def test_eortc_not_assessable_cases():
+    res = eortc(scan([]), scan([lesion(1, 3.0)]), [], 0)
+    assert res.category == "NE" and res.not_assessable_reason == "no lesion at baseline"
+    b = scan([lesion(1, 5.0)], uptake_time_min=60.0)
+    f = scan([lesion(1, 2.0)], uptake_time_min=90.0)
+    res = eortc(b, f, [_change(30, 30)], 0)
+    assert res.category == "NE" and "uptake times differ" in res.not_assessable_reason
+    ok = eortc(b, scan([lesion(1, 2.0)], uptake_time_min=70.0), [_change(30, 30)], 0)
+    assert ok.category == "PMR" and ok.baseline_lesion_id == 1 and ok.unit == "SUV"
+
+
+# --------------------------------------------------------------------------- Choi
+
+
+def _choi_pair(b_lesions, f_lesions, links, *, ct_contrast="unknown", new=0, new_ids=()):
+    """Choi on chosen lesions; ``links`` is [(followup_id, [baseline ids])] (persisting)."""
+    from types import SimpleNamespace
+
+    b = scan(b_lesions, has_ct=True)
+    f = scan(f_lesions, has_ct=True)
+    changes = [SimpleNamespace(followup_id=fid, baseline_ids=bids) for fid, bids in links]
+    return choi(b, f, changes, new, 0, ct_contrast=ct_contrast, new_lesion_ids=new_ids)
+
+
+def _les(i, ld, hu, volume_ml=10.0):
+    return lesion(i, 5.0, hu_mean=hu, longest_diameter_mm=ld, volume_ml=volume_ml)
+
+
+def test_choi_near_zero_baseline_hu_gives_no_density_percentage():
+    """The PF0002 case: lesions near 0 HU on the low-dose CT; no percentage, size alone."""
+    res = _choi_pair([_les(1, 50.0, -34.0)], [_les(1, 46.0, 0.5)], [(1, [1])])
+    assert res.density_assessable is False and res.density_change_pct is None
+    assert "below 20 HU" in res.density_reason
+    assert res.category_basis == "size only" and res.category == "SD"  # -8% by size
+    assert any("category from size alone" in n for n in res.notes)
+    assert res.density_baseline_hu == pytest.approx(-34.0)  # shown, without a percentage
+
+
+@pytest.mark.parametrize(
+    ("b_hu", "assessable"),
+    [(20.0, True), (19.9, False), (-5.0, False), (60.0, True)],
+)
+def test_choi_density_floor_boundary(b_hu, assessable):
+    res = _choi_pair([_les(1, 50.0, b_hu)], [_les(1, 50.0, b_hu * 0.8)], [(1, [1])])
+    assert res.density_assessable is assessable
+    assert (res.density_change_pct is not None) is assessable
+    assert res.category == ("PR" if assessable else "SD")  # -20% density, size unchanged
+
+
+@pytest.mark.parametrize(
+    ("contrast", "assessable", "unknown_note"),
+    [("portal_venous", True, False), ("none", False, False), ("unknown", True, True)],
+)
+def test_choi_ct_contrast_declaration(contrast, assessable, unknown_note):
+    res = _choi_pair([_les(1, 50.0, 80.0)], [_les(1, 50.0, 60.0)], [(1, [1])], ct_contrast=contrast)
+    assert res.ct_contrast == contrast and res.density_assessable is assessable
+    assert res.category == ("PR" if assessable else "SD")
+    assert any("ct_contrast=unknown" in n for n in res.notes) is unknown_note
+    if contrast == "none":
+        assert "declared non-contrast" in res.density_reason
+
+
+def test_choi_rejects_unknown_contrast_value():
+    with pytest.raises(ValueError, match="ct_contrast"):
+        _choi_pair([_les(1, 50.0, 80.0)], [_les(1, 50.0, 60.0)], [(1, [1])], ct_contrast="iv")
+
+
+def test_choi_density_uses_the_same_targets_at_both_visits():
+    """A resolved baseline lesion counts in size (as 0) but not in the baseline density."""
+    b = [_les(1, 50.0, 60.0), _les(2, 40.0, 150.0)]
+    f = [_les(1, 50.0, 51.0)]
+    res = _choi_pair(b, f, [(1, [1])])
+    assert res.target_lesion_ids == [1, 2] and res.followup_target_ids == [1]
+    assert res.density_lesion_ids == [1]
+    assert res.density_baseline_hu == pytest.approx(60.0)  # not (60 + 150) / 2
+    assert res.density_change_pct == pytest.approx(-15.0)
+    assert res.size_baseline_mm == pytest.approx(90.0) and res.size_followup_mm == 50.0
+    assert res.category == "PR"
+
+
+def test_choi_merge_counts_the_followup_lesion_once():
+    b = [_les(1, 30.0, 60.0), _les(2, 30.0, 60.0)]
+    f = [_les(5, 66.0, 60.0)]
+    res = _choi_pair(b, f, [(5, [1, 2])])
+    assert res.size_followup_mm == pytest.approx(66.0) and res.size_change_pct == pytest.approx(10)
+    assert res.category == "PD"
+
+
+def test_choi_targets_are_the_ten_largest_measurable():
+    b = [_les(i, 10.0 + i, 60.0) for i in range(1, 13)] + [_les(20, 9.9, 60.0)]
+    f = [_les(i, 10.0 + i, 60.0) for i in range(1, 13)]
+    res = _choi_pair(b, f, [(i, [i]) for i in range(1, 13)])
+    assert res.target_lesion_ids == list(range(3, 13))
+    assert any("10 target lesion(s) of 13" in n for n in res.notes)
+    small = _choi_pair([_les(1, 9.0, 60.0)], [_les(1, 5.0, 60.0)], [(1, [1])])
+    assert small.category == "NE" and "no measurable target" in small.not_assessable_reason
+
+
+def test_choi_unmatched_followup_lesion_is_new_and_named():
+    res = _choi_pair(
+        [_les(1, 50.0, 60.0)],
+        [_les(1, 40.0, 40.0), _les(2, 15.0, 40.0)],
+        [(1, [1])],
+        new=1,
+        new_ids=[2],
+    )
+    assert res.category == "PD" and res.new_lesion_ids == [2]
+    assert any("new follow-up lesion(s) 2" in d for d in res.drivers)
+
+
+# --------------------------------------------------------------------------- pattern vs criteria
+
+
+def _pair(b_lesions, f_lesions, matches, *, n_rose=0):
+    """A duck-typed pair report with the criteria computed from the given lesions."""
+    from types import SimpleNamespace
+
+    from petflare.quant.report import LesionMatch
+
+    b, f = scan(b_lesions), scan(f_lesions)
+    new_ids = [m.lesion_id for m in matches if m.status == "new"]
+    changes = [_change(30, 30)]
+    rep = SimpleNamespace(
+        baseline=b,
+        followup=f,
+        matches=[LesionMatch(**vars(m)) for m in matches],
+        percist=percist(b, f, len(new_ids), new_lesion_ids=new_ids),
+        eortc=eortc(b, f, changes, len(new_ids), new_lesion_ids=new_ids),
+        choi=choi(b, f, changes, len(new_ids), 0, new_lesion_ids=new_ids),
+        disease=SimpleNamespace(
+            n_new=len(new_ids),
+            n_baseline_rose=n_rose,
+            n_baseline_lesions=len(b_lesions),
+            rise_threshold_pct=25.0,
+            rise_spread_mm=0.0,
+        ),
+        pattern_rules=None,
+    )
+    return rep
+
+
+def _match(lesion_id, status, site_suv=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        timepoint="followup",
+        lesion_id=lesion_id,
+        status=status,
+        matched_ids=[1] if status == "persisting" else [],
+        overlap_voxels=0,
+        distance_mm=None,
+        baseline_site_suv_mean=site_suv,
+    )
+
+
+def test_disagreement_names_the_lesions_behind_criterion_and_pattern():
+    """PERCIST PMD from an unmatched lesion whose site already had that uptake, pattern
+    controlled: the evidence names lesion 3 on both sides."""
+    les3 = lesion(3, 3.0, suv_mean=2.0)
+    rep = _pair(
+        [lesion(1, 5.0)],
+        [lesion(1, 5.0), les3],
+        [_match(1, "persisting"), _match(3, "new", site_suv=1.9)],
+    )
+    lines = criteria_vs_pattern(rep, "controlled")
+    percist_line = next(x for x in lines if x.startswith("PERCIST PMD"))
+    assert "new follow-up lesion(s) 3" in percist_line
+    assert "follow-up lesion 3 has no baseline lesion" in percist_line
+    assert "same uptake, not new" in percist_line
+    assert any(x.startswith("EORTC PMD") for x in lines)
+    # Agreement produces no sentence.
+    assert criteria_vs_pattern(rep, "new_lesions") == []
+
+
+def test_no_disagreement_sentence_for_not_assessable_criteria():
+    rep = _pair([], [lesion(1, 5.0)], [_match(1, "persisting")])
+    assert rep.percist.category == "NE"
+    assert criteria_vs_pattern(rep, "new_lesions") == []
+
+
+def test_progression_pattern_against_stable_criteria_is_explained():
+    rep = _pair([lesion(1, 5.0)], [lesion(1, 5.2)], [_match(1, "persisting")])
+    lines = criteria_vs_pattern(rep, "nodule_within_mass")
+    assert lines and lines[0].startswith("PERCIST SMD while the pattern is nodule_within_mass")
+    assert "hottest baseline lesion 1" in lines[0]

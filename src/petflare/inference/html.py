@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ th,td{border:1px solid #d0d7de;padding:3px 8px;text-align:left;vertical-align:to
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.new td{background:#fde8e8} tr.resolved td{background:#e8f0fe}
 img.mip{max-width:100%;border:1px solid #d0d7de}
+h3{font-size:1em;margin:14px 0 4px} details{margin:8px 0} summary{cursor:pointer}
 """
 
 #: Lesion table columns: (header, key in the lesion dict, number format or None).
@@ -125,49 +127,200 @@ def _evidence_items(evidence: Any) -> list[str]:
 
 
 def _criteria_section(report: Mapping[str, Any]) -> str:
+    """A summary row per criterion, then every input each category depends on, with its unit."""
+    percist, eortc, choi = report.get("percist"), report.get("eortc"), report.get("choi")
     rows = []
-    percist = report.get("percist")
+    details = []
     if percist:
+        unit = percist.get("unit", "SUV")
         rows.append(
             [
                 "PERCIST 1.0",
-                percist.get("category"),
-                f"hottest-lesion {percist.get('unit', 'SUV')}peak "
-                f"{_num(percist.get('baseline_peak'))} -> {_num(percist.get('followup_peak'))} "
-                f"({_pct(percist.get('change_pct'))}); TLG {_pct(percist.get('tlg_change_pct'))}; "
+                _category(percist),
+                f"hottest-lesion {unit}peak {_num(percist.get('baseline_peak'))} -> "
+                f"{_num(percist.get('followup_peak'))} ({_pct(percist.get('change_pct'))}); "
                 f"new lesions {percist.get('new_lesions')}",
-                "; ".join(percist.get("notes") or []),
+                "; ".join(percist.get("drivers") or []),
             ]
         )
-    eortc = report.get("eortc")
+        details.append(_criterion_details("PERCIST 1.0", percist, _percist_inputs(percist)))
     if eortc:
         rows.append(
             [
                 "EORTC 1999",
-                eortc.get("category"),
+                _category(eortc),
                 f"SUVmax {_num(eortc.get('baseline_suv_max'))} -> "
                 f"{_num(eortc.get('followup_suv_max'))} ({_pct(eortc.get('change_pct'))}); "
                 f"new lesions {eortc.get('new_lesions')}",
-                "; ".join(eortc.get("notes") or []),
+                "; ".join(eortc.get("drivers") or []),
             ]
         )
-    choi = report.get("choi")
+        details.append(_criterion_details("EORTC 1999", eortc, _eortc_inputs(eortc)))
     if choi:
+        density = (
+            _pct(choi.get("density_change_pct"))
+            if choi.get("density_assessable")
+            else "not assessable"
+        )
         rows.append(
             [
                 "Choi (GIST, CT)",
-                choi.get("category") if choi.get("applicable") else "not applicable",
-                f"size {_pct(choi.get('size_change_pct'))}, density "
-                f"{_pct(choi.get('density_change_pct'))}; new lesions {choi.get('new_lesions')}, "
-                f"new intratumoural nodules {choi.get('new_intratumoural_nodules')}",
-                "; ".join(choi.get("notes") or []),
+                _category(choi) if choi.get("applicable") else "not applicable (no CT)",
+                f"size {_pct(choi.get('size_change_pct'))}, density {density}; "
+                f"new lesions {choi.get('new_lesions')}, "
+                f"new intratumoural nodules {choi.get('new_intratumoural_nodules')}"
+                + (f" ({choi['category_basis']})" if choi.get("category_basis") else ""),
+                "; ".join(choi.get("drivers") or []),
             ]
         )
+        details.append(_criterion_details("Choi (GIST, CT)", choi, _choi_inputs(choi)))
     if not rows:
         return ""
-    return "<h2>Response criteria</h2>" + _table(
-        ["criteria", "category", "measurements", "notes"], rows, table_id="criteria"
+    out = ["<h2>Response criteria</h2>"]
+    out.append(
+        _table(["criteria", "category", "measurements", "driven by"], rows, table_id="criteria")
     )
+    disagreements = report.get("criteria_evidence") or []
+    if disagreements:
+        out.append(
+            '<p>Pattern and criteria disagree:</p><ul id="criteria-evidence">'
+            + "".join(f"<li>{_e(line)}</li>" for line in disagreements)
+            + "</ul>"
+        )
+    out.append("<details open><summary>Every input of each criterion</summary>")
+    out += details
+    out.append("</details>")
+    return "".join(out)
+
+
+def _category(result: Mapping[str, Any]) -> str:
+    category = result.get("category")
+    if category == "NE":
+        reason = result.get("not_assessable_reason")
+        return "NE (not assessable" + (f": {reason})" if reason else ")")
+    return "n/a" if category is None else str(category)
+
+
+def _criterion_details(
+    name: str, result: Mapping[str, Any], inputs: Sequence[tuple[str, str]]
+) -> str:
+    rows = [[k, v] for k, v in inputs]
+    rows.append(["driven by", "; ".join(result.get("drivers") or []) or "n/a"])
+    rows.append(["notes", "; ".join(result.get("notes") or []) or "none"])
+    return f"<h3>{_e(name)}: {_e(_category(result))}</h3>" + _table(["input", "value"], rows)
+
+
+def _ids(ids: Any) -> str:
+    return ", ".join(str(i) for i in ids or []) or "none"
+
+
+def _minutes(value: Any) -> str:
+    return "unknown" if value is None else f"{value:.0f} min"
+
+
+def _percist_inputs(p: Mapping[str, Any]) -> list[tuple[str, str]]:
+    unit = p.get("unit", "SUV")
+    measurable = p.get("measurable_baseline")
+    threshold = p.get("measurability_threshold")
+    return [
+        ("normalisation", p.get("normalisation") or unit),
+        (
+            f"hottest baseline lesion ({unit}peak)",
+            f"lesion {p.get('baseline_lesion_id') or '-'}: {_num(p.get('baseline_peak'))}",
+        ),
+        (
+            f"hottest follow-up lesion ({unit}peak)",
+            f"lesion {p.get('followup_lesion_id') or '-'}: {_num(p.get('followup_peak'))}",
+        ),
+        (
+            "change",
+            f"{_pct(p.get('change_pct'))}, {_signed(p.get('change_abs'))} {unit} "
+            f"(PMR <= -30% and <= -0.8; PMD > +30% and > +0.8)",
+        ),
+        (
+            f"liver reference, baseline ({unit})",
+            f"mean {_num(p.get('liver_mean_baseline'))}, SD {_num(p.get('liver_sd_baseline'))}",
+        ),
+        (f"liver reference, follow-up ({unit})", f"mean {_num(p.get('liver_mean_followup'))}"),
+        (
+            f"measurability threshold ({unit})",
+            "n/a (no liver reference)"
+            if threshold is None
+            else f"1.5 x liver mean + 2 SD = {_num(threshold)}; baseline hottest "
+            + ("above it (measurable)" if measurable else "not above it (not measurable)"),
+        ),
+        ("total TLG change", f"{_pct(p.get('tlg_change_pct'))} (PMD > +75%)"),
+        (
+            "uptake times",
+            f"baseline {_minutes(p.get('uptake_time_min_baseline'))}, follow-up "
+            f"{_minutes(p.get('uptake_time_min_followup'))} (tolerance 15 min)",
+        ),
+        ("new lesions", f"{p.get('new_lesions')} ({_ids(p.get('new_lesion_ids'))})"),
+    ]
+
+
+def _eortc_inputs(r: Mapping[str, Any]) -> list[tuple[str, str]]:
+    one_cycle = r.get("after_one_cycle")
+    return [
+        ("normalisation", "SUVbw (body-weight SUV)"),
+        (
+            "hottest baseline lesion (SUVmax)",
+            f"lesion {r.get('baseline_lesion_id') or '-'}: {_num(r.get('baseline_suv_max'))}",
+        ),
+        (
+            "hottest follow-up lesion (SUVmax)",
+            f"lesion {r.get('followup_lesion_id') or '-'}: {_num(r.get('followup_suv_max'))}",
+        ),
+        (
+            "change",
+            f"{_pct(r.get('change_pct'))} (PMR "
+            + ("<= -15%, after one cycle" if one_cycle else "< -25%")
+            + "; PMD > +25%)",
+        ),
+        (
+            "largest longest-diameter increase",
+            f"{_pct(r.get('longest_diameter_change_pct'))} (follow-up lesion "
+            f"{r.get('longest_diameter_lesion_id') or '-'}; PMD > +20%)",
+        ),
+        ("uptake time difference", _minutes(r.get("uptake_time_difference_min"))),
+        ("new lesions", f"{r.get('new_lesions')} ({_ids(r.get('new_lesion_ids'))})"),
+    ]
+
+
+def _choi_inputs(c: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if c.get("density_assessable"):
+        density = (
+            f"{_num(c.get('density_baseline_hu'), '.0f')} -> "
+            f"{_num(c.get('density_followup_hu'), '.0f')} HU "
+            f"({_pct(c.get('density_change_pct'))}; PR <= -15%)"
+        )
+    else:
+        density = c.get("density_reason") or "not assessable"
+        if c.get("density_baseline_hu") is not None:
+            density += (
+                f" (mean {_num(c.get('density_baseline_hu'), '.0f')} -> "
+                f"{_num(c.get('density_followup_hu'), '.0f')} HU)"
+            )
+    return [
+        ("CT contrast (ct_contrast)", str(c.get("ct_contrast", "unknown"))),
+        ("category from", c.get("category_basis") or "n/a"),
+        (
+            "target lesions (baseline -> follow-up)",
+            f"{_ids(c.get('target_lesion_ids'))} -> {_ids(c.get('followup_target_ids'))}",
+        ),
+        (
+            "size (sum of longest diameters)",
+            f"{_num(c.get('size_baseline_mm'), '.0f')} -> "
+            f"{_num(c.get('size_followup_mm'), '.0f')} mm "
+            f"({_pct(c.get('size_change_pct'))}; PR <= -10%, PD >= +10%)",
+        ),
+        (f"density (targets {_ids(c.get('density_lesion_ids'))})", density),
+        ("new lesions", f"{c.get('new_lesions')} ({_ids(c.get('new_lesion_ids'))})"),
+        (
+            "new intratumoural nodules",
+            f"{c.get('new_intratumoural_nodules')} ({_ids(c.get('nodule_lesion_ids'))})",
+        ),
+    ]
 
 
 def _mip_section(mip_png: bytes | None) -> str:
@@ -185,11 +338,17 @@ def _summary_section(report: Mapping[str, Any]) -> str:
     rows = []
     for name, scan in (report.get("timepoints") or {}).items():
         liver = scan.get("liver") or {}
+        factor = scan.get("sul_factor")
         if liver.get("found"):
             liver_text = (
                 f"SUVmean {_num(liver.get('suv_mean'))} (SD {_num(liver.get('suv_sd'))}), "
                 f"{liver.get('method', '')}"
             )
+            if isinstance(factor, (int, float)) and isinstance(liver.get("suv_mean"), float):
+                liver_text += (
+                    f"; SULmean {_num(liver['suv_mean'] * factor)} "
+                    f"(SD {_num((liver.get('suv_sd') or 0.0) * factor)})"
+                )
         else:
             liver_text = f"not measured: {liver.get('reason', 'unknown')}"
         rows.append(
@@ -201,6 +360,7 @@ def _summary_section(report: Mapping[str, Any]) -> str:
                 _num(scan.get("hottest_suv_peak")),
                 scan.get("hottest_lesion_id"),
                 liver_text,
+                _num(factor, ".3f") if factor is not None else scan.get("sul_reason") or "n/a",
             ]
         )
     return "<h2>Per scan</h2>" + _table(
@@ -212,6 +372,7 @@ def _summary_section(report: Mapping[str, Any]) -> str:
             "hottest SUVpeak",
             "hottest lesion",
             "liver reference",
+            "SUL factor (LBM / weight)",
         ],
         rows,
     )
@@ -223,6 +384,12 @@ def _lesion_section(report: Mapping[str, Any]) -> str:
     }
     changes = {c["followup_id"]: c for c in report.get("changes") or []}
     header = ["timepoint", "id", "status", "matched"] + [c[0] for c in _LESION_COLUMNS]
+    with_sul = any(
+        lesion.get("sul_peak") is not None
+        for scan in (report.get("timepoints") or {}).values()
+        for lesion in scan.get("lesions") or []
+    )
+    header += ["SULpeak"] if with_sul else []
     header += ["focal ratio", "SUVpeak change"]
     rows: list[list[Any]] = []
     classes: list[str] = []
@@ -238,6 +405,7 @@ def _lesion_section(report: Mapping[str, Any]) -> str:
                 ", ".join(str(i) for i in match.get("matched_ids") or []),
             ]
             row += [_num(lesion.get(key), fmt) for _, key, fmt in _LESION_COLUMNS]
+            row += [_num(lesion.get("sul_peak"))] if with_sul else []
             row += [
                 _num(focality.get("ratio")),
                 _pct(change.get("suv_peak_change_pct")) if change else "",
@@ -324,12 +492,30 @@ def _e_json(value: Any) -> str:
 
 
 def _num(value: Any, fmt: str | None = ".2f") -> str:
+    """A number in ``fmt``; ``n/a`` for a missing or non-finite one (never nan or inf)."""
     if value is None or value == "":
+        return "n/a"
+    if isinstance(value, float) and not math.isfinite(value):
         return "n/a"
     if isinstance(value, (int, float)) and fmt:
         return format(value, fmt)
     return str(value)
 
 
+def _signed(value: Any) -> str:
+    return _num(value, "+.2f")
+
+
+#: Percent changes beyond this are shown as a fold change: "+2400%" reads worse than "x25".
+_MAX_PCT_SHOWN = 1000.0
+
+
 def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{value:+.1f}%"
+    """A percent change; a rise beyond 1000% as its fold (x25.0), never nan, inf or > 1000%."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    if value > _MAX_PCT_SHOWN:
+        return f"x{1.0 + value / 100.0:.1f}"
+    if value < -_MAX_PCT_SHOWN:  # only a negative or near-zero baseline gives this
+        return "n/a"
+    return f"{value:+.1f}%"

@@ -11,13 +11,13 @@ from petflare.quant.change import (
     NoduleCriteria,
     PairGeometry,
     annotate_new_sites,
-    count_new_nodules,
     disease_change,
     lesion_changes,
+    nodule_evidence,
 )
-from petflare.quant.criteria import choi, eortc, percist
+from petflare.quant.criteria import CT_CONTRAST_CHOICES, choi, eortc, percist
 from petflare.quant.instances import lesion_instances
-from petflare.quant.matching import MatchingConfig, match_lesions
+from petflare.quant.matching import NEW, MatchingConfig, match_lesions
 from petflare.quant.metrics import (
     FOCAL_RADIUS_MM,
     SUV_PEAK_RADIUS_MM,
@@ -137,6 +137,7 @@ def compare_studies(
     after_one_cycle: bool = False,
     rule_thresholds: RuleThresholds | None = None,
     alignment: RegistrationResult | None = None,
+    ct_contrast: str = "unknown",
 ) -> PairReport:
     """Compare a follow-up study with its baseline.
 
@@ -158,7 +159,11 @@ def compare_studies(
         alignment: the registration of these two scans when it is already known (e.g.
             computed for another lesion mask of the same pair): used as it is, and
             ``registration`` is then ignored. The report is the one registering would give.
+        ct_contrast: what the CT is, for Choi's density (``petflare.quant.criteria``'s
+            ``CT_CONTRAST_CHOICES``): ``portal_venous``, ``none`` or ``unknown``.
     """
+    if ct_contrast not in CT_CONTRAST_CHOICES:
+        raise ValueError(f"ct_contrast must be one of {CT_CONTRAST_CHOICES}, got {ct_contrast!r}")
     rules = rule_thresholds or RuleThresholds()
     nodules = nodule_criteria or rules.nodule
     b_labels = _labels_for(baseline, baseline_mask, connectivity)
@@ -188,7 +193,8 @@ def compare_studies(
     annotate_new_sites(matches, geometry, f_rep)
     changes = lesion_changes(b_rep, f_rep, matches, geometry, rise_threshold_pct)
     disease = disease_change(b_rep, f_rep, matches, changes, rise_threshold_pct)
-    n_nodules = count_new_nodules(changes, nodules)
+    nodule_ids = [c.followup_id for c in changes if nodule_evidence(c, nodules) is not None]
+    new_ids = [m.lesion_id for m in matches if m.timepoint == "followup" and m.status == NEW]
     report = PairReport(
         baseline=b_rep,
         followup=f_rep,
@@ -196,9 +202,18 @@ def compare_studies(
         matches=matches,
         changes=changes,
         disease=disease,
-        percist=percist(b_rep, f_rep, disease.n_new),
-        eortc=eortc(b_rep, f_rep, changes, disease.n_new, after_one_cycle),
-        choi=choi(b_rep, f_rep, changes, disease.n_new, n_nodules),
+        percist=percist(b_rep, f_rep, disease.n_new, new_lesion_ids=new_ids),
+        eortc=eortc(b_rep, f_rep, changes, disease.n_new, after_one_cycle, new_lesion_ids=new_ids),
+        choi=choi(
+            b_rep,
+            f_rep,
+            changes,
+            disease.n_new,
+            len(nodule_ids),
+            ct_contrast=ct_contrast,
+            new_lesion_ids=new_ids,
+            nodule_lesion_ids=nodule_ids,
+        ),
     )
     report.pattern_rules = classify_pattern_rules(report, rules)
     return report

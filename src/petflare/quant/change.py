@@ -43,6 +43,21 @@ def pct_change(baseline: float | None, followup: float | None) -> float | None:
     return 100.0 * (followup - baseline) / abs(baseline)
 
 
+#: Lowest baseline mean attenuation (HU) of which a percent change is reported. Water is 0 HU,
+#: so on the low-dose non-contrast CT of a PET/CT a lesion's mean sits near 0 (or below: fat,
+#: partial volume with lung) and a percentage of it explodes or flips sign. Choi's 15% density
+#: criterion is defined on enhancing tissue of contrast-enhanced CT (typically 50-100 HU).
+MIN_BASELINE_HU_FOR_PCT = 20.0
+
+
+def hu_pct_change(baseline_hu: float | None, followup_hu: float | None) -> float | None:
+    """Percent change of a CT density; None when either is unknown or the baseline is below
+    :data:`MIN_BASELINE_HU_FOR_PCT` (a near-zero baseline gives no meaningful percentage)."""
+    if baseline_hu is None or followup_hu is None or baseline_hu < MIN_BASELINE_HU_FOR_PCT:
+        return None
+    return pct_change(baseline_hu, followup_hu)
+
+
 @dataclass
 class PairGeometry:
     """Both studies, their instance labels, and each mapped onto the other's grid."""
@@ -130,7 +145,7 @@ def lesion_changes(
                 longest_diameter_mm_followup=fl.longest_diameter_mm,
                 hu_mean_baseline=hu_b,
                 hu_mean_followup=fl.hu_mean,
-                hu_change_pct=pct_change(hu_b, fl.hu_mean),
+                hu_change_pct=hu_pct_change(hu_b, fl.hu_mean),
                 mass_volume_ml_followup=mass_ml,
                 lesion_fraction_of_mass=fl.volume_ml / mass_ml if mass_ml > 0 else None,
                 focal_ratio_baseline=hot_b.ratio if hot_b else None,
@@ -142,6 +157,9 @@ def lesion_changes(
                 hotspot_change_pct=pct_change(hot_same_site, hot.hotspot_suv_mean if hot else None),
                 rest_suv_mean_followup=hot.rest_suv_mean if hot else None,
                 rest_change_pct=pct_change(region_b_mean, hot.rest_suv_mean if hot else None),
+                hu_difference_hu=(
+                    None if hu_b is None or fl.hu_mean is None else fl.hu_mean - hu_b
+                ),
                 uptake_rose=peak_change is not None and peak_change >= rise_threshold_pct,
             )
         )

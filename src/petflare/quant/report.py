@@ -23,7 +23,7 @@ import numpy as np
 from petflare.io.atomic import atomic_write_text
 
 #: Version of the JSON layout; bump the major part on any incompatible change.
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 T = TypeVar("T")
 
@@ -105,6 +105,7 @@ class ScanReport:
     sul_reason: str
     liver: LiverReference
     lesions: list[LesionMetrics] = field(default_factory=list)
+    uptake_time_min: float | None = None
     schema_version: str = SCHEMA_VERSION
 
     def lesion(self, lesion_id: int) -> LesionMetrics:
@@ -219,6 +220,7 @@ class LesionChange:
     rest_suv_mean_followup: float | None
     rest_change_pct: float | None
     uptake_rose: bool
+    hu_difference_hu: float | None = None
 
 
 @dataclass
@@ -246,7 +248,12 @@ class DiseaseChange:
 
 @dataclass
 class PercistResult:
-    """PERCIST 1.0 (Wahl et al. 2009) on the hottest lesion of each scan."""
+    """PERCIST 1.0 (Wahl et al. 2009) on the hottest lesion of each scan.
+
+    Every value is in ``unit`` (``SUL`` when both scans have a lean-body-mass factor, else
+    ``SUV``); ``category`` is ``NE`` (not assessable) with ``not_assessable_reason`` when the
+    standard's preconditions fail. ``drivers`` names the lesions behind the category.
+    """
 
     category: str
     unit: str
@@ -259,11 +266,25 @@ class PercistResult:
     measurable_baseline: bool | None
     new_lesions: int
     notes: list[str] = field(default_factory=list)
+    normalisation: str = ""
+    sul_factor_baseline: float | None = None
+    sul_factor_followup: float | None = None
+    liver_mean_baseline: float | None = None
+    liver_sd_baseline: float | None = None
+    liver_mean_followup: float | None = None
+    uptake_time_min_baseline: float | None = None
+    uptake_time_min_followup: float | None = None
+    uptake_time_difference_min: float | None = None
+    baseline_lesion_id: int | None = None
+    followup_lesion_id: int | None = None
+    new_lesion_ids: list[int] = field(default_factory=list)
+    not_assessable_reason: str | None = None
+    drivers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class EortcResult:
-    """EORTC 1999 PET response on the hottest lesion's SUVmax."""
+    """EORTC 1999 PET response on the hottest lesion's SUVmax (body-weight SUV)."""
 
     category: str
     baseline_suv_max: float | None
@@ -273,11 +294,25 @@ class EortcResult:
     after_one_cycle: bool
     new_lesions: int
     notes: list[str] = field(default_factory=list)
+    unit: str = "SUV"
+    baseline_lesion_id: int | None = None
+    followup_lesion_id: int | None = None
+    longest_diameter_lesion_id: int | None = None
+    uptake_time_difference_min: float | None = None
+    new_lesion_ids: list[int] = field(default_factory=list)
+    not_assessable_reason: str | None = None
+    drivers: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ChoiResult:
-    """Choi criteria for GIST (CT size and density); ``applicable`` is False without CT."""
+    """Choi criteria for GIST (CT size and density); ``applicable`` is False without CT.
+
+    Size and density are measured on the same target lesions at both visits: up to
+    ``CHOI_MAX_TARGETS`` measurable baseline lesions and the follow-up lesions matched to them.
+    ``density_assessable`` is False (with ``density_reason``) when the CT gives no meaningful
+    baseline attenuation; ``category_basis`` then says the category comes from size alone.
+    """
 
     applicable: bool
     category: str | None
@@ -290,6 +325,17 @@ class ChoiResult:
     new_lesions: int
     new_intratumoural_nodules: int
     notes: list[str] = field(default_factory=list)
+    ct_contrast: str = "unknown"
+    density_assessable: bool | None = None
+    density_reason: str = ""
+    category_basis: str = ""
+    target_lesion_ids: list[int] = field(default_factory=list)
+    followup_target_ids: list[int] = field(default_factory=list)
+    density_lesion_ids: list[int] = field(default_factory=list)
+    new_lesion_ids: list[int] = field(default_factory=list)
+    nodule_lesion_ids: list[int] = field(default_factory=list)
+    not_assessable_reason: str | None = None
+    drivers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -436,6 +482,7 @@ LESION_CSV_COLUMNS = (
     "suv_sd",
     "tlg",
     "sul_peak",
+    "sul_factor",
     "hu_mean",
     "heterogeneity_cov",
     "longest_diameter_mm",
@@ -447,6 +494,7 @@ LESION_CSV_COLUMNS = (
     "volume_change_pct",
     "tlg_change_pct",
     "hu_change_pct",
+    "hu_difference_hu",
 )
 
 
@@ -489,6 +537,7 @@ def lesion_csv_text(report: PairReport | ScanReport) -> str:
                 "suv_sd": les.suv_sd,
                 "tlg": les.tlg,
                 "sul_peak": les.sul_peak,
+                "sul_factor": scan.sul_factor,
                 "hu_mean": les.hu_mean,
                 "heterogeneity_cov": les.heterogeneity_cov,
                 "longest_diameter_mm": les.longest_diameter_mm,
@@ -500,6 +549,7 @@ def lesion_csv_text(report: PairReport | ScanReport) -> str:
                 "volume_change_pct": c.volume_change_pct if c else None,
                 "tlg_change_pct": c.tlg_change_pct if c else None,
                 "hu_change_pct": c.hu_change_pct if c else None,
+                "hu_difference_hu": c.hu_difference_hu if c else None,
             }
             writer.writerow([_fmt(row[k]) for k in LESION_CSV_COLUMNS])
     return buf.getvalue()
