@@ -246,3 +246,22 @@ def test_registration_blocks_are_about_the_final_spacing_per_scan_and_axis():
 def test_wall_clock_registration_seed_is_refused():
     with pytest.raises(ValueError, match="wall clock"):
         RegistrationConfig(seed=0)
+
+
+def test_uptake_times_and_ct_contrast_reach_the_criteria(moved_pair):
+    """StudyMeta.uptake_time_s reaches PERCIST / EORTC; ct_contrast reaches Choi."""
+    import dataclasses
+
+    base, follow, _, _ = moved_pair
+    base = dataclasses.replace(base, meta=StudyMeta(patient_id="P7", uptake_time_s=3600.0))
+    follow = dataclasses.replace(follow, meta=StudyMeta(patient_id="P7", uptake_time_s=4800.0))
+    none = RegistrationConfig(modality="none")
+    rep = compare_studies(base, follow, registration=none, ct_contrast="none")
+    assert rep.baseline.uptake_time_min == pytest.approx(60.0)
+    assert rep.percist.uptake_time_difference_min == pytest.approx(20.0)
+    assert rep.percist.category == "PMD"  # new lesions, a qualitative finding
+    assert any("uptake times differ by 20 min" in n for n in rep.percist.notes)
+    assert rep.choi.ct_contrast == "none" and rep.choi.density_assessable is False
+    assert rep.choi.density_change_pct is None and rep.choi.category_basis == "size only"
+    with pytest.raises(ValueError, match="ct_contrast"):
+        compare_studies(base, follow, registration=none, ct_contrast="arterial")

@@ -395,3 +395,20 @@ def test_progression_pattern_against_stable_criteria_is_explained():
     lines = criteria_vs_pattern(rep, "nodule_within_mass")
     assert lines and lines[0].startswith("PERCIST SMD while the pattern is nodule_within_mass")
     assert "hottest baseline lesion 1" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("b_hu", "f_hu", "expected"),
+    [
+        (-34.0, 0.5, None),
+        (0.4, 10.0, None),
+        (19.9, 30.0, None),
+        (20.0, 17.0, -15.0),
+        (None, 5, None),
+    ],
+)
+def test_lesion_hu_percent_change_needs_a_meaningful_baseline(b_hu, f_hu, expected):
+    from petflare.quant.change import hu_pct_change
+
+    got = hu_pct_change(b_hu, f_hu)
+    assert got == (None if expected is None else pytest.approx(expected))

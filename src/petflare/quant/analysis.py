@@ -89,6 +89,7 @@ def _analyze(
         sul_reason=sul_reason,
         liver=liver_reference(study, liver_mask, liver_config, lesion_mask=labels > 0),
         lesions=lesions,
+        uptake_time_min=None if meta.uptake_time_s is None else meta.uptake_time_s / 60.0,
     )
 
 
