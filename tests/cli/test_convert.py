@@ -79,7 +79,35 @@ def test_convert_writes_suv_and_mask(tmp_path: Path) -> None:
     np.testing.assert_allclose(mask_img.affine, img.affine)
     assert mask_img.get_data_dtype() == np.uint8
     assert int(np.asarray(mask_img.dataobj).sum()) == 4
-    assert sorted(p.name for p in out.parent.iterdir()) == ["gtv.nii.gz", "suv.nii.gz"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["gtv.nii.gz", "suv.json", "suv.nii.gz"]
+
+
+def test_convert_seg_labels_and_provenance(tmp_path: Path) -> None:
+    """A DICOM SEG becomes a label map; the provenance JSON records the conversion."""
+    import json
+
+    from petflare.io.dicom import read_dicom_pet
+    from petflare.io.dicom_seg import write_dicom_seg
+
+    series = factory.write_pet_series(tmp_path / "study" / "pet")
+    study = read_dicom_pet(series.folder)
+    lesions = np.zeros(study.shape, dtype=np.uint16)
+    lesions[1:3, 1, 2] = 1
+    lesions[4, 3, 5] = 2
+    seg = write_dicom_seg(study, lesions, tmp_path / "study" / "seg" / "seg.dcm", version="1")
+    out, labels_out = tmp_path / "out" / "suv.nii.gz", tmp_path / "out" / "labels.nii.gz"
+    result = _run(
+        f"dicom={tmp_path / 'study'}", f"out={out}", f"labels={seg}", f"mask_out={labels_out}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "picked 'PET AC synthetic'" in result.stdout
+    np.testing.assert_array_equal(np.asarray(nib.load(str(labels_out)).dataobj), lesions)
+    provenance = json.loads((tmp_path / "out" / "suv.json").read_text())
+    assert provenance["labels_kind"] == "SEG"
+    assert json.loads(provenance["label_names"]) == ["Lesion 1", "Lesion 2"]
+    assert provenance["series_instance_uid"] == series.series_uid
+    assert float(provenance["sul_factor"]) > 0
+    assert provenance["suv_route"].startswith("header")
 
 
 def test_convert_refuses_existing_output(tmp_path: Path) -> None:
@@ -99,6 +127,8 @@ def test_convert_refuses_existing_output(tmp_path: Path) -> None:
     [
         ("missing_tag", "PatientWeight"),
         ("wrong_units", "CNTS"),
+        ("nac_only", "Units PROPCNTS"),
+        ("roi_for_seg_missing", "label file (RTSTRUCT or DICOM SEG) not found"),
         ("missing_folder", "DICOM folder not found"),
         ("bad_roi", "available ROIs: GTV"),
         ("no_args", "dicom=DIR and out=FILE.nii.gz are required"),
@@ -108,7 +138,11 @@ def test_convert_refuses_existing_output(tmp_path: Path) -> None:
 )
 def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> None:
     dicom = tmp_path / "dicom"
-    tags = {"missing_tag": {"PatientWeight": None}, "wrong_units": {"Units": "CNTS"}}
+    tags = {
+        "missing_tag": {"PatientWeight": None},
+        "wrong_units": {"Units": "CNTS"},
+        "nac_only": {"Units": "PROPCNTS", "SeriesDescription": "PET NAC"},
+    }
     series = factory.write_pet_series(dicom, tags=tags.get(case))
     out = tmp_path / "out" / "suv.nii.gz"
     args = [f"dicom={dicom}", f"out={out}"]
@@ -125,6 +159,8 @@ def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> N
         args[1] = f"out={tmp_path / 'out' / 'suv.nrrd'}"
     elif case == "partial_mask":
         args.append("roi=GTV")
+    elif case == "roi_for_seg_missing":
+        args += [f"labels={tmp_path / 'none.dcm'}", f"mask_out={tmp_path / 'out' / 'm.nii.gz'}"]
     result = _run(*args)
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip()
@@ -136,7 +172,8 @@ def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> N
 def test_convert_help_documents_options() -> None:
     result = _run("--help")
     assert result.returncode == 0
-    for option in ("dicom=", "out=", "overwrite=", "series_uid=", "rtstruct=", "roi=", "mask_out="):
+    options = ("dicom=", "out=", "overwrite=", "series_uid=", "labels=", "roi=", "mask_out=")
+    for option in (*options, "rtstruct=", "CNTS", "SUL", "PROPCNTS"):
         assert option in result.stdout
 
 

@@ -291,3 +291,39 @@ def write_rtstruct(
     ds.ROIContourSequence = DicomSequence(contour_rois)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def add_philips_factors(
+    series: SyntheticPetSeries,
+    *,
+    suv_factor: float | None,
+    activity_factor: float | None,
+    creator: str = "Philips PET Private Group",
+) -> None:
+    """Rewrite a series as Philips counts: Units CNTS plus the (7053,10xx) private factors.
+
+    Stored value x RescaleSlope x ``activity_factor`` is then Bq/mL and x ``suv_factor`` SUVbw
+    (each factor is skipped when None).
+    """
+    import pydicom
+
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.Units = "CNTS"
+        ds.Manufacturer = "Philips Medical Systems"
+        block = ds.private_block(0x7053, creator, create=True)
+        if suv_factor is not None:
+            block.add_new(0x00, "DS", f"{suv_factor:.8g}")
+        if activity_factor is not None:
+            block.add_new(0x09, "DS", f"{activity_factor:.8g}")
+        ds.save_as(path, enforce_file_format=True)
+
+
+def add_ge_scan_start(series: SyntheticPetSeries, scan_datetime: str) -> None:
+    """Add GE's private scan start (0009,100D) "Scan DateTime" (GEMS_PETD_01) to every image."""
+    import pydicom
+
+    for path in series.files:
+        ds = pydicom.dcmread(path)
+        ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", scan_datetime)
+        ds.save_as(path, enforce_file_format=True)

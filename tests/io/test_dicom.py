@@ -20,8 +20,11 @@ from dicom_factory import (
     DECAY_TIME_S,
     DOSE_BQ,
     SAGITTAL,
+    SERIES_DATE,
     WEIGHT_KG,
     SyntheticPetSeries,
+    add_ge_scan_start,
+    add_philips_factors,
     expected_suv_scale,
     write_pet_series,
     write_rtstruct,
@@ -33,9 +36,11 @@ from petflare.io.dicom import (
     read_dicom_pet,
     read_rtstruct_mask,
     rtstruct_roi_names,
+    select_pet_series,
     suv_bw_conversion,
 )
 from petflare.io.study import Study
+from petflare.quant.metrics import lean_body_mass_kg
 
 
 def _voxel_lps(study: Study) -> np.ndarray:
@@ -221,7 +226,7 @@ def test_suv_conversion_record(tmp_path: Path) -> None:
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in series.files]
     conv = suv_bw_conversion(headers, tmp_path)
     assert conv.decay_time_s == DECAY_TIME_S
-    assert conv.reference_time_source == "SeriesDate/SeriesTime"
+    assert conv.reference_time_source.startswith("SeriesDate/SeriesTime")
     assert conv.scale_factor == pytest.approx(expected_suv_scale(), rel=1e-12)
 
 
@@ -275,8 +280,8 @@ def test_missing_slope_on_one_slice(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("tags", "fragment"),
     [
-        ({"Units": "CNTS"}, "export the series in Bq/mL"),
-        ({"Units": "PROPCNTS"}, "not supported"),
+        ({"Units": "CNTS"}, "(7053,1009)"),
+        ({"Units": "PROPCNTS"}, "Units PROPCNTS"),
         ({"DecayCorrection": "NONE"}, "DecayCorrection 'NONE'"),
         ({"CorrectedImage": ["ATTN", "SCAT"]}, "DECY"),
         ({"CorrectedImage": ["DECY"]}, "ATTN"),
@@ -355,6 +360,106 @@ def test_unknown_series_uid(tmp_path: Path) -> None:
     series = write_pet_series(tmp_path)
     with pytest.raises(PetflareInputError, match=series.series_uid):
         read_dicom_pet(tmp_path, series_uid="9.9.9")
+
+
+# ------------------------------------------------------------------------------------------
+# Philips CNTS, QIBA scan start, series selection, SUL
+# ------------------------------------------------------------------------------------------
+
+#: Philips factors that agree with the header (the factory's 71 kg, dose and 2711 s decay).
+ACTIVITY_FACTOR = 1.139608
+
+
+def test_philips_cnts_uses_vendor_factor_and_checks_header(tmp_path: Path) -> None:
+    series = write_pet_series(tmp_path)
+    suv_factor = expected_suv_scale() * ACTIVITY_FACTOR  # per stored x slope
+    add_philips_factors(series, suv_factor=suv_factor, activity_factor=ACTIVITY_FACTOR)
+    study = read_dicom_pet(tmp_path)
+    # stored x slope x SUV factor, by position (the factory's activity is stored x slope)
+    _assert_matches_series(study, series, suv_factor)
+    source = study.meta.source
+    assert source["suv_route"].startswith("Philips SUV Scale Factor (7053,1000)")
+    assert source["units_in_file"] == "CNTS"
+    assert float(source["suv_scale_factor_header"]) == pytest.approx(expected_suv_scale(), rel=1e-6)
+    assert "agrees with" in source["suv_route_check"]
+
+
+def test_philips_route_disagreement_is_reported(tmp_path: Path) -> None:
+    series = write_pet_series(tmp_path)
+    suv_factor = 1.05 * expected_suv_scale() * ACTIVITY_FACTOR  # the scanner says 5 % more
+    add_philips_factors(series, suv_factor=suv_factor, activity_factor=ACTIVITY_FACTOR)
+    study = read_dicom_pet(tmp_path)
+    check = study.meta.source["suv_route_check"]
+    assert "DISAGREES" in check and "-4.76%" in check, check
+    assert "DISAGREES" in study.meta.source["suv_conversion"]
+
+
+def test_philips_without_suv_factor_uses_header(tmp_path: Path) -> None:
+    series = write_pet_series(tmp_path)
+    add_philips_factors(series, suv_factor=None, activity_factor=ACTIVITY_FACTOR)
+    study = read_dicom_pet(tmp_path)
+    _assert_matches_series(study, series, expected_suv_scale() * ACTIVITY_FACTOR)
+    assert study.meta.source["suv_route"].startswith("header")
+
+
+def test_philips_scrambled_series_time(tmp_path: Path) -> None:
+    """SeriesTime later than every AcquisitionTime: the earliest acquisition is the start."""
+    acq = {s: {"AcquisitionTime": f"1120{11 + s:02d}"} for s in range(6)}  # 11:20:11 earliest
+    series = write_pet_series(tmp_path, tags={"SeriesTime": "131313"}, slice_tags=acq)
+    suv_factor = expected_suv_scale() * ACTIVITY_FACTOR
+    add_philips_factors(series, suv_factor=suv_factor, activity_factor=ACTIVITY_FACTOR)
+    source = read_dicom_pet(tmp_path).meta.source
+    assert "SeriesDate/SeriesTime 2000-09-07T13:13:13" in source["scan_start_note"]
+    assert source["scan_start_rule"].startswith("earliest AcquisitionDate/AcquisitionTime")
+    assert "agrees with" in source["suv_route_check"]
+
+
+def test_ge_private_scan_start(tmp_path: Path) -> None:
+    """With a later SeriesTime, GE's private scan start (0009,100D) is the reference."""
+    acq = {s: {"AcquisitionTime": "113000"} for s in range(6)}
+    series = write_pet_series(tmp_path, tags={"SeriesTime": "120000"}, slice_tags=acq)
+    add_ge_scan_start(series, SERIES_DATE + "112011")  # 2711 s after injection
+    study = read_dicom_pet(tmp_path)
+    _assert_matches_series(study, series, expected_suv_scale())
+    assert study.meta.source["scan_start_rule"].startswith("GE private scan start (0009,100D)")
+
+
+def test_series_selection_prefers_attenuation_corrected(tmp_path: Path) -> None:
+    ac = write_pet_series(tmp_path / "study" / "ac")
+    write_pet_series(
+        tmp_path / "study" / "deep" / "nac",
+        tags={"Units": "PROPCNTS", "SeriesDescription": "PET NAC"},
+    )
+    write_pet_series(
+        tmp_path / "study" / "nac_bqml", tags={"SeriesDescription": "PET NAC", "Units": "BQML"}
+    )
+    selection = select_pet_series(tmp_path / "study")
+    assert selection.series.series_uid == ac.series_uid
+    assert "Units PROPCNTS" in selection.reason and "'PET NAC'" in selection.reason
+    study = read_dicom_pet(tmp_path / "study")
+    assert study.meta.source["series_selection"] == selection.reason
+
+
+def test_series_selection_refuses_non_quantitative_only(tmp_path: Path) -> None:
+    write_pet_series(tmp_path, tags={"Units": "PROPCNTS", "SeriesDescription": "PET NAC"})
+    _assert_input_error(tmp_path, "only PET series", "Units PROPCNTS", "PET NAC")
+
+
+def test_sul_factor_recorded(tmp_path: Path) -> None:
+    write_pet_series(tmp_path)  # F, 1.68 m, 71 kg
+    source = read_dicom_pet(tmp_path).meta.source
+    bmi = WEIGHT_KG / 1.68**2
+    by_hand = 9270.0 * WEIGHT_KG / (8780.0 + 244.0 * bmi) / WEIGHT_KG
+    assert float(source["sul_factor"]) == pytest.approx(by_hand, rel=1e-12)
+    assert float(source["sul_factor"]) == pytest.approx(
+        lean_body_mass_kg("F", 1.68, WEIGHT_KG) / WEIGHT_KG
+    )
+
+
+def test_sul_not_computed_without_height(tmp_path: Path) -> None:
+    write_pet_series(tmp_path, tags={"PatientSize": None})
+    source = read_dicom_pet(tmp_path).meta.source
+    assert "sul_factor" not in source and "height_m unknown" in source["sul"]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``petflare-convert``: a DICOM PET series to a body-weight SUV NIfTI (and an RTSTRUCT ROI mask).
+"""``petflare-convert``: a DICOM PET series to a body-weight SUV NIfTI (and its labels as a map).
 
 :func:`convert_dicom` holds the logic and works without Hydra; :func:`main` only composes the
 config and calls it. Every output is checked before anything is read, and written atomically,
@@ -7,18 +7,21 @@ so a rejected input leaves no file behind.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from petflare.cli._common import config_dir, exit_on_bad_input
 from petflare.errors import PetflareInputError
-from petflare.io.atomic import check_can_write
-from petflare.io.dicom import DEFAULT_SPACING_TOLERANCE, read_dicom_pet, read_rtstruct_mask
+from petflare.io.atomic import atomic_write_text, check_can_write
+from petflare.io.dicom import DEFAULT_SPACING_TOLERANCE, read_dicom_pet
+from petflare.io.dicom_labels import label_file_kind, read_dicom_labels
 from petflare.io.nifti import save_nifti
 
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -37,6 +40,11 @@ class ConversionResult:
     suv_description: str
     mask_voxels: int | None
     seconds: float
+    provenance_out: Path | None = None
+    series_selection: str = ""
+    scan_start: str = ""
+    sul: str = ""
+    labels_description: str = ""
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -45,10 +53,16 @@ class ConversionResult:
         lines = [
             f"wrote {self.out}: SUVbw float32, {shape} voxels of {spacing} mm "
             f"({self.orientation}), SUVmax {self.suv_max:.2f}",
+            f"  series: {self.series_selection}",
             f"  {self.suv_description}",
+            f"  scan start: {self.scan_start}",
+            f"  {self.sul}",
         ]
         if self.mask_out is not None:
-            lines.append(f"wrote {self.mask_out}: ROI mask, {self.mask_voxels} voxels")
+            lines.append(f"wrote {self.mask_out}: label map, {self.mask_voxels} voxels")
+            lines.append(f"  {self.labels_description}")
+        if self.provenance_out is not None:
+            lines.append(f"wrote {self.provenance_out}: conversion provenance (JSON)")
         lines.append(f"  converted in {self.seconds:.2f} s")
         return "\n".join(lines)
 
@@ -60,6 +74,15 @@ def _nifti_path(value: str | Path, option: str) -> Path:
     return path
 
 
+def provenance_path(out: str | Path) -> Path:
+    """The JSON provenance written beside an SUV NIfTI (``suv.nii.gz`` -> ``suv.json``)."""
+    out = Path(out)
+    for ending in _NIFTI_ENDINGS:
+        if out.name.endswith(ending):
+            return out.with_name(out.name[: -len(ending)] + ".json")
+    return out.with_name(out.name + ".json")
+
+
 def convert_dicom(
     dicom: str | Path,
     out: str | Path,
@@ -67,18 +90,22 @@ def convert_dicom(
     overwrite: bool = False,
     series_uid: str | None = None,
     rtstruct: str | Path | None = None,
-    roi: str | None = None,
+    roi: str | Sequence[str] | None = None,
     mask_out: str | Path | None = None,
+    labels: str | Path | None = None,
     spacing_tolerance: float = DEFAULT_SPACING_TOLERANCE,
 ) -> ConversionResult:
-    """Convert a DICOM PET series to an SUVbw NIfTI, optionally with one RTSTRUCT ROI as a mask.
+    """Convert a DICOM PET series to an SUVbw NIfTI, optionally with its labels as a label map.
 
     Args:
-        dicom: folder holding the PET series (other DICOM objects and files are ignored).
-        out: SUV NIfTI to write (float32, RAS affine).
+        dicom: folder holding the PET series, or a study folder: the attenuation-corrected PET
+            in activity units is picked (other series and files are ignored).
+        out: SUV NIfTI to write (float32, RAS affine); the provenance goes beside it as JSON.
         overwrite: replace existing outputs (otherwise they are refused).
-        series_uid: SeriesInstanceUID when the folder holds several PET series.
-        rtstruct, roi, mask_out: RTSTRUCT file, ROI name and mask NIfTI (uint8); all or none.
+        series_uid: SeriesInstanceUID when the folder holds several candidate PET series.
+        labels: RTSTRUCT or DICOM SEG file drawn on that series (``rtstruct`` is the older name).
+        roi: RTSTRUCT ROI name(s) in label order (default: every ROI); not for a SEG.
+        mask_out: the label map NIfTI (label n = n-th ROI, or SEG segment number n).
         spacing_tolerance: allowed slice-position deviation, as a fraction of the spacing.
 
     Raises:
@@ -86,25 +113,49 @@ def convert_dicom(
     """
     start = time.perf_counter()
     out = check_can_write(_nifti_path(out, "out"), overwrite)
-    mask_given = [rtstruct is not None, roi is not None, mask_out is not None]
-    if any(mask_given) and not all(mask_given):
+    provenance_out = check_can_write(provenance_path(out), overwrite)
+    if rtstruct is not None and labels is not None:
+        raise PetflareInputError(rtstruct, "give labels= or rtstruct=, not both")
+    label_file = labels if labels is not None else rtstruct
+    roi_names = [roi] if isinstance(roi, str) else (list(roi) if roi is not None else None)
+    if (label_file is None) != (mask_out is None) or (roi_names and label_file is None):
         raise PetflareInputError(
-            rtstruct or mask_out, "rtstruct=, roi= and mask_out= must be given together"
+            label_file or mask_out,
+            "labels= (or rtstruct=) and mask_out= must be given together (roi= only with them)",
         )
     mask_path = None
     if mask_out is not None:
         mask_path = check_can_write(_nifti_path(mask_out, "mask_out"), overwrite)
         if mask_path.resolve() == out.resolve():
             raise PetflareInputError(mask_path, "mask_out= must differ from out=")
+    if label_file is not None:
+        label_file_kind(label_file)  # a wrong file is refused before the PET is read
 
     study = read_dicom_pet(dicom, series_uid=series_uid, spacing_tolerance=spacing_tolerance)
-    mask = None
-    if rtstruct is not None and roi is not None:
-        mask = read_rtstruct_mask(rtstruct, study, roi)  # before writing: errors leave nothing
+    label_map = None
+    if label_file is not None:  # before writing: errors leave nothing
+        label_map = read_dicom_labels(label_file, study, roi_names)
 
+    provenance = dict(study.meta.source)
+    provenance.update(
+        {
+            "suv_max": repr(float(study.pet.max())),
+            "patient_sex": study.meta.sex or "",
+            "patient_height_m": "" if study.meta.height_m is None else repr(study.meta.height_m),
+            "patient_weight_kg": "" if study.meta.weight_kg is None else repr(study.meta.weight_kg),
+        }
+    )
+    if label_map is not None:
+        provenance["labels"] = str(label_map.source)
+        provenance["labels_kind"] = label_map.kind
+        provenance["label_names"] = json.dumps(list(label_map.names))
     save_nifti(study.pet, study.affine, out, overwrite=overwrite, dtype=np.float32)
-    if mask is not None and mask_path is not None:
-        save_nifti(mask, study.affine, mask_path, overwrite=overwrite, dtype=np.uint8)
+    if label_map is not None and mask_path is not None:
+        dtype = np.uint8 if len(label_map.names) < 256 else np.uint16
+        save_nifti(label_map.labels, study.affine, mask_path, overwrite=overwrite, dtype=dtype)
+    atomic_write_text(
+        provenance_out, json.dumps(provenance, indent=2, sort_keys=True) + "\n", overwrite
+    )
     return ConversionResult(
         out=out,
         mask_out=mask_path,
@@ -113,9 +164,36 @@ def convert_dicom(
         orientation=study.orientation,
         suv_max=float(study.pet.max()),
         suv_description=study.meta.source.get("suv_conversion", ""),
-        mask_voxels=None if mask is None else int(mask.sum()),
+        mask_voxels=None if label_map is None else int(np.count_nonzero(label_map.labels)),
         seconds=time.perf_counter() - start,
+        provenance_out=provenance_out,
+        series_selection=study.meta.source.get("series_selection", ""),
+        scan_start=" ".join(
+            v
+            for v in (
+                study.meta.source.get("suv_reference_time", ""),
+                study.meta.source.get("scan_start_rule", ""),
+                study.meta.source.get("scan_start_note", ""),
+            )
+            if v
+        ),
+        sul=study.meta.source.get("sul", "")
+        + (
+            f": factor {float(study.meta.source['sul_factor']):.4f}"
+            if "sul_factor" in study.meta.source
+            else ""
+        ),
+        labels_description="" if label_map is None else label_map.describe(),
     )
+
+
+def _roi_option(value: object) -> str | list[str] | None:
+    """``roi=NAME`` or ``roi=[A,B]`` from the command line."""
+    if value is None:
+        return None
+    if isinstance(value, (ListConfig, list, tuple)):
+        return [str(v) for v in value]
+    return str(value)
 
 
 def _optional_str(value: object) -> str | None:
@@ -138,7 +216,8 @@ def main(cfg: DictConfig) -> None:
             overwrite=bool(cfg.overwrite),
             series_uid=_optional_str(cfg.series_uid),
             rtstruct=_optional_str(cfg.rtstruct),
-            roi=_optional_str(cfg.roi),
+            labels=_optional_str(cfg.labels),
+            roi=_roi_option(cfg.roi),
             mask_out=_optional_str(cfg.mask_out),
             spacing_tolerance=float(cfg.spacing_tolerance),
         )

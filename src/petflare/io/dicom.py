@@ -14,7 +14,9 @@ the affine maps every voxel centre to its RAS position in mm.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +60,43 @@ _PET_SOP_CLASSES = {
 }
 _RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
+#: SUV routes recorded in the provenance.
+ROUTE_HEADER = "header (QIBA vendor-neutral: weight, dose, injection and scan-start times)"
+ROUTE_PHILIPS = "Philips SUV Scale Factor (7053,1000)"
+
+#: The header and Philips SUV routes may differ by this fraction before the provenance warns.
+SUV_ROUTE_TOLERANCE = 0.02
+
+#: Philips private group holding the PET scale factors, and the element offsets in its block.
+_PHILIPS_CREATOR = "Philips PET Private Group"
+_PHILIPS_GROUP = 0x7053
+_PHILIPS_SUV_FACTOR = 0x00  # (7053,1000) SUV Scale Factor: stored x slope x factor = SUVbw
+_PHILIPS_ACTIVITY_FACTOR = 0x09  # (7053,1009) Activity Concentration Scale Factor -> Bq/mL
+
+#: GE private scan start, (0009,100D) "Scan DateTime" in the GEMS_PETD_01 block.
+_GE_PET_CREATOR = "GEMS_PETD_01"
+_GE_SCAN_DATETIME = 0x0D
+
+#: Units whose values are activity concentrations (CNTS only with the Philips factor) or SUV.
+_QUANTITATIVE_UNITS = ("BQML", "CNTS", "GML")
+
+#: Series descriptions that mark a non-attenuation-corrected reconstruction.
+_NAC_DESCRIPTION = re.compile(
+    r"(\bNAC\b|NON[-_ ]?AC\b|NO[-_ ]?AC\b|UNCORR|NOT? ATTN|\bNOAC\b)", re.I
+)
+
 
 @dataclass(frozen=True)
 class SuvConversion:
     """How body-weight SUV was obtained from the stored activity concentration.
 
-    ``suv = activity_bq_per_ml * scale_factor`` (for Units GML the factor is 1).
+    ``suv = activity_bq_per_ml * scale_factor`` (for Units GML the factor is 1; for Philips
+    CNTS the activity is ``stored x RescaleSlope x (7053,1009)`` first).
+
+    ``route`` names where ``scale_factor`` came from: the header (QIBA vendor-neutral: weight,
+    dose, injection and scan-start times) or the Philips SUV Scale Factor (7053,1000). When both
+    are available, ``header_scale_factor`` and ``vendor_scale_factor`` hold both and
+    ``route_check`` says how far they agree.
     """
 
     scale_factor: float
@@ -76,16 +109,35 @@ class SuvConversion:
     reference_time: dt.datetime | None = None
     reference_time_source: str = ""
     decay_time_s: float = 0.0
+    route: str = ROUTE_HEADER
+    header_scale_factor: float | None = None
+    vendor_scale_factor: float | None = None
+    route_check: str = ""
+    scan_start_note: str = ""
+
+    @property
+    def route_disagreement(self) -> float | None:
+        """Header route / vendor route - 1, or None when only one route was available."""
+        if self.header_scale_factor is None or self.vendor_scale_factor is None:
+            return None
+        return self.header_scale_factor / self.vendor_scale_factor - 1.0
 
     def describe(self) -> str:
         """One line for logs and CLI output."""
         if self.units == "GML":
             return "Units GML: values are already SUV (body weight); scale factor 1"
-        return (
+        if self.route == ROUTE_PHILIPS:
+            text = (
+                f"SUVbw = Bq/mL x {self.scale_factor:.6g} from the Philips SUV Scale Factor "
+                "(7053,1000) / Activity Concentration Scale Factor (7053,1009)"
+            )
+            return f"{text}; {self.route_check}" if self.route_check else text
+        text = (
             f"SUVbw = Bq/mL x {self.scale_factor:.6g} (weight {self.weight_kg:g} kg, dose "
             f"{self.injected_dose_bq:.6g} Bq decayed over {self.decay_time_s:.0f} s to "
             f"{self.reference_time_source}, half-life {self.half_life_s:g} s)"
         )
+        return f"{text}; {self.route_check}" if self.route_check else text
 
 
 @dataclass(frozen=True)
@@ -97,6 +149,48 @@ class PetSeriesInfo:
     n_files: int
     files: tuple[Path, ...]
     headers: tuple[Dataset, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def units(self) -> str:
+        """Units of the first image (BQML, CNTS, GML, PROPCNTS, ...), upper case."""
+        return str(self.headers[0].get("Units", "") if self.headers else "").strip().upper()
+
+    def quantitative_problem(self) -> str | None:
+        """Why this series cannot be converted to SUV, or None when it can (by its header).
+
+        Quantitative means attenuation-corrected activity: Units BQML, GML (already SUV) or
+        Philips CNTS with its Activity Concentration Scale Factor. The series description is
+        checked too, since some scanners keep ATTN in CorrectedImage of a NAC series.
+        """
+        if not self.headers:
+            return "no images"
+        ds = self.headers[0]
+        units = self.units or "(missing)"
+        if units not in _QUANTITATIVE_UNITS:
+            return f"Units {units} are not an activity concentration (not quantitative)"
+        if units == "CNTS" and _philips_factor(ds, _PHILIPS_ACTIVITY_FACTOR) is None:
+            return "Units CNTS without the Philips Activity Concentration Scale Factor (7053,1009)"
+        corrected = {str(v).strip().upper() for v in _as_list(ds.get("CorrectedImage", []))}
+        if "ATTN" not in corrected:
+            return "not attenuation-corrected (CorrectedImage lacks ATTN)"
+        if _NAC_DESCRIPTION.search(self.description):
+            return (
+                f"series description '{self.description}' marks a non-attenuation-corrected series"
+            )
+        return None
+
+    def label(self) -> str:
+        """Short description for messages: description, units, UID and file count."""
+        units = self.units or "?"
+        return f"PT '{self.description}' Units {units} {self.series_uid} ({self.n_files} files)"
+
+
+@dataclass(frozen=True)
+class SeriesSelection:
+    """The PET series chosen in a folder, and why (recorded in the conversion's provenance)."""
+
+    series: PetSeriesInfo
+    reason: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,28 +213,27 @@ def _is_pet(ds: Dataset) -> bool:
     return ds.get("Modality", "") == "PT" or str(ds.get("SOPClassUID", "")) in _PET_SOP_CLASSES
 
 
-def list_pet_series(folder: str | Path) -> list[PetSeriesInfo]:
-    """Find the PET series (Modality PT) in ``folder`` and its sub-folders.
-
-    Files that are not DICOM, and DICOM objects of other modalities (CT, RTSTRUCT, ...), are
-    ignored, so the folder of a whole study can be given.
-
-    Raises:
-        PetflareInputError: the folder does not exist.
-    """
-    folder = Path(folder)
+def _scan_folder(folder: Path) -> tuple[list[PetSeriesInfo], list[str]]:
+    """PET series of ``folder`` (recursively) and one-line labels of every other series."""
     if not folder.is_dir():
         raise PetflareInputError(folder, "DICOM folder not found (expected a folder of .dcm files)")
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
+    others: dict[str, list[Any]] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
             continue
         ds = _read_header(path)
-        if ds is None or not _is_pet(ds):
+        if ds is None:
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
-        groups.setdefault(uid, []).append((path, ds))
-    return [
+        if _is_pet(ds):
+            groups.setdefault(uid, []).append((path, ds))
+        elif "SOPClassUID" in ds or "Modality" in ds:
+            entry = others.setdefault(
+                uid, [str(ds.get("Modality", "?")), str(ds.get("SeriesDescription", "")), 0]
+            )
+            entry[2] += 1
+    pet = [
         PetSeriesInfo(
             series_uid=uid,
             description=str(items[0][1].get("SeriesDescription", "")),
@@ -150,33 +243,102 @@ def list_pet_series(folder: str | Path) -> list[PetSeriesInfo]:
         )
         for uid, items in groups.items()
     ]
+    labels = [f"{m} '{d}' {uid} ({n} files)" for uid, (m, d, n) in others.items()]
+    return pet, labels
 
 
-def _select_series(folder: Path, series_uid: str | None) -> PetSeriesInfo:
-    """The one PET series to convert; several without a choice is an error listing them."""
-    series = list_pet_series(folder)
+def list_pet_series(folder: str | Path) -> list[PetSeriesInfo]:
+    """Find the PET series (Modality PT) in ``folder`` and its sub-folders.
+
+    Files that are not DICOM, and DICOM objects of other modalities (CT, RTSTRUCT, ...), are
+    ignored, so the folder of a whole study can be given.
+
+    Raises:
+        PetflareInputError: the folder does not exist.
+    """
+    return _scan_folder(Path(folder))[0]
+
+
+def select_pet_series(folder: str | Path, series_uid: str | None = None) -> SeriesSelection:
+    """The one attenuation-corrected PET series in activity units of a folder, and why.
+
+    Among the folder's PET series (at any depth; CT, SEG, RTSTRUCT and other files are
+    skipped), the candidates are the quantitative ones (:meth:`PetSeriesInfo.quantitative_problem`).
+    Exactly one candidate is picked; none, or several that tie, is refused with the list of
+    series found, so the user can name one with ``series_uid``.
+
+    Raises:
+        PetflareInputError: no PET, no quantitative PET, a tie, or an unknown ``series_uid``.
+    """
+    folder = Path(folder)
+    series, others = _scan_folder(folder)
+    found = "; ".join([s.label() for s in series] + others) or "(no DICOM files)"
     if not series:
-        raise PetflareInputError(folder, "no PET (Modality PT) DICOM images found in this folder")
+        raise PetflareInputError(
+            folder, f"no PET (Modality PT) DICOM images found in this folder; found: {found}"
+        )
     if series_uid is not None:
         chosen = [s for s in series if s.series_uid == series_uid]
         if not chosen:
             raise PetflareInputError(
-                folder,
-                f"no PET series with SeriesInstanceUID {series_uid}; found: "
-                + _series_list(series),
+                folder, f"no PET series with SeriesInstanceUID {series_uid}; found: {found}"
             )
-        return chosen[0]
-    if len(series) > 1:
+        return SeriesSelection(chosen[0], f"series_uid={series_uid} given")
+    problems = {s.series_uid: s.quantitative_problem() for s in series}
+    candidates = [s for s in series if problems[s.series_uid] is None]
+    if not candidates:
+        if len(series) == 1:
+            raise PetflareInputError(
+                folder,
+                f"the only PET series, '{series[0].description}', cannot give SUV: "
+                f"{problems[series[0].series_uid]}; export the attenuation-corrected series "
+                f"in Bq/mL (found: {found})",
+            )
         raise PetflareInputError(
             folder,
-            f"holds {len(series)} PET series; choose one with series_uid=<SeriesInstanceUID>: "
-            + _series_list(series),
+            "no quantitative PET series (attenuation-corrected, in BQML, CNTS with the "
+            "Philips factors, or GML): "
+            + "; ".join(f"{s.label()}: {problems[s.series_uid]}" for s in series),
         )
-    return series[0]
+    if len(candidates) > 1:
+        raise PetflareInputError(
+            folder,
+            f"{len(candidates)} PET series could be quantified and none is preferred; choose one "
+            "with series_uid=<SeriesInstanceUID>: " + "; ".join(s.label() for s in candidates),
+        )
+    pick = candidates[0]
+    reason = (
+        f"picked '{pick.description}' ({pick.series_uid}, Units {pick.units}, "
+        "attenuation-corrected): the only quantitative PET series"
+    )
+    skipped = [f"'{s.description}' ({problems[s.series_uid]})" for s in series if s is not pick]
+    if skipped:
+        reason += " of " + str(len(series)) + "; skipped " + "; ".join(skipped)
+    return SeriesSelection(pick, reason)
 
 
-def _series_list(series: Sequence[PetSeriesInfo]) -> str:
-    return "; ".join(f"{s.series_uid} ('{s.description}', {s.n_files} files)" for s in series)
+def _select_series(folder: Path, series_uid: str | None) -> PetSeriesInfo:
+    """The series :func:`select_pet_series` picks (without the reason)."""
+    return select_pet_series(folder, series_uid).series
+
+
+def _philips_factor(ds: Dataset, offset: int) -> float | None:
+    """A Philips PET private scale factor of one image, or None when absent or not positive."""
+    value: Any = None
+    try:
+        value = ds.private_block(_PHILIPS_GROUP, _PHILIPS_CREATOR)[offset].value
+    except KeyError:
+        # Some exports keep the element but not its creator: the usual block 0x10 then.
+        tag = (_PHILIPS_GROUP << 16) | (0x1000 + offset)
+        if tag in ds:
+            value = ds[tag].value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "ignore").strip("\x00 ")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
 
 
 def _require(ds: Dataset, keyword: str, folder: Path, where: str = "") -> Any:
@@ -251,6 +413,11 @@ def _is_f18(info: Dataset) -> bool:
 def suv_bw_conversion(headers: Sequence[Dataset], folder: str | Path) -> SuvConversion:
     """Body-weight SUV scale factor of one PET series, following QIBA's vendor-neutral method.
 
+    Units BQML use the header route. Philips CNTS are first turned into Bq/mL with the Activity
+    Concentration Scale Factor (7053,1009); the SUV then comes from the scanner's SUV Scale
+    Factor (7053,1000) when present, and independently from the header; both are recorded, and
+    a disagreement beyond :data:`SUV_ROUTE_TOLERANCE` is stated in ``route_check``.
+
     Args:
         headers: the headers of every slice of the series (any order).
         folder: the series folder, named in error messages.
@@ -277,17 +444,72 @@ def suv_bw_conversion(headers: Sequence[Dataset], folder: str | Path) -> SuvConv
     if units == "GML":
         # QIBA: GML is taken as body-weight SUV already (g/ml); no dose or time is needed.
         return SuvConversion(1.0, units, str(ds.get("DecayCorrection", "")), weight_kg)
-    if units == "CNTS":
+    if units not in ("BQML", "CNTS"):
         raise PetflareInputError(
             folder,
-            "Units CNTS (Philips counts) are not activity concentrations; export the series in "
-            "Bq/mL (Units BQML) or as SUV (GML) from the scanner console",
+            f"Units '{units}' are not supported (not quantitative); expected BQML (Bq/mL), "
+            "Philips CNTS with its scale factors, or GML (SUVbw)",
         )
-    if units != "BQML":
-        raise PetflareInputError(
-            folder, f"Units '{units}' are not supported; expected BQML (Bq/mL) or GML (SUVbw)"
-        )
+    if units == "BQML":
+        return _header_route(headers, folder, units, weight_kg)
 
+    # Philips CNTS: stored x slope x (7053,1009) = Bq/mL; stored x slope x (7053,1000) = SUVbw.
+    activity = [_philips_factor(h, _PHILIPS_ACTIVITY_FACTOR) for h in headers]
+    if any(f is None for f in activity):
+        raise PetflareInputError(
+            folder,
+            "Units CNTS (Philips counts) need the private Activity Concentration Scale Factor "
+            "(7053,1009) on every image; it is missing (anonymised away?): export in Bq/mL",
+        )
+    suv_factors = [_philips_factor(h, _PHILIPS_SUV_FACTOR) for h in headers]
+    vendor: float | None = None
+    if all(f is not None for f in suv_factors):
+        ratios = np.array([sf / af for sf, af in zip(suv_factors, activity, strict=True)])  # type: ignore[operator]
+        if np.ptp(ratios) > 1e-3 * float(np.median(ratios)):
+            raise PetflareInputError(
+                folder,
+                "the Philips SUV and activity scale factors change from image to image "
+                f"(SUV per Bq/mL {ratios.min():.6g} to {ratios.max():.6g})",
+            )
+        vendor = float(np.median(ratios))
+    try:
+        header = _header_route(headers, folder, units, weight_kg)
+    except PetflareInputError as exc:
+        if vendor is None:
+            raise
+        return SuvConversion(
+            vendor,
+            units,
+            str(ds.get("DecayCorrection", "")),
+            weight_kg,
+            route=ROUTE_PHILIPS,
+            vendor_scale_factor=vendor,
+            route_check=f"header route not available ({exc.problem})",
+        )
+    if vendor is None:
+        return header
+    difference = header.scale_factor / vendor - 1.0
+    agreement = "agrees with" if abs(difference) <= SUV_ROUTE_TOLERANCE else "DISAGREES with"
+    check = (
+        f"header route ({header.reference_time_source}) gives {header.scale_factor:.6g}, "
+        f"{difference:+.2%}: {agreement} the Philips SUV Scale Factor "
+        f"(tolerance {SUV_ROUTE_TOLERANCE:.0%})"
+    )
+    return dataclasses.replace(
+        header,
+        scale_factor=vendor,
+        route=ROUTE_PHILIPS,
+        header_scale_factor=header.scale_factor,
+        vendor_scale_factor=vendor,
+        route_check=check,
+    )
+
+
+def _header_route(
+    headers: Sequence[Dataset], folder: Path, units: str, weight_kg: float
+) -> SuvConversion:
+    """SUVbw per Bq/mL from weight, dose, half-life, injection and scan-start times (QIBA)."""
+    ds = headers[0]
     decay_correction = str(_require(ds, "DecayCorrection", folder)).strip().upper()
     if decay_correction not in ("START", "ADMIN"):
         raise PetflareInputError(
@@ -328,9 +550,10 @@ def suv_bw_conversion(headers: Sequence[Dataset], folder: str | Path) -> SuvConv
             dose_bq,
             half_life_s,
             reference_time_source="administration (DecayCorrection ADMIN)",
+            header_scale_factor=scale,
         )
 
-    reference, source = _scan_reference_time(headers, folder)
+    reference, source, note = _scan_reference_time(headers, folder)
     injection = _injection_time(info, reference, folder)
     decay_time_s = (reference - injection).total_seconds()
     if decay_time_s < 0:
@@ -359,6 +582,8 @@ def suv_bw_conversion(headers: Sequence[Dataset], folder: str | Path) -> SuvConv
         reference,
         source,
         decay_time_s,
+        header_scale_factor=scale,
+        scan_start_note=note,
     )
 
 
@@ -366,8 +591,34 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
 
 
-def _scan_reference_time(headers: Sequence[Dataset], folder: Path) -> tuple[dt.datetime, str]:
-    """QIBA scan reference time: SeriesDate/Time unless after the earliest acquisition."""
+def _ge_scan_start(ds: Dataset, folder: Path) -> dt.datetime | None:
+    """GE's private scan start (0009,100D) "Scan DateTime" in the GEMS_PETD_01 block, if any."""
+    try:
+        value = ds.private_block(0x0009, _GE_PET_CREATOR)[_GE_SCAN_DATETIME].value
+    except KeyError:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "ignore").strip("\x00 ")
+    text = str(value or "").strip()
+    if len(text) < 12:
+        return None
+    try:
+        return _parse_dt(text, folder, "GE private Scan DateTime (0009,100D)")
+    except PetflareInputError:
+        return None
+
+
+def _scan_reference_time(headers: Sequence[Dataset], folder: Path) -> tuple[dt.datetime, str, str]:
+    """QIBA scan start: SeriesDate/Time unless after the earliest acquisition.
+
+    When SeriesDate/Time is later than the earliest AcquisitionDate/Time of the series (a
+    post-processed series, or a time rewritten by an anonymiser), the GE private scan start is
+    used where present, else the earliest acquisition time.
+
+    Returns:
+        The reference time, the rule used (for the provenance) and a note naming a SeriesTime
+        that was not used ("" when SeriesDate/Time was used).
+    """
     first = headers[0]
     series_date = _parse_da(_require(first, "SeriesDate", folder), folder, "SeriesDate")
     series = dt.datetime.combine(
@@ -381,9 +632,20 @@ def _scan_reference_time(headers: Sequence[Dataset], folder: Path) -> tuple[dt.d
         acquisitions.append(dt.datetime.combine(acq_date, acq_time))
     earliest = min(acquisitions)
     if series <= earliest:
-        return series, "SeriesDate/SeriesTime"
-    # A post-processed series may carry the time it was created: use the acquisition start.
-    return earliest, "earliest AcquisitionDate/AcquisitionTime (SeriesTime is later)"
+        return series, "SeriesDate/SeriesTime (QIBA: not after the earliest acquisition)", ""
+    note = (
+        f"SeriesDate/SeriesTime {series.isoformat()} is {(series - earliest).total_seconds():.0f}"
+        f" s after the earliest AcquisitionDate/AcquisitionTime {earliest.isoformat()} "
+        "(rewritten or post-processing time): not used as the scan start"
+    )
+    ge_start = _ge_scan_start(first, folder)
+    if ge_start is not None and ge_start <= series:
+        return ge_start, "GE private scan start (0009,100D) (QIBA: SeriesTime is later)", note
+    return (
+        earliest,
+        "earliest AcquisitionDate/AcquisitionTime (QIBA: SeriesTime is later)",
+        note,
+    )
 
 
 def _injection_time(info: Dataset, reference: dt.datetime, folder: Path) -> dt.datetime:
@@ -498,7 +760,8 @@ def read_dicom_pet(
             unsupported units or decay correction, non-uniform slice spacing.
     """
     folder = Path(folder)
-    series = _select_series(folder, series_uid)
+    selection = select_pet_series(folder, series_uid)
+    series = selection.series
     headers = list(series.headers)
     order, affine_lps, (rows, cols) = _slice_geometry(headers, folder, spacing_tolerance)
     suv = suv_bw_conversion(headers, folder)
@@ -508,6 +771,10 @@ def read_dicom_pet(
         path, ds = series.files[index], headers[index]
         slope = float(_require(ds, "RescaleSlope", folder))
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        # Philips CNTS: the private Activity Concentration Scale Factor turns counts into Bq/mL.
+        to_bq_ml = (
+            (_philips_factor(ds, _PHILIPS_ACTIVITY_FACTOR) or 1.0) if suv.units == "CNTS" else 1.0
+        )
         try:
             pixels = ds.pixel_array
         except Exception as exc:  # pydicom raises several types for undecodable pixel data
@@ -516,12 +783,38 @@ def read_dicom_pet(
                 f"pixel data cannot be decoded ({exc}); install the matching pydicom "
                 "pixel handler or export uncompressed",
             ) from exc
-        activity = pixels.astype(np.float64) * slope + intercept
+        activity = (pixels.astype(np.float64) * slope + intercept) * to_bq_ml
         # pixel_array is [row j, column i]; the volume is [column i, row j, slice k].
         volume[:, :, k] = (activity * suv.scale_factor).T.astype(np.float32)
 
     first = headers[order[0]]
     scan_start, uptake_time_s = _scan_timing(headers, suv, folder)
+    sex = _patient_sex(first.get("PatientSex"))
+    height_m = _optional_float(first.get("PatientSize"))
+    source = {
+        "pet": str(folder),
+        "format": "DICOM",
+        "series_instance_uid": series.series_uid,
+        "series_description": series.description,
+        "series_selection": selection.reason,
+        "manufacturer": str(first.get("Manufacturer", "")),
+        "units_in_file": suv.units,
+        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
+        "suv_conversion": suv.describe(),
+        "suv_route": suv.route,
+        "suv_scale_factor": repr(suv.scale_factor),
+        "suv_reference_time": suv.reference_time.isoformat() if suv.reference_time else "",
+        "scan_start_rule": suv.reference_time_source,
+    }
+    if suv.scan_start_note:
+        source["scan_start_note"] = suv.scan_start_note
+    if suv.header_scale_factor is not None:
+        source["suv_scale_factor_header"] = repr(suv.header_scale_factor)
+    if suv.vendor_scale_factor is not None:
+        source["suv_scale_factor_philips"] = repr(suv.vendor_scale_factor)
+    if suv.route_check:
+        source["suv_route_check"] = suv.route_check
+    source.update(sul_provenance(sex, height_m, suv.weight_kg))
     meta = StudyMeta(
         patient_id=str(first.get("PatientID", "")),
         patient_name=str(first.get("PatientName", "") or "").strip(),
@@ -533,18 +826,10 @@ def read_dicom_pet(
         study_date=_iso_date(first.get("StudyDate", "")),
         tracer=_tracer_name(first),
         units="SUVbw",
-        sex=str(first.get("PatientSex", "")) or None,
-        height_m=_optional_float(first.get("PatientSize")),
+        sex=sex,
+        height_m=height_m,
         weight_kg=suv.weight_kg,
-        source={
-            "pet": str(folder),
-            "format": "DICOM",
-            "series_instance_uid": series.series_uid,
-            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-            "suv_conversion": suv.describe(),
-            "suv_scale_factor": repr(suv.scale_factor),
-            "suv_reference_time": suv.reference_time.isoformat() if suv.reference_time else "",
-        },
+        source=source,
     )
     return Study(pet=volume, affine=LPS_TO_RAS @ affine_lps, meta=meta)
 
@@ -560,7 +845,7 @@ def _scan_timing(
     if suv.reference_time is not None and suv.injection_time is not None:
         return suv.reference_time, suv.decay_time_s
     try:
-        reference, _ = _scan_reference_time(headers, folder)
+        reference, _, _ = _scan_reference_time(headers, folder)
     except PetflareInputError:
         return None, None
     seq = headers[0].get("RadiopharmaceuticalInformationSequence") or []
@@ -575,6 +860,28 @@ def _scan_timing(
 def _radiopharmaceutical(ds: Dataset) -> str:
     seq = ds.get("RadiopharmaceuticalInformationSequence") or []
     return str(seq[0].get("Radiopharmaceutical", "") or "").strip() if len(seq) else ""
+
+
+def sul_provenance(
+    sex: str | None, height_m: float | None, weight_kg: float | None
+) -> dict[str, str]:
+    """Provenance entries of the SUL factor (LBM / weight, Janmahasatian), or why there is none.
+
+    ``sul_factor`` is written only when sex, height and weight are all known and plausible.
+    """
+    from petflare.quant.metrics import sul_factor  # import at use: io does not need quant
+
+    factor, how = sul_factor(sex, height_m, weight_kg)
+    entries = {"sul": how}
+    if factor is not None:
+        entries["sul_factor"] = repr(factor)
+    return entries
+
+
+def _patient_sex(value: Any) -> str | None:
+    """DICOM PatientSex as 'M' or 'F' (the sexes the LBM formula knows), else None."""
+    text = str(value or "").strip().upper()[:1]
+    return text if text in ("M", "F") else None
 
 
 def _iso_date(value: Any) -> str:
