@@ -206,3 +206,27 @@ def test_convert_sts001_whole_body(tmp_path: Path) -> None:
     assert "".join(nib.aff2axcodes(img.affine)) == "LPS"
     assert 0 < np.asarray(nib.load(str(mask_out)).dataobj).sum() < 10_000
     assert seconds < 60.0
+
+
+ACRIN = _real_data_root() / "acrin_nsclc_042_fdg_dicom"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (ACRIN / "nac_image").is_dir(),
+    reason=f"real ACRIN-042 DICOM not found under {_real_data_root()} (set PETFLARE_REAL_DATA)",
+)
+def test_convert_acrin042_study_folder_and_nac(tmp_path: Path) -> None:
+    """The study folder converts image/ and says why; nac_image/ alone exits 2 naming units."""
+    out = tmp_path / "suv.nii.gz"
+    result = _run(f"dicom={ACRIN}", f"out={out}")
+    assert result.returncode == 0, result.stderr
+    assert "picked 'PET AC'" in result.stdout and "Units PROPCNTS" in result.stdout
+    assert "SUL = SUVbw x LBM/weight" in result.stdout
+    nac_out = tmp_path / "nac.nii.gz"
+    refused = _run(f"dicom={ACRIN / 'nac_image'}", f"out={nac_out}")
+    assert refused.returncode == 2
+    message = refused.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Units PROPCNTS" in message
+    assert str(ACRIN / "nac_image") in message
+    assert not nac_out.exists() and not (tmp_path / "nac.json").exists()

@@ -627,4 +627,4 @@ def test_sts001_rtstruct_matches_ibsi_mask(sts001: tuple[Study, float]) -> None:
     ours = mask[region] > 0
     assert mask.sum() == ours.sum()  # the whole ROI lies inside the crop
     dice = 2.0 * np.logical_and(ours, ref).sum() / (ours.sum() + ref.sum())
-    assert dice > 0.9
+    assert dice >= 0.99
