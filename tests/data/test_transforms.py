@@ -8,7 +8,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import Compose
 
 from petflare.constants import Keys
 from petflare.data import (
@@ -18,12 +17,10 @@ from petflare.data import (
     ScaleSuv,
     SegmentationDataModule,
     SyntheticSource,
-    augmentation_transforms,
     to_monai_items,
     training_transforms,
     validation_transforms,
 )
-from petflare.data.transforms import LesionBalancedIndicesd
 from petflare.errors import PetflareInputError
 
 
@@ -105,52 +102,6 @@ def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  
         AugmentationConfig(smooth_sigma_vox=(1.0, 0.5))
 
 
-def _two_lesions() -> tuple[np.ndarray, np.ndarray]:
-    """A 20^3 mass and a 2^3 nodule: 8000 vs 8 lesion voxels."""
-    label = np.zeros((1, 40, 40, 40), np.float32)
-    label[0, 2:22, 2:22, 2:22] = 1
-    label[0, 30:32, 30:32, 30:32] = 1
-    image = np.where(label > 0, 2.0, 1.0).astype(np.float32)
-    image[0, :, :, 36:] = 0.0  # outside the body: never a background centre
-    return label, image
-
-
-@pytest.mark.parametrize("balance", [0.0, 0.5, 0.8])
-def test_lesion_balanced_indices_share_of_small_lesion(balance: float) -> None:
-    label, image = _two_lesions()
-    out = LesionBalancedIndicesd(Keys.LABEL, Keys.IMAGE, 0.5, balance)(
-        {Keys.LABEL: label, Keys.IMAGE: image}
-    )
-    fg, bg = out["fg_indices"], out["bg_indices"]
-    assert np.all(label.ravel()[fg] > 0)  # only lesion voxels are positive centres
-    assert np.all(label.ravel()[bg] == 0) and np.all(image.ravel()[bg] > 0.5)
-    small = np.unravel_index(fg, label.shape[1:])[0] >= 30
-    # voxel-uniform share: 8 / 8008; lesion-first share: balance / 2 per lesion
-    expected = (1 - balance) * 8 / 8008 + balance / 2
-    assert abs(small.mean() - expected) < 0.01
-    assert set(np.unique(fg)) == set(np.flatnonzero(label.ravel()))  # every lesion voxel
-
-
-def test_lesion_balanced_sampling_reaches_the_small_lesion() -> None:
-    """With balance, patches centred on the 8-voxel nodule are common; without, almost never."""
-    label, image = _two_lesions()
-    hits = {}
-    for balance in (0.0, 0.5):
-        aug = AugmentationConfig(
-            patch_size_vox=(4, 4, 4), num_samples=400, pos_fraction=1.0, lesion_balance=balance
-        )
-        steps = augmentation_transforms(aug, PreprocessingConfig())
-        crop = Compose(steps[:3] if balance else steps[:2])  # pad, (indices,) crop
-        crop.set_random_state(seed=0)
-        patches = crop({Keys.IMAGE: torch.tensor(image), Keys.LABEL: torch.tensor(label)})
-        hits[balance] = np.mean([float(p[Keys.LABEL].sum()) <= 8 for p in patches])
-        assert all("fg_indices" not in p for p in patches)  # consumed by the crop
-    assert hits[0.0] < 0.02
-    assert 0.15 < hits[0.5] < 0.4
-    with pytest.raises(ValueError, match="lesion_balance"):
-        AugmentationConfig(lesion_balance=1.0)
-
-
 def test_missing_ct_is_refused() -> None:
     entry = {"patient_id": "p", "study_id": "s", "pet": "/x/SUV.nii.gz", "ct": None, "label": "l"}
     with pytest.raises(PetflareInputError, match="CT"):
@@ -226,37 +177,3 @@ def test_synthetic_source_extra_set_joins_training_only(tmp_path: Path) -> None:
     spacings = [nib.load(e["pet"]).header.get_zooms()[:3] for e in lists["train"]]
     assert [min(s) >= 4.8 for s in spacings] == [False, False, True, True]
     assert all(min(nib.load(e["pet"]).header.get_zooms()[:3]) < 4.8 for e in lists["val"])
-
-
-@pytest.mark.parametrize("log", [True, False])
-def test_random_suv_scaling_multiplies_suv_and_keeps_ct(log: bool) -> None:
-    """The factor acts on SUV (not on the log-compressed value); the CT channel is untouched."""
-    from petflare.data.transforms import RandSuvScaled
-
-    config = PreprocessingConfig(suv_log=log, channels=("pet", "ct"))
-    suv = torch.tensor([0.0, 1.0, 2.5, 8.0, 29.0])
-    pet = torch.log1p(suv) if log else suv / config.suv_max
-    image = torch.stack([pet, torch.linspace(-1, 1, 5)]).reshape(2, 5, 1, 1)
-    t = RandSuvScaled(Keys.IMAGE, (0.7, 1.43), config, prob=1.0)
-    t.set_random_state(3)
-    out = t({Keys.IMAGE: image})[Keys.IMAGE]
-    assert 0.7 <= t.factor <= 1.43 and t.factor != pytest.approx(1.0, abs=0.01)
-    got = torch.expm1(out[0]) if log else out[0] * config.suv_max
-    expected = torch.clamp(suv * t.factor, 0.0, config.suv_max)
-    np.testing.assert_allclose(got.flatten().numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[1], image[1])
-    assert torch.equal(image[0].flatten(), pet)  # the input is not modified in place
-
-
-def test_random_suv_scaling_is_off_by_default() -> None:
-    """Existing recipes get no extra transform (their random streams stay as they were)."""
-    from petflare.data.transforms import RandSuvScaled
-
-    def has_scaling(aug: AugmentationConfig) -> bool:
-        return any(isinstance(t, RandSuvScaled) for t in augmentation_transforms(aug))
-
-    assert not has_scaling(AugmentationConfig())
-    assert not has_scaling(AugmentationConfig(suv_scale_range=(0.8, 1.25)))  # prob 0
-    assert has_scaling(AugmentationConfig(suv_scale_range=(0.8, 1.25), suv_scale_prob=0.5))
-    with pytest.raises(ValueError, match="suv_scale_range"):
-        AugmentationConfig(suv_scale_range=(0.0, 1.2))

@@ -36,7 +36,6 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
-    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatchd,
@@ -223,48 +222,6 @@ class LiverReferencedSuvd(MapTransform):
         return d
 
 
-class RandSuvScaled(RandomizableTransform, MapTransform):
-    """Multiply the SUV of the image's PET channel (channel 0) by a random factor.
-
-    The image is already scaled (``log1p`` or ``/ suv_max``), so the scaling is undone, the
-    SUV multiplied by a log-uniform factor in ``factor_range`` and clipped at ``suv_max``, and
-    the scaling redone: the patch reads as the same patient on a scanner whose SUV reads higher
-    or lower. The labels stay valid: lesions and the liver scale together.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        factor_range: tuple[float, float],
-        config: PreprocessingConfig,
-        prob: float = 1.0,
-    ) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
-        self.log_range = (float(np.log(factor_range[0])), float(np.log(factor_range[1])))
-        self.config = config
-        self.factor = 1.0
-
-    def randomize(self, data: Any = None) -> None:
-        super().randomize(None)
-        self.factor = float(np.exp(self.R.uniform(*self.log_range)))
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return d
-        cfg = self.config
-        for key in self.key_iterator(d):
-            img = d[key].clone()
-            pet = img[0]
-            suv = torch.expm1(pet) if cfg.suv_log else pet * cfg.suv_max
-            suv = torch.clamp(suv * self.factor, 0.0, cfg.suv_max)
-            img[0] = torch.log1p(suv) if cfg.suv_log else suv / cfg.suv_max
-            d[key] = img
-        return d
-
-
 class ScaleSuv(Transform):
     """Clip SUV to ``[0, suv_max]`` then apply ``log1p`` (or divide by ``suv_max``).
 
@@ -312,71 +269,6 @@ class Binarized(MapTransform):
                 if isinstance(d[key], torch.Tensor)
                 else (np.asarray(d[key]) > 0).astype(np.float32)
             )
-        return d
-
-
-class LesionBalancedIndicesd(MapTransform):
-    """Patch-centre candidates that give small lesions a fair share of the positive patches.
-
-    ``RandCropByPosNegLabeld`` draws a positive centre uniformly over lesion *voxels*, so a
-    500 ml mass is drawn a thousand times as often as a 0.5 ml nodule, and the small, faint
-    lesions (nodules inside a mass, early new sites) are rarely seen. This deterministic step
-    (cached with the volume) writes the crop's ``fg_indices`` / ``bg_indices``: every lesion
-    voxel once (the voxel-uniform share) plus, for each connected lesion (26-connectivity), its
-    voxels repeated to an equal count per lesion, sized so that a fraction ``balance`` of the
-    positive draws is lesion-first. The background candidates are the crop's own (non-lesion
-    voxels with an image value above ``image_threshold``).
-
-    Args:
-        label_key: binary lesion label, channel first.
-        image_key: image whose values define the background candidates.
-        image_threshold: background candidates have an image value above this.
-        balance: fraction in [0, 1) of positive centres drawn lesion-first.
-        fg_key / bg_key: output keys (read by ``RandCropByPosNegLabeld``).
-    """
-
-    def __init__(
-        self,
-        label_key: str,
-        image_key: str,
-        image_threshold: float,
-        balance: float,
-        fg_key: str = "fg_indices",
-        bg_key: str = "bg_indices",
-    ) -> None:
-        super().__init__(keys=[label_key])
-        if not 0.0 <= balance < 1.0:
-            raise ValueError(f"lesion balance must be in [0, 1), got {balance}")
-        self.label_key, self.image_key = label_key, image_key
-        self.image_threshold = float(image_threshold)
-        self.balance = float(balance)
-        self.fg_key, self.bg_key = fg_key, bg_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        import cc3d
-        from monai.transforms.utils import map_binary_to_indices
-
-        d = dict(data)
-        label = np.asarray(d[self.label_key])
-        image = np.asarray(d[self.image_key])
-        fg, bg = map_binary_to_indices(label, image, self.image_threshold)
-        fg = np.asarray(fg, dtype=np.int64)
-        components = cc3d.connected_components(
-            np.ascontiguousarray(label[0] > 0, dtype=np.uint8), connectivity=26
-        )
-        flat = components.ravel()[fg]
-        n_lesions = int(flat.max()) if flat.size else 0
-        parts = [fg]
-        if self.balance > 0 and n_lesions > 0:
-            per_lesion = int(np.ceil(self.balance / (1.0 - self.balance) * fg.size / n_lesions))
-            order = np.argsort(flat, kind="stable")
-            starts = np.searchsorted(flat[order], np.arange(1, n_lesions + 2))
-            for i in range(n_lesions):
-                voxels = fg[order[starts[i] : starts[i + 1]]]
-                if voxels.size:
-                    parts.append(np.resize(voxels, per_lesion))
-        d[self.fg_key] = np.concatenate(parts)
-        d[self.bg_key] = np.asarray(bg, dtype=np.int64)
         return d
 
 
@@ -493,13 +385,6 @@ class AugmentationConfig:
         smooth_prob: probability of an extra Gaussian blur (a scanner with a wider
             point-spread function or stronger post-filter than the training data).
         smooth_sigma_vox: range of that blur's standard deviation, in voxels.
-        lesion_balance: fraction in [0, 1) of the positive patches centred lesion-first (each
-            connected lesion equally likely) instead of voxel-first (large masses dominate);
-            0 keeps MONAI's voxel-uniform draw.
-        suv_scale_range: (low, high) of a factor every SUV of a patch is multiplied by
-            (log-uniform; a scanner or an SUV calibration, weight or dose that reads higher or
-            lower); (1, 1), the default, adds no transform.
-        suv_scale_prob: probability of that scaling per patch.
     """
 
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
@@ -513,44 +398,27 @@ class AugmentationConfig:
     intensity_prob: float = 0.3
     smooth_prob: float = 0.0
     smooth_sigma_vox: tuple[float, float] = (0.25, 0.75)
-    lesion_balance: float = 0.0
-    suv_scale_range: tuple[float, float] = (1.0, 1.0)
-    suv_scale_prob: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
-        scale = tuple(float(s) for s in self.suv_scale_range)
-        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1]:
-            raise ValueError(f"suv_scale_range must be 0 < low <= high, got {self.suv_scale_range}")
-        object.__setattr__(self, "suv_scale_range", scale)
-        if not 0.0 <= self.suv_scale_prob <= 1.0:
-            raise ValueError(f"suv_scale_prob must be in [0, 1], got {self.suv_scale_prob}")
         sigma = tuple(float(s) for s in self.smooth_sigma_vox)
         if len(sigma) != 2 or not 0.0 <= sigma[0] <= sigma[1]:
             raise ValueError(f"smooth_sigma_vox must be (low, high), got {self.smooth_sigma_vox}")
         object.__setattr__(self, "smooth_sigma_vox", sigma)
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
-        if not 0.0 <= self.lesion_balance < 1.0:
-            raise ValueError(f"lesion_balance must be in [0, 1), got {self.lesion_balance}")
 
 
 def augmentation_transforms(
     aug: AugmentationConfig, config: PreprocessingConfig | None = None, with_organs: bool = False
 ) -> list[Transform]:
-    """Random transforms applied after caching: balanced patch sampling, spatial, intensity."""
+    """Random transforms applied after caching: patch sampling, spatial, intensity."""
     config = config or PreprocessingConfig()
     keys = [Keys.IMAGE, *_label_keys(True, with_organs)]
     rot = float(np.deg2rad(aug.rotate_deg))
     neg_threshold = config.scaled_suv(aug.neg_min_suv)
-    balanced = aug.lesion_balance > 0
     return [
         SpatialPadd(keys=keys, spatial_size=aug.patch_size_vox, mode="constant"),
-        *(
-            [LesionBalancedIndicesd(Keys.LABEL, Keys.IMAGE, neg_threshold, aug.lesion_balance)]
-            if balanced
-            else []
-        ),
         RandCropByPosNegLabeld(
             keys=keys,
             label_key=Keys.LABEL,
@@ -561,8 +429,6 @@ def augmentation_transforms(
             image_key=Keys.IMAGE,
             # negative patch centres: non-lesion voxels above neg_min_suv (body or hot organs)
             image_threshold=neg_threshold,
-            fg_indices_key="fg_indices" if balanced else None,
-            bg_indices_key="bg_indices" if balanced else None,
         ),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=aug.flip_prob, spatial_axis=1),
@@ -574,11 +440,6 @@ def augmentation_transforms(
             scale_range=(aug.scale_fraction,) * 3,
             mode=("bilinear",) + ("nearest",) * (len(keys) - 1),
             padding_mode="zeros",
-        ),
-        *(
-            [RandSuvScaled(Keys.IMAGE, aug.suv_scale_range, config, aug.suv_scale_prob)]
-            if aug.suv_scale_range != (1.0, 1.0) and aug.suv_scale_prob > 0
-            else []
         ),
         RandScaleIntensityd(keys=Keys.IMAGE, factors=0.1, prob=aug.intensity_prob),
         RandShiftIntensityd(keys=Keys.IMAGE, offsets=0.05, prob=aug.intensity_prob),
