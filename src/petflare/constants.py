@@ -25,6 +25,12 @@ class Keys:
     FOLLOWUP_CT: Final = "followup_ct"
     FOLLOWUP_MASK: Final = "followup_mask"
 
+    #: Organ label map (values: ``ORGAN_TO_INDEX``) on the PET grid, where a layout has one
+    #: (the phantom's ``ORGANS.nii.gz``); optional in datalists and manifests.
+    ORGANS: Final = "organs"
+    BASELINE_ORGANS: Final = "baseline_organs"
+    FOLLOWUP_ORGANS: Final = "followup_organs"
+
 
 #: Columns of the longitudinal manifest CSV that hold file paths (PET, CT, mask per timepoint).
 MANIFEST_PATH_COLUMNS: Final = (
@@ -36,8 +42,18 @@ MANIFEST_PATH_COLUMNS: Final = (
     Keys.FOLLOWUP_MASK,
 )
 
+#: Optional manifest columns holding organ label maps (phantom sets write them); paths like the
+#: others, but not part of what identifies a pair (not in ``MANIFEST_PATH_COLUMNS``).
+MANIFEST_ORGAN_COLUMNS: Final = (Keys.BASELINE_ORGANS, Keys.FOLLOWUP_ORGANS)
+
 #: Columns of the longitudinal manifest CSV, in order.
-MANIFEST_COLUMNS: Final = (Keys.PATIENT_ID, *MANIFEST_PATH_COLUMNS, Keys.PATTERN, Keys.SPLIT)
+MANIFEST_COLUMNS: Final = (
+    Keys.PATIENT_ID,
+    *MANIFEST_PATH_COLUMNS,
+    Keys.PATTERN,
+    Keys.SPLIT,
+    *MANIFEST_ORGAN_COLUMNS,
+)
 
 #: The four temporal change patterns, in the fixed class-index order used by every model.
 PATTERNS: Final = ("controlled", "diffuse_flare", "nodule_within_mass", "new_lesions")

@@ -38,6 +38,7 @@ def test_dataset_layout_manifest_and_truth(tmp_path: Path, coarse_config: Phanto
             folder = out / "autopet" / pid / tp
             assert sorted(p.name for p in folder.iterdir()) == [
                 "CTres.nii.gz",
+                "ORGANS.nii.gz",
                 "SEG.nii.gz",
                 "SUV.nii.gz",
             ]

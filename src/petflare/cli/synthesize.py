@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> Path:
         rows = list(csv.DictReader(fh))
     print(f"petflare-synth: {len(rows)} pairs in {elapsed:.1f} s")
     print(f"  manifest: {manifest}")
-    print(f"  autoPET:  {out / 'autopet'}/<patient>/<baseline|followup>/{{SUV,CTres,SEG}}.nii.gz")
+    studies = "<patient>/<baseline|followup>/{SUV,CTres,SEG,ORGANS}.nii.gz"
+    print(f"  autoPET:  {out / 'autopet'}/{studies}")
     print(f"  truth:    {out / 'truth'}/<patient>.json")
     patterns_count = Counter(r[Keys.PATTERN] for r in rows)
     splits_count = Counter(r[Keys.SPLIT] for r in rows)

@@ -19,6 +19,7 @@ from typing import Any
 
 from petflare.constants import (
     MANIFEST_COLUMNS,
+    MANIFEST_ORGAN_COLUMNS,
     MANIFEST_PATH_COLUMNS,
     PATTERNS,
     SPLITS,
@@ -36,6 +37,10 @@ AUTOPET_PET_STEM = "SUV"
 AUTOPET_CT_STEMS = ("CTres", "CT")
 AUTOPET_LABEL_STEM = "SEG"
 
+#: Optional organ label map beside SEG (values ``petflare.constants.ORGAN_TO_INDEX``); the
+#: phantom writes it, real autoPET studies have none.
+AUTOPET_ORGANS_STEM = "ORGANS"
+
 #: Manifest columns that must be present in every row (path columns: MANIFEST_PATH_COLUMNS).
 MANIFEST_REQUIRED_COLUMNS = (Keys.PATIENT_ID, Keys.BASELINE_PET, Keys.FOLLOWUP_PET)
 
@@ -50,9 +55,14 @@ def study_entry(
     ct: str | Path | None = None,
     label: str | Path | None = None,
     split: str | None = None,
+    organs: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Build one datalist entry with the contract keys (paths as strings, missing as None)."""
-    return {
+    """Build one datalist entry with the contract keys (paths as strings, missing as None).
+
+    ``organs`` (an organ label map, e.g. the phantom's ``ORGANS.nii.gz``) is optional: the
+    ``Keys.ORGANS`` key is present only when there is one.
+    """
+    entry: dict[str, Any] = {
         Keys.PATIENT_ID: str(patient_id),
         Keys.STUDY_ID: str(study_id),
         Keys.PET: str(pet),
@@ -60,6 +70,9 @@ def study_entry(
         Keys.LABEL: None if label is None else str(label),
         Keys.SPLIT: split,
     }
+    if organs is not None:
+        entry[Keys.ORGANS] = str(organs)
+    return entry
 
 
 # --------------------------------------------------------------------------- autoPET / TCIA
@@ -70,8 +83,9 @@ def load_autopet(root: str | Path) -> list[dict[str, Any]]:
 
     Layout: ``<root>/<patient>/<study>/SUV.nii.gz`` (PET in SUV), ``CTres.nii.gz`` (CT on the
     PET grid; ``CT.nii.gz`` is used when CTres is absent and is then resampled on loading) and
-    ``SEG.nii.gz`` (lesion mask; empty for negative studies, absent allowed). A patient may
-    have several study folders. Hidden folders are skipped.
+    ``SEG.nii.gz`` (lesion mask; empty for negative studies, absent allowed); an optional
+    ``ORGANS.nii.gz`` (organ label map, the phantom's) becomes the entry's ``organs``. A
+    patient may have several study folders. Hidden folders are skipped.
 
     Returns:
         Datalist sorted by patient then study; ``study_id`` is the study folder name.
@@ -98,7 +112,10 @@ def load_autopet(root: str | Path) -> list[dict[str, Any]]:
                 None,
             )
             label = _find_nifti(study_dir, AUTOPET_LABEL_STEM)
-            entries.append(study_entry(patient_dir.name, study_dir.name, pet, ct, label))
+            organs = _find_nifti(study_dir, AUTOPET_ORGANS_STEM)
+            entries.append(
+                study_entry(patient_dir.name, study_dir.name, pet, ct, label, organs=organs)
+            )
     if problems:
         raise PetflareInputError(root, "incomplete autoPET studies:\n  " + "\n  ".join(problems))
     if not entries:
@@ -366,7 +383,7 @@ def load_manifest(csv_path: str | Path) -> list[dict[str, Any]]:
         for column in MANIFEST_REQUIRED_COLUMNS:
             if cells[column] is None:
                 problems.append(f"{where}, {column}: required value is empty")
-        for column in MANIFEST_PATH_COLUMNS:
+        for column in (*MANIFEST_PATH_COLUMNS, *MANIFEST_ORGAN_COLUMNS):
             value = cells[column]
             if value is None:
                 continue
@@ -406,7 +423,8 @@ def manifest_to_studies(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
     """Flatten manifest pairs into the single-study datalist (study_id baseline / followup).
 
     Each row gives a baseline and a follow-up entry; a study listed in several rows (the
-    same PET file, e.g. one baseline with two follow-ups) appears once. ``split`` is kept.
+    same PET file, e.g. one baseline with two follow-ups) appears once. ``split`` is kept, and
+    the optional ``<timepoint>_organs`` column becomes the entry's ``organs``.
     """
     entries: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -424,6 +442,7 @@ def manifest_to_studies(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
                     row.get(f"{timepoint}_ct"),
                     row.get(f"{timepoint}_mask"),
                     row.get(Keys.SPLIT),
+                    organs=row.get(f"{timepoint}_organs"),
                 )
             )
     return entries
@@ -463,7 +482,7 @@ def write_manifest(
                     problems.append(f"row {row_number}, {column}: required value is empty")
                 cells.append("")
                 continue
-            if column in MANIFEST_PATH_COLUMNS:
+            if column in MANIFEST_PATH_COLUMNS or column in MANIFEST_ORGAN_COLUMNS:
                 absolute = Path(os.path.normpath(root / value))  # absolute value wins in `/`
                 if not absolute.is_relative_to(root):
                     problems.append(

@@ -54,6 +54,8 @@ class Study:
         ct: CT in Hounsfield units on the PET grid, or None.
         mask: lesion mask on the PET grid (0 background, 1..N lesions / or binary), or None.
         meta: descriptive metadata.
+        organs: organ label map on the PET grid (values: ``petflare.constants.ORGAN_TO_INDEX``,
+            0 elsewhere), or None; the phantom writes one for anatomy-aware training.
     """
 
     pet: np.ndarray
@@ -61,6 +63,7 @@ class Study:
     ct: np.ndarray | None = None
     mask: np.ndarray | None = None
     meta: StudyMeta = field(default_factory=StudyMeta)
+    organs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # C-contiguous copies only where needed: views with negative strides (what nibabel's
@@ -71,11 +74,13 @@ class Study:
             self.ct = np.ascontiguousarray(self.ct)
         if self.mask is not None:
             self.mask = np.ascontiguousarray(self.mask)
+        if self.organs is not None:
+            self.organs = np.ascontiguousarray(self.organs)
         if self.pet.ndim != 3:
             raise ValueError(f"PET must be 3D, got shape {self.pet.shape}")
         if self.affine.shape != (4, 4):
             raise ValueError(f"affine must be 4x4, got {self.affine.shape}")
-        for name in ("ct", "mask"):
+        for name in ("ct", "mask", "organs"):
             arr = getattr(self, name)
             if arr is not None and arr.shape != self.pet.shape:
                 raise ValueError(

@@ -513,8 +513,12 @@ def _draw(
     texture: tuple[float, float, float] | None = None,
     margin_mm: float = 4.0,
     clip: Shape | None = None,
+    organ: str | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
-    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture."""
+    """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture.
+
+    ``organ`` (one of ``petflare.constants.ORGANS``) labels it in the canvas' organ map.
+    """
     lo, hi = shape.bounds() if isinstance(shape, Profile) else shape.bounds()
     sl = canvas.geometry.box(lo - margin_mm, hi + margin_mm)
     if sl is None:
@@ -534,7 +538,7 @@ def _draw(
             suv_v = suv * np.clip(1.0 + rel * tex, 0.2, 3.0)
         if hu is not None:
             hu_v = hu + hu_sd * tex
-    canvas.paint(sl, occ, suv_v, hu_v)
+    canvas.paint(sl, occ, suv_v, hu_v, organ=organ)
     return sl, occ
 
 
@@ -593,7 +597,9 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
             canvas.occupancy(lv.sd(x, y, z)) - canvas.occupancy(lv_cavity.sd(x, y, z)), 0, 1
         )
         tex = canvas.texture(sl, 8.0)
-        canvas.paint(sl, wall, phys.myocardium * np.clip(1 + 0.12 * tex, 0.5, 2), 45.0)
+        canvas.paint(
+            sl, wall, phys.myocardium * np.clip(1 + 0.12 * tex, 0.5, 2), 45.0, organ="myocardium"
+        )
     for cap in t["aorta"]:
         _draw(canvas, cap, phys.blood, 40.0)
     for name in ("psoas_r", "psoas_l"):
@@ -602,7 +608,7 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
     # solid organs
     _paint_liver(canvas, a, phys)
     _draw(canvas, o["spleen"], phys.spleen, 45.0, texture=(10.0, 0.06, 4.0))
-    _draw(canvas, o["stomach"], phys.stomach, 30.0, texture=(6.0, 0.25, 8.0))
+    _draw(canvas, o["stomach"], phys.stomach, 30.0, texture=(6.0, 0.25, 8.0), organ="bowel")
     _draw(
         canvas,
         o["stomach"].scaled(-7.0),
@@ -610,9 +616,9 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
         -300.0 if rng.random() < 0.5 else 10.0,
     )
     for s in ("r", "l"):
-        _draw(canvas, o[f"kidney_{s}"], phys.kidney, 35.0, texture=(5.0, 0.15, 5.0))
-        _draw(canvas, o[f"renal_pelvis_{s}"], phys.urine, 10.0)
-    _draw(canvas, o["bladder"], phys.bladder, 8.0)
+        _draw(canvas, o[f"kidney_{s}"], phys.kidney, 35.0, texture=(5.0, 0.15, 5.0), organ="kidney")
+        _draw(canvas, o[f"renal_pelvis_{s}"], phys.urine, 10.0, organ="kidney")
+    _draw(canvas, o["bladder"], phys.bladder, 8.0, organ="bladder")
 
     # skeleton: cortical shell (HU high, little uptake) with marrow inside
     _bone(canvas, o["scapula_r"], o["scapula_l"], marrow_suv=phys.marrow * 0.6)
@@ -631,8 +637,15 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
     _paint_brain(canvas, a, phys)
     _draw(canvas, o["nasal"], 0.3, -700.0)
     for s in ("r", "l"):
-        _draw(canvas, o[f"parotid_{s}"], phys.salivary, 30.0, texture=(5.0, 0.1, 5.0))
-        _draw(canvas, o[f"tonsil_{s}"], phys.tonsil, 40.0)
+        _draw(
+            canvas,
+            o[f"parotid_{s}"],
+            phys.salivary,
+            30.0,
+            texture=(5.0, 0.1, 5.0),
+            organ="head_neck",
+        )
+        _draw(canvas, o[f"tonsil_{s}"], phys.tonsil, 40.0, organ="head_neck")
     if phys.brown_fat:
         _paint_brown_fat(canvas, a)
 
@@ -668,7 +681,7 @@ def _paint_liver(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     broad = canvas.texture(sl, LIVER_BROAD_TEXTURE[0])
     fine = canvas.texture(sl, LIVER_FINE_TEXTURE[0])
     rel = 1.0 + LIVER_BROAD_TEXTURE[1] * broad + LIVER_FINE_TEXTURE[1] * fine
-    canvas.paint(sl, occ, phys.liver * rel, LIVER_HU + 5.0 * fine, tissue="liver")
+    canvas.paint(sl, occ, phys.liver * rel, LIVER_HU + 5.0 * fine, tissue="liver", organ="liver")
 
 
 def _bone(
@@ -695,7 +708,7 @@ def _paint_bowel(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     occ = cavity * wall
     gas = (canvas.texture(sl, 10.0) > 1.3) & (np.abs(loops) < 0.2)
     hu = np.where(gas, -800.0, 25.0).astype(np.float32)
-    canvas.paint(sl, occ, phys.bowel * hot, hu)
+    canvas.paint(sl, occ, phys.bowel * hot, hu, organ="bowel")
 
 
 def _paint_ribs(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
@@ -727,11 +740,11 @@ def _paint_brain(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
         ribbon = np.clip(1.0 - (-sd - 1.0) / 12.0, 0.0, 1.0) * np.clip(0.7 + 0.5 * gyri, 0, 1)
         grey = np.clip(ribbon, 0.0, 1.0)
         suv = phys.brain * (0.42 + 0.58 * grey)
-        canvas.paint(sl, occ, suv, 35.0 + 8.0 * grey)
-    _draw(canvas, o["cerebellum"], phys.brain * 0.7, 38.0, texture=(3.0, 0.15, 4.0))
+        canvas.paint(sl, occ, suv, 35.0 + 8.0 * grey, organ="brain")
+    _draw(canvas, o["cerebellum"], phys.brain * 0.7, 38.0, texture=(3.0, 0.15, 4.0), organ="brain")
     for s in ("r", "l"):
-        _draw(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.85, 40.0)
-    _draw(canvas, o["ventricles"], 0.4, 8.0)
+        _draw(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.85, 40.0, organ="brain")
+    _draw(canvas, o["ventricles"], 0.4, 8.0, organ="brain")
 
 
 def _paint_brown_fat(canvas: Canvas, a: Anatomy) -> None:
@@ -752,4 +765,10 @@ def _paint_brown_fat(canvas: Canvas, a: Anatomy) -> None:
             continue
         occ = canvas.occupancy(band.sd(*canvas.coords(sl)))
         patches = np.clip(canvas.texture(sl, 5.0), 0.0, None)  # patchy, not a solid blob
-        canvas.paint(sl, occ * np.clip(patches, 0.0, 1.0), level * (0.6 + 0.4 * patches), -70.0)
+        canvas.paint(
+            sl,
+            occ * np.clip(patches, 0.0, 1.0),
+            level * (0.6 + 0.4 * patches),
+            -70.0,
+            organ="other_physiological",
+        )

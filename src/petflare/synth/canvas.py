@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from petflare.constants import ORGAN_TO_INDEX
 from petflare.synth.geometry import ScanGeometry, Slices, ramp
 
 ValueLike = float | np.ndarray
+
+#: A voxel takes a painted organ's label when the paint fills at least this share of it.
+ORGAN_VOXEL_OCCUPANCY = 0.5
 
 
 class Canvas:
@@ -21,6 +25,10 @@ class Canvas:
     ``o`` sets ``f <- f + o (1 - f)``; painting anything else over it sets ``f <- f (1 - o)``,
     the same blend as the SUV itself, so ``fraction == 1`` means the voxel shows that tissue
     only (not covered by a later organ, vessel or lesion).
+
+    ``organs`` is the organ label map (``petflare.constants.ORGAN_TO_INDEX``): a voxel takes the
+    organ of the last SUV paint that fills at least half of it (``ORGAN_VOXEL_OCCUPANCY``), so
+    anything painted later without an organ (bone, vessel, lesion) sets it back to 0.
     """
 
     def __init__(
@@ -39,6 +47,8 @@ class Canvas:
         }
         #: Edge width of the occupancy ramp: the mean voxel size (mm).
         self.edge_mm = float(np.mean(geometry.spacing_mm))
+        #: Organ label map: ``ORGAN_TO_INDEX`` of what each voxel shows, 0 elsewhere.
+        self.organs = np.zeros(geometry.shape, dtype=np.uint8)
         self._fields: dict[tuple, np.ndarray] = {}
 
     def coords(self, sl: Slices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,12 +67,15 @@ class Canvas:
         suv: ValueLike | None = None,
         hu: ValueLike | None = None,
         tissue: str | None = None,
+        organ: str | None = None,
     ) -> None:
         """Blend ``suv`` / ``hu`` (scalars or arrays on ``sl``) into the volumes with ``occ``.
 
-        ``tissue`` names what is painted, for the fraction maps of tracked tissues.
+        ``tissue`` names what is painted, for the fraction maps of tracked tissues; ``organ``
+        (one of ``petflare.constants.ORGANS``, None: not an organ) for the organ label map.
         """
         if suv is not None:
+            self.organs[sl][occ >= ORGAN_VOXEL_OCCUPANCY] = ORGAN_TO_INDEX[organ] if organ else 0
             region = self.suv[sl]
             region += occ * (np.asarray(suv, dtype=np.float32) - region)
             for name, fraction in self.fractions.items():

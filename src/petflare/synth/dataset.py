@@ -17,6 +17,7 @@ import numpy as np
 from petflare.constants import MANIFEST_COLUMNS, PATTERNS, SPLITS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_directory, atomic_write_text
+from petflare.io.layouts import AUTOPET_ORGANS_STEM
 from petflare.io.nifti import save_nifti
 from petflare.io.study import Study, StudyMeta
 from petflare.synth.anatomy import (
@@ -39,6 +40,10 @@ TRUTH_SCHEMA_VERSION = "1.0"
 #: Folder of a phantom set (beside its layout folder) holding one truth JSON per patient.
 TRUTH_DIR = "truth"
 
+#: Organ label map written beside SUV / CTres / SEG in each autoPET study folder (uint8,
+#: values ``petflare.constants.ORGAN_TO_INDEX``, the study's affine).
+ORGANS_FILE = f"{AUTOPET_ORGANS_STEM}.nii.gz"
+
 #: Split fractions used by :func:`generate_dataset` (by patient, stratified by pattern).
 DEFAULT_SPLIT_FRACTIONS: dict[str, float] = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -52,8 +57,8 @@ def _render(
     geometry: ScanGeometry,
     settings: ScanSettings,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Render one scan: (PET SUV, CT HU, instance mask, true liver SUVmean)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Render one scan: (PET SUV, CT HU, instance mask, organ label map, true liver SUVmean)."""
     canvas = Canvas(geometry, rng, tracked=("liver",))
     render_anatomy(canvas, anatomy, phys)
     mask = np.zeros(geometry.shape, dtype=np.uint16)
@@ -67,7 +72,9 @@ def _render(
     pet = form_pet(canvas.suv, spacing, settings, liver_true, rng)
     ct = form_ct(canvas.hu, spacing, settings, rng)
     dtype = np.uint8 if mask.max() < 256 else np.uint16
-    return pet, ct, mask.astype(dtype), liver_true
+    organs = canvas.organs
+    organs[mask > 0] = 0  # labelled lesion voxels are disease, never organ
+    return pet, ct, mask.astype(dtype), organs, liver_true
 
 
 #: A voxel is liver in the final label map when at least this fraction of its SUV is liver.
@@ -165,9 +172,10 @@ def generate_pair(
         patient_id: stored in the studies' metadata (default ``synth<seed>``).
 
     Returns:
-        ``(baseline, followup, truth)``: studies with PET (SUV), CT (HU) and an instance-labelled
-        lesion mask (label = lesion id, persistent across timepoints), and the JSON-serialisable
-        scenario ground truth (see docs/phantom.md).
+        ``(baseline, followup, truth)``: studies with PET (SUV), CT (HU), an instance-labelled
+        lesion mask (label = lesion id, persistent across timepoints) and an organ label map
+        (``Study.organs``, values ``petflare.constants.ORGAN_TO_INDEX``), and the
+        JSON-serialisable scenario ground truth (see docs/phantom.md).
     """
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; expected one of {PATTERNS}")
@@ -221,7 +229,7 @@ def generate_pair(
     for tp, (phys, states, rng) in per_time.items():
         geometry, settings = scans[tp]
         parts[tp] = _mask_parts(states, mask_thr[tp])
-        pet, ct, mask, liver_true[tp] = _render(
+        pet, ct, mask, organs, liver_true[tp] = _render(
             anatomy, phys, scenario, states, parts[tp], geometry, settings, rng
         )
         meta = StudyMeta(
@@ -233,7 +241,9 @@ def generate_pair(
             weight_kg=anatomy.weight_kg,
             source={"generator": "petflare.synth", "seed": str(seed), "pattern": pattern},
         )
-        studies[tp] = Study(pet=pet, affine=geometry.affine, ct=ct, mask=mask, meta=meta)
+        studies[tp] = Study(
+            pet=pet, affine=geometry.affine, ct=ct, mask=mask, meta=meta, organs=organs
+        )
     truth = _truth(
         seed,
         patient_id,
@@ -382,10 +392,13 @@ def _write_pair(job: tuple[Path, str, int, str, PhantomConfig]) -> dict[str, str
         assert study.ct is not None and study.mask is not None
         save_nifti(study.ct, study.affine, folder / "CTres.nii.gz")
         save_nifti(study.mask, study.affine, folder / "SEG.nii.gz")
+        assert study.organs is not None
+        save_nifti(study.organs, study.affine, folder / ORGANS_FILE)
         rel = Path("autopet") / patient_id / tp
         row[f"{tp}_pet"] = (rel / "SUV.nii.gz").as_posix()
         row[f"{tp}_ct"] = (rel / "CTres.nii.gz").as_posix()
         row[f"{tp}_mask"] = (rel / "SEG.nii.gz").as_posix()
+        row[f"{tp}_organs"] = (rel / ORGANS_FILE).as_posix()
     atomic_write_text(root / TRUTH_DIR / f"{patient_id}.json", json.dumps(truth, indent=1))
     return row
 
@@ -411,8 +424,9 @@ def generate_dataset(
     workers: int = 1,
     split_fractions: dict[str, float] | None = None,
 ) -> Path:
-    """Write ``n_pairs`` phantom pairs as ``out_dir/autopet/<patient>/<study>/{SUV,CTres,SEG}``,
-    their ground truth as ``out_dir/truth/<patient>.json`` and ``out_dir/manifest.csv``.
+    """Write ``n_pairs`` phantom pairs as ``out_dir/autopet/<patient>/<study>/{SUV,CTres,SEG,
+    ORGANS}.nii.gz``, their ground truth as ``out_dir/truth/<patient>.json`` and
+    ``out_dir/manifest.csv`` (organ maps in its ``baseline_organs`` / ``followup_organs``).
 
     Args:
         out_dir: target folder; a non-empty one is refused unless ``overwrite`` (then replaced).
