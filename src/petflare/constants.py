@@ -25,9 +25,7 @@ class Keys:
     FOLLOWUP_CT: Final = "followup_ct"
     FOLLOWUP_MASK: Final = "followup_mask"
 
-    #: Organ label map (values: ``ORGAN_TO_INDEX``) on the PET grid, where a layout has one
-    #: (the phantom's ``ORGANS.nii.gz``); optional in datalists and manifests.
-    ORGANS: Final = "organs"
+    #: Manifest columns of the per-timepoint organ label maps (optional; phantom sets write them).
     BASELINE_ORGANS: Final = "baseline_organs"
     FOLLOWUP_ORGANS: Final = "followup_organs"
 

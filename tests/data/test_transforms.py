@@ -22,6 +22,7 @@ from petflare.data import (
     validation_transforms,
 )
 from petflare.errors import PetflareInputError
+from petflare.io.layouts import load_manifest, manifest_to_studies
 
 
 @pytest.mark.parametrize(
@@ -143,6 +144,22 @@ def test_synthetic_source_generates_once(tmp_path: Path) -> None:
     stamp = manifest.stat().st_mtime_ns
     assert source.datalists()["train"] == lists["train"]
     assert manifest.stat().st_mtime_ns == stamp  # cached, not regenerated
+
+
+def test_synthetic_source_lists_organ_maps_and_remakes_sets_without(tmp_path: Path) -> None:
+    """Phantom entries carry their organ maps; a set cached before organ maps is made again."""
+    phantom = {"spacing_inplane_mm": [9.0, 10.0], "spacing_slice_mm": [9.0, 10.0]}
+    source = SyntheticSource(
+        tmp_path, n_train_pairs=1, n_val_pairs=0, train_seed=11, val_seed=12, phantom=phantom
+    )
+    entries = source.datalists()["train"]
+    assert all(Path(e[Keys.ORGANS]).name == "ORGANS.nii.gz" for e in entries)
+    manifest = next(tmp_path.rglob("manifest.csv"))
+    lines = manifest.read_text().splitlines()  # drop the organ columns: an old cached set
+    n_keep = len(lines[0].split(",")) - 2
+    manifest.write_text("\n".join(",".join(x.split(",")[:n_keep]) for x in lines) + "\n")
+    assert Keys.ORGANS not in manifest_to_studies(load_manifest(manifest))[0]
+    assert all(Path(e[Keys.ORGANS]).is_file() for e in source.datalists()["train"])
 
 
 def test_synthetic_source_extra_sets_are_checked(tmp_path: Path) -> None:

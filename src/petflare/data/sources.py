@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from petflare.constants import PATTERNS, Keys
+from petflare.constants import MANIFEST_ORGAN_COLUMNS, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_autopet, load_manifest, load_nnunet_raw, manifest_to_studies
 from petflare.io.splits import split_by_patient
@@ -76,6 +76,13 @@ def phantom_set_suffix(
     if patterns:
         suffix += "_patterns-" + "-".join(patterns)
     return suffix
+
+
+def _has_organ_maps(manifest: Path) -> bool:
+    """Whether a cached phantom set's manifest lists organ label maps (sets since issue 32)."""
+    with manifest.open(encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    return all(column in header for column in MANIFEST_ORGAN_COLUMNS)
 
 
 class DataSource(Protocol):
@@ -202,7 +209,8 @@ class SyntheticSource:
         suffix = phantom_set_suffix(seed, phantom, patterns)
         folder = self.cache_dir / f"{split}_n{n_pairs}{suffix}"
         manifest = folder / "manifest.csv"
-        if not manifest.is_file():
+        if not manifest.is_file() or not _has_organ_maps(manifest):
+            # a set cached before the phantom wrote organ maps is made again, with them
             log.info("generating %d phantom pairs (seed %d) into %s", n_pairs, seed, folder)
             config = PhantomConfig(**phantom)
             manifest = generate_dataset(
