@@ -161,3 +161,36 @@ def mip_pair_figure(
     with atomic_path(path, overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
     return path
+
+
+def mip_row_figure(
+    panels: Sequence[tuple[Study, np.ndarray | None, str]],
+    path: str | Path,
+    *,
+    title: str = "",
+    overwrite: bool = False,
+    suv_max: float = 10.0,
+    label_colors: Mapping[int, str] | None = None,
+    dpi: int = 110,
+) -> Path:
+    """Save coronal PET MIPs side by side, each ``(study, mask or None, panel title)``.
+
+    The same drawing as :func:`mip_pair_figure` for any number of scans (e.g. a real background
+    and hybrid scans made from it); masks are drawn as contours of their projections.
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    sizes_mm = [_canonical_extent_mm(s.shape, s.affine) for s, _, _ in panels]
+    aspect = max(e[2] for e in sizes_mm) / max(max(e[0] for e in sizes_mm), 1.0)
+    panel_w = 3.2
+    fig = Figure(figsize=(len(panels) * panel_w, panel_w * aspect + (0.5 if title else 0.2)))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for c, (study, mask, name) in enumerate(panels):
+        _draw_panel(axes[0][c], study, mask, "coronal", suv_max, label_colors, name)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+    return path
