@@ -283,7 +283,7 @@ def test_annotation_known_disease_and_organs_are_read(tmp_path: Path, monkeypatc
     regions[bg.suv > 10] = ORGAN_TO_INDEX["bladder"]
     regions[10:14, 10:14, 10:14] = KNOWN_DISEASE_LABEL
     save_nifti(regions, AFFINE, tmp_path / "ann" / "fake" / "regions.nii.gz")
-    monkeypatch.setattr(module, "read_pet_series", lambda folder: Study(bg.suv, AFFINE))
+    monkeypatch.setattr(module, "read_dicom_pet", lambda folder: Study(bg.suv, AFFINE))
     spec = BackgroundSpec("fake", "fake/image", 7.0, unlabelled_disease=True)
     read = read_background(spec, tmp_path, tmp_path / "ann")
     assert read.disease is not None and read.disease.sum() == 64

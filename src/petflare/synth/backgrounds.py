@@ -21,16 +21,9 @@ from scipy import ndimage
 
 from petflare.constants import KNOWN_DISEASE_LABEL, ORGAN_TO_INDEX, ORGANS
 from petflare.errors import PetflareInputError
-from petflare.io.dicom import (
-    LPS_TO_RAS,
-    _slice_geometry,
-    list_pet_series,
-    read_dicom_pet,
-    read_rtstruct_mask,
-)
+from petflare.io.dicom import read_dicom_pet, read_rtstruct_mask
 from petflare.io.loading import same_grid
 from petflare.io.nifti import load_nifti
-from petflare.io.study import Study, StudyMeta
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +32,6 @@ REGIONS_FILE = "regions.nii.gz"
 
 #: Physiological regions no lesion is inserted into (nor within the avoid margin of).
 EXCLUDED_ORGANS: tuple[str, ...] = ("brain", "myocardium", "bladder", "kidney")
-
-#: Philips private tag (7053,1000) "SUV Scale Factor": stored x RescaleSlope x factor = SUVbw.
-_PHILIPS_SUV_SCALE_TAG = (0x7053, 0x1000)
 
 
 @dataclass(frozen=True)
@@ -136,67 +126,6 @@ class Background:
 # --------------------------------------------------------------------------------------------
 
 
-def read_pet_series(folder: str | Path) -> Study:
-    """A PET series in SUVbw with the project's reader; Philips CNTS via its SUV Scale Factor.
-
-    ``petflare.io.dicom.read_dicom_pet`` on main does not convert Philips counts (Units CNTS)
-    yet. Until it does, such a series is converted here with the scanner's own documented factor
-    (DOMAIN.md): SUVbw = (stored x RescaleSlope + RescaleIntercept) x (7053,1000) SUV Scale
-    Factor, on the geometry the library computes. Once the library reads CNTS, its result is
-    used and this fallback is never reached.
-    """
-    folder = Path(folder)
-    try:
-        return read_dicom_pet(folder)
-    except PetflareInputError as exc:
-        if "CNTS" not in str(exc):
-            raise
-    return _read_philips_cnts(folder)
-
-
-def _read_philips_cnts(folder: Path) -> Study:
-    series = list_pet_series(folder)
-    if len(series) != 1:
-        raise PetflareInputError(folder, f"expected one PET series, found {len(series)}")
-    headers = list(series[0].headers)
-    order, affine_lps, (rows, cols) = _slice_geometry(headers, folder, 0.05)
-    volume = np.empty((cols, rows, len(order)), dtype=np.float32)
-    factors = set()
-    for k, index in enumerate(order):
-        ds = headers[index]
-        if str(ds.get("Units", "")).strip().upper() != "CNTS":
-            raise PetflareInputError(folder, "mixed Units in one series")
-        element = ds.get(_PHILIPS_SUV_SCALE_TAG)
-        if element is None or not float(element.value) > 0:
-            raise PetflareInputError(
-                folder, "Units CNTS without a positive Philips SUV Scale Factor (7053,1000)"
-            )
-        factor = float(element.value)
-        factors.add(factor)
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        stored = ds.pixel_array.astype(np.float64)
-        volume[:, :, k] = ((stored * slope + intercept) * factor).T.astype(np.float32)
-    first = headers[order[0]]
-    meta = StudyMeta(
-        patient_id=str(first.get("PatientID", "")),
-        study_id=str(first.get("StudyID", "") or first.get("StudyInstanceUID", "")),
-        units="SUVbw",
-        weight_kg=float(first.get("PatientWeight", 0.0) or 0.0) or None,
-        source={
-            "pet": str(folder),
-            "format": "DICOM",
-            "series_instance_uid": series[0].series_uid,
-            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-            "suv_conversion": (
-                "Philips CNTS: SUVbw = (stored x RescaleSlope + RescaleIntercept) x (7053,1000) "
-                f"SUV Scale Factor {sorted(factors)} (petflare.synth.backgrounds fallback)"
-            ),
-        },
-    )
-    return Study(pet=volume, affine=LPS_TO_RAS @ affine_lps, meta=meta)
-
-
 def _cases(spec: BackgroundSpec) -> list[str]:
     return list(dict.fromkeys((spec.name, *spec.annotation_cases)))
 
@@ -230,7 +159,7 @@ def read_background(
             f"<annotations>/<case>/{REGIONS_FILE} (cases tried: {', '.join(_cases(spec))}); "
             "its tumour would be taught as background",
         )
-    study = read_pet_series(root / spec.series)
+    study = read_dicom_pet(root / spec.series)
     shape = study.shape
     source = {k: str(v) for k, v in study.meta.source.items()}
     source["series"] = spec.series
