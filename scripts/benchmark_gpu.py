@@ -2,8 +2,8 @@
 
 Meant for a session that is lent a GPU (H100/H200 class) for a few minutes: everything the
 issues ask to measure on a GPU is done by this one script, which writes one Markdown file
-(``--out``, default ``docs/bench_gpu.md``) naming the card. On a CPU it runs with ``--quick``
-(tiny sizes) so that the tests exercise every part.
+(``--out``, default ``docs/reports/bench_gpu.md``) naming the card. On a CPU it runs with
+``--quick`` (tiny sizes) so that the tests exercise every part.
 
 Parts:
 1. Training: steps per second of the ``autopet_fdg`` experiment's network and loss (DynUNet,
@@ -18,7 +18,7 @@ Parts:
 4. CPU vs GPU: the shipped model's mask of one scan on both devices (voxels that differ, Dice).
 
 Example (on the GPU machine):
-    .venv/bin/python scripts/benchmark_gpu.py --out docs/bench_gpu.md --overwrite
+    .venv/bin/python scripts/benchmark_gpu.py --out docs/reports/bench_gpu.md --overwrite
 Smoke run on a CPU (tests):
     .venv/bin/python scripts/benchmark_gpu.py --device cpu --quick --out /tmp/g.md
 """
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(PARTS),
         help="which parts to run (default all); a lease too short for all can be split",
     )
-    p.add_argument("--out", type=Path, default=Path("docs/bench_gpu.md"))
+    p.add_argument("--out", type=Path, default=Path("docs/reports/bench_gpu.md"))
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 

@@ -14,7 +14,7 @@ Prints Markdown and, with ``--out``, writes it (with the raw metrics as a JSON b
 Examples:
     .venv/bin/python scripts/benchmark_pattern.py --model-dir models/phantom-unet --n-pairs 100
     .venv/bin/python scripts/benchmark_pattern.py --sets main scanners shift20 noise spacing \\
-        --n-pairs 100 --robust-pairs 40 --out docs/bench_pattern.md --overwrite
+        --n-pairs 100 --robust-pairs 40 --out docs/reports/bench_pattern.md --overwrite
 """
 
 from __future__ import annotations
@@ -209,8 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model-dir",
         type=Path,
         default=Path("models/phantom-unet"),
-        help="model folder with a head (default models/phantom-unet, docs/bench_pattern.md; "
-        "the default inference folder models/phantom-unet-gpu is docs/bench_pattern_gpu.md)",
+        help="model folder with a head (default models/phantom-unet, "
+        "docs/reports/bench_pattern.md; the default inference folder models/phantom-unet-gpu "
+        "is docs/reports/bench_pattern_gpu.md)",
     )
     p.add_argument("--data-dir", type=Path, default=Path("data/phantom_pairs"))
     p.add_argument("--cache-dir", type=Path, default=Path("data/head_cache"))

@@ -9,7 +9,7 @@
 Examples:
     .venv/bin/python scripts/benchmark_quant.py --part real
     .venv/bin/python scripts/benchmark_quant.py --part phantom --n-pairs 40 --seed 1000
-    .venv/bin/python scripts/benchmark_quant.py --part all --out docs/bench_quant.md --overwrite
+    python scripts/benchmark_quant.py --part all --out docs/reports/bench_quant.md --overwrite
     .venv/bin/python scripts/benchmark_quant.py --part liver --n-pairs 32 --seed 1000
 """
 

@@ -1,6 +1,6 @@
 """Segmentation benchmark: shipped model vs classical baselines, real tumour crops, CPU speed.
 
-Writes docs/bench_seg.md (numbers plus the exact command) and the full per-scan evaluations
+Writes docs/reports/bench_seg.md (numbers plus the exact command) and the full per-scan evaluations
 (metrics.json / metrics.md) under the output folder. Parts:
 
 1. a held-out phantom test set (a seed never used for training) generated with
@@ -56,7 +56,7 @@ DEFAULT_WHOLEBODY = REPO.parent / "shared" / "data" / "real" / "sts001_wholebody
 #: RTSTRUCT ROI scored on the whole-body series (the sarcoma; ``GTV_Edema`` is not tumour).
 WHOLEBODY_ROI = "GTV_Mass"
 DEFAULT_OUT = REPO / "outputs" / "bench_seg"
-DEFAULT_REPORT = REPO / "docs" / "bench_seg.md"
+DEFAULT_REPORT = REPO / "docs" / "reports" / "bench_seg.md"
 #: Seed of the held-out phantom test set; refused if the model's metadata lists it as a
 #: training seed.
 HELD_OUT_SEED = 90_210_731
@@ -465,7 +465,7 @@ def write_report(
     elapsed_s: float,
     wholebody: Evaluation | None = None,
 ) -> Path:
-    """Write docs/bench_seg.md atomically."""
+    """Write docs/reports/bench_seg.md atomically."""
     import torch
 
     lines = [
@@ -558,7 +558,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=DEFAULT_MODEL,
         help="model folder (default models/phantom-unet, the CPU-reproducible folder of "
-        "docs/bench_seg.md; inference defaults to models/phantom-unet-gpu, docs/bench_seg_gpu.md)",
+        "docs/reports/bench_seg.md; inference defaults to models/phantom-unet-gpu, "
+        "docs/reports/bench_seg_gpu.md)",
     )
     parser.add_argument("--n-pairs", type=int, default=10, help="phantom pairs (2 scans each)")
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="held-out phantom seed")

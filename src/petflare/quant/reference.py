@@ -25,7 +25,7 @@ point of the right half of what remains, i.e. as far as possible from the liver 
 ``found=False`` and a reason; nothing is guessed. The patient's right is +x in the NIfTI
 RAS+ world frame (x grows towards the patient's right, as in nibabel's 'R' axis code),
 superior is +z; both come from the affine, so any array orientation works. See
-docs/report.md for the method and docs/bench_quant.md for its validation on the phantom.
+docs/report.md for the method and docs/reports/bench_quant.md for its validation on the phantom.
 """
 
 from __future__ import annotations
