@@ -52,7 +52,7 @@ def check_cpu_precision(cfg: DictConfig) -> None:
     """Fall back to fp32 when a CPU run asks for bfloat16 that the CPU would only emulate.
 
     ``bf16-mixed`` on a CPU with native bfloat16 (oneDNN on AVX512-BF16/AMX) trains about 1.4
-    times faster than fp32 (docs/benchmarks.md); without it, the same run would be several times
+    times faster than fp32 (docs/experiments.md); without it, the same run would be several times
     slower. The fallback is logged and written into the run's config.
     """
     trainer = cfg.get("trainer") or {}

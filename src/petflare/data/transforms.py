@@ -8,7 +8,7 @@ scan's SUV is first rescaled so that its PERCIST liver reference reads one stand
 counts as FDG-avid is judged against the liver (PERCIST, and the phantom's lesion masks), and the
 liver's own SUVmean varies between patients and scanners by a factor of about 1.8. (Measured on
 the phantoms with the liver found on the PET alone, it does worse than SUV as measured:
-docs/benchmarks.md, "Liver-referenced SUV".)
+docs/experiments.md, "Liver-referenced SUV".)
 """
 
 from __future__ import annotations
