@@ -165,7 +165,7 @@ def _criteria_section(report: Mapping[str, Any]) -> str:
         rows.append(
             [
                 "Choi (GIST, CT)",
-                _category(choi) if choi.get("applicable") else "not applicable (no CT)",
+                _category(choi),
                 f"size {_pct(choi.get('size_change_pct'))}, density {density}; "
                 f"new lesions {choi.get('new_lesions')}, "
                 f"new intratumoural nodules {choi.get('new_intratumoural_nodules')}"
@@ -194,6 +194,8 @@ def _criteria_section(report: Mapping[str, Any]) -> str:
 
 
 def _category(result: Mapping[str, Any]) -> str:
+    if result.get("applicable") is False:
+        return "not applicable (no CT on both scans)"
     category = result.get("category")
     if category == "NE":
         reason = result.get("not_assessable_reason")
@@ -212,6 +214,11 @@ def _criterion_details(
 
 def _ids(ids: Any) -> str:
     return ", ".join(str(i) for i in ids or []) or "none"
+
+
+def _counted(count: Any, ids: Any, what: str = "follow-up lesion") -> str:
+    """``2 (follow-up lesions 3, 5)``, or the bare count without ids."""
+    return f"{count} ({what}s {_ids(ids)})" if ids else str(count)
 
 
 def _minutes(value: Any) -> str:
@@ -255,7 +262,7 @@ def _percist_inputs(p: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"baseline {_minutes(p.get('uptake_time_min_baseline'))}, follow-up "
             f"{_minutes(p.get('uptake_time_min_followup'))} (tolerance 15 min)",
         ),
-        ("new lesions", f"{p.get('new_lesions')} ({_ids(p.get('new_lesion_ids'))})"),
+        ("new lesions", _counted(p.get("new_lesions"), p.get("new_lesion_ids"))),
     ]
 
 
@@ -283,7 +290,7 @@ def _eortc_inputs(r: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{r.get('longest_diameter_lesion_id') or '-'}; PMD > +20%)",
         ),
         ("uptake time difference", _minutes(r.get("uptake_time_difference_min"))),
-        ("new lesions", f"{r.get('new_lesions')} ({_ids(r.get('new_lesion_ids'))})"),
+        ("new lesions", _counted(r.get("new_lesions"), r.get("new_lesion_ids"))),
     ]
 
 
@@ -315,10 +322,10 @@ def _choi_inputs(c: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"({_pct(c.get('size_change_pct'))}; PR <= -10%, PD >= +10%)",
         ),
         (f"density (targets {_ids(c.get('density_lesion_ids'))})", density),
-        ("new lesions", f"{c.get('new_lesions')} ({_ids(c.get('new_lesion_ids'))})"),
+        ("new lesions", _counted(c.get("new_lesions"), c.get("new_lesion_ids"))),
         (
             "new intratumoural nodules",
-            f"{c.get('new_intratumoural_nodules')} ({_ids(c.get('nodule_lesion_ids'))})",
+            _counted(c.get("new_intratumoural_nodules"), c.get("nodule_lesion_ids")),
         ),
     ]
 

@@ -577,7 +577,10 @@ def _why_not_progression(report: PairReport) -> str:
                 f" SUVpeak {t.min_new_suv_peak})"
             )
         else:
-            parts.append(f"follow-up lesion {les.lesion_id} is not read as a new lesion")
+            parts.append(
+                f"follow-up lesion {les.lesion_id} passes the rules' test of a new lesion, but "
+                "the pattern was not called new_lesions"
+            )
     d = report.disease
     rose = (
         f"{d.n_baseline_rose}/{d.n_baseline_lesions} baseline lesions rose by >= "
