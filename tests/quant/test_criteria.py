@@ -412,3 +412,22 @@ def test_lesion_hu_percent_change_needs_a_meaningful_baseline(b_hu, f_hu, expect
 
     got = hu_pct_change(b_hu, f_hu)
     assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_choi_nodule_against_a_controlled_learned_pattern_names_the_nodule_and_the_rules():
+    from types import SimpleNamespace
+
+    from petflare.quant.report import RuleDecision
+
+    rep = _pair([lesion(1, 5.0)], [lesion(1, 4.0)], [_match(1, "persisting")])
+    b = scan([_les(1, 50.0, 60.0)], has_ct=True)
+    f = scan([_les(1, 45.0, 50.0)], has_ct=True)
+    links = [SimpleNamespace(followup_id=1, baseline_ids=[1])]
+    rep.choi = choi(b, f, links, 0, 1, nodule_lesion_ids=[1])
+    rep.pattern_rules = RuleDecision("nodule_within_mass", "R3_nodule_within_mass", [])
+    lines = criteria_vs_pattern(rep, "controlled")
+    choi_line = next(x for x in lines if x.startswith("Choi PD"))
+    assert "new intratumoural nodule(s) in follow-up lesion(s) 1" in choi_line
+    assert "follow-up lesion(s) 1 show the focal nodule sign" in choi_line
+    assert "rule-based classifier says nodule_within_mass" in choi_line
+    assert "no focal nodule" not in choi_line

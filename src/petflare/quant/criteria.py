@@ -62,6 +62,8 @@ CT_CONTRAST_CHOICES = ("unknown", "none", "portal_venous")
 
 _PROGRESSION = ("PMD", "PD")
 
+CONTROLLED, DIFFUSE_FLARE, NODULE_WITHIN_MASS, NEW_LESIONS = PATTERNS
+
 
 def _ids(ids: Iterable[int]) -> str:
     return ", ".join(str(i) for i in ids)
@@ -528,7 +530,7 @@ def criteria_vs_pattern(report: PairReport, pattern_label: str) -> list[str]:
     PMD is explained too (the same rise, read as reactivation rather than resistance). Each
     sentence names the lesions that drive the criterion and those that drive the pattern.
     """
-    controlled, flare, nodule, new = PATTERNS
+    flare, nodule, new = DIFFUSE_FLARE, NODULE_WITHIN_MASS, NEW_LESIONS
     lines: list[str] = []
     calls = [
         ("PERCIST", report.percist.category, report.percist.drivers),
@@ -539,7 +541,7 @@ def criteria_vs_pattern(report: PairReport, pattern_label: str) -> list[str]:
         if category is None or category == "NE":
             continue
         progression = category in _PROGRESSION
-        if pattern_label == controlled and progression:
+        if pattern_label == CONTROLLED and progression:
             why = _why_not_progression(report)
         elif pattern_label in (nodule, new) and not progression:
             why = _why_progression(report, pattern_label)
@@ -582,11 +584,27 @@ def _why_not_progression(report: PairReport) -> str:
                 "the pattern was not called new_lesions"
             )
     d = report.disease
-    rose = (
+    parts.append(
         f"{d.n_baseline_rose}/{d.n_baseline_lesions} baseline lesions rose by >= "
         f"{d.rise_threshold_pct:.0f}%"
     )
-    return "; ".join([*parts, rose, "no focal nodule in a persisting mass"])
+    nodules = report.choi.nodule_lesion_ids
+    if nodules:
+        parts.append(
+            f"follow-up lesion(s) {_ids(nodules)} show the focal nodule sign the criteria count, "
+            "which the pattern does not read as a nodule within a mass"
+        )
+    else:
+        parts.append("no focal nodule in a persisting mass")
+    return "; ".join(parts) + _rules_aside(report, CONTROLLED)
+
+
+def _rules_aside(report: PairReport, pattern_label: str) -> str:
+    """`` (the rule-based classifier says ...)`` when it differs from the reported pattern."""
+    rules = report.pattern_rules
+    if rules is None or rules.label == pattern_label:
+        return ""
+    return f" (the rule-based classifier says {rules.label}, rule {rules.rule})"
 
 
 def _why_progression(report: PairReport, pattern_label: str) -> str:
@@ -602,10 +620,11 @@ def _why_progression(report: PairReport, pattern_label: str) -> str:
     if rules is not None and rules.label == pattern_label and rules.evidence:
         parts.append(str(rules.evidence[0]))
     parts.append(
-        f"the criteria's hottest lesions change little ({d.n_baseline_rose}/"
-        f"{d.n_baseline_lesions} baseline lesions rose by >= {d.rise_threshold_pct:.0f}%)"
+        f"{d.n_baseline_rose}/{d.n_baseline_lesions} baseline lesions rose by >= "
+        f"{d.rise_threshold_pct:.0f}%, which the criteria weigh only through the hottest lesion "
+        "(PERCIST, EORTC) or the size and density sums (Choi)"
     )
-    return "; ".join(parts)
+    return "; ".join(parts) + _rules_aside(report, pattern_label)
 
 
 def _why_flare(report: PairReport, category: str) -> str:
