@@ -126,6 +126,7 @@ def test_help_documents_every_option() -> None:
         "progress=",
         "pattern_source=auto|rules|learned_head",
         "registration=auto|ct|pet|none",
+        "ct_contrast=unknown|none|portal_venous",
         "weight_kg=",
         "injected_dose_bq=",
     ):
@@ -216,6 +217,7 @@ def test_existing_output_dir_is_refused(
         (["pet=a.nii.gz", "sw_batch_size=many"], "sw_batch_size=many"),
         (["pet=a.nii.gz", "registration=elastix"], "registration=elastix"),
         (["pet=a.nii.gz", "threshold=1.5"], "threshold=1.5"),
+        (["pet=a.nii.gz", "ct_contrast=arterial"], "ct_contrast=arterial"),
         ([], "no input"),
     ],
     ids=[
@@ -225,6 +227,7 @@ def test_existing_output_dir_is_refused(
         "bad_number",
         "bad_registration",
         "bad_threshold",
+        "bad_ct_contrast",
         "no_input",
     ],
 )
@@ -351,6 +354,7 @@ def test_pair_nifti_end_to_end(
         f"out={out}",
         f"model={model_dir}",
         "device=cpu",
+        "ct_contrast=none",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = check_outputs(
@@ -362,6 +366,8 @@ def test_pair_nifti_end_to_end(
     )
     assert report["inputs"]["followup"]["ct"] == str(follow["ct"])
     assert report["registration"]["modality"] == "ct"  # the default: CT when both have it
+    assert report["choi"]["ct_contrast"] == "none" and not report["choi"]["density_assessable"]
+    assert isinstance(report["criteria_evidence"], list)
     assert report["timepoints"]["baseline"]["has_ct"] is True
     # progress: one line per stage on stderr
     for stage in ("segment_baseline", "segment_followup", "quantify_and_compare", "figure"):

@@ -309,3 +309,24 @@ def test_manifest_bad_row_writes_nothing(tmp_path: Path, studies: dict[str, Stud
     with pytest.raises(PetflareInputError, match="NaN"):
         run_manifest(manifest_rows, ThresholdPredictor(), out, registration=SAME_FRAME)
     assert not out.exists()
+
+
+def test_pair_report_carries_ct_contrast_and_criteria_evidence(studies: dict[str, Study]) -> None:
+    """ct_contrast reaches Choi; the disagreement sentences are in report.json."""
+    result = run_pair(
+        studies["baseline"],
+        studies["followup"],
+        ThresholdPredictor(),
+        registration=SAME_FRAME,
+        ct_contrast="none",
+    )
+    report = result.report()
+    assert report["choi"]["ct_contrast"] == "none"
+    # rules call new_lesions and PERCIST / EORTC call PMD from the new lesion: no disagreement
+    assert report["pattern"]["label"] == "new_lesions"
+    assert report["criteria_evidence"] == []
+    # the same report read as "controlled" names the new lesion behind PERCIST's PMD
+    from petflare.quant.criteria import criteria_vs_pattern
+
+    lines = criteria_vs_pattern(result.pair_report, "controlled")
+    assert any(line.startswith("PERCIST PMD") and "follow-up lesion" in line for line in lines)

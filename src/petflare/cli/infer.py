@@ -67,6 +67,7 @@ class InferRequest:
     threshold: float | None = None
     pattern_source: str = "auto"
     registration: str = "auto"
+    ct_contrast: str = "unknown"
 
 
 #: The model folder used when none is given. ``phantom-unet-gpu`` (the GPU-trained network and
@@ -118,6 +119,13 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         raise PetflareInputError(
             None, f"pattern_source={pattern_source} is not one of {', '.join(PATTERN_SOURCES)}"
         )
+    from petflare.quant.criteria import CT_CONTRAST_CHOICES
+
+    ct_contrast = str(get("ct_contrast") or "unknown")
+    if ct_contrast not in CT_CONTRAST_CHOICES:
+        raise PetflareInputError(
+            None, f"ct_contrast={ct_contrast} is not one of {', '.join(CT_CONTRAST_CHOICES)}"
+        )
     registration = str(get("registration") or "auto")
     if registration not in REGISTRATIONS:
         raise PetflareInputError(
@@ -141,6 +149,7 @@ def request_from_config(cfg: DictConfig | dict[str, Any]) -> InferRequest:
         "threshold": threshold,
         "pattern_source": pattern_source,
         "registration": registration,
+        "ct_contrast": ct_contrast,
     }
     mode = modes[0]
     if mode == "batch":
@@ -282,6 +291,7 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             html=request.html,
             registration=_registration(request),
             dicom_seg=request.dicom_seg,
+            ct_contrast=request.ct_contrast,
         )
         return [request.out / item.folder for item in items]
     if request.mode == "single":
@@ -301,6 +311,7 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             pattern_head=load_pattern_head(request),
             progress=progress,
             registration=_registration(request),
+            ct_contrast=request.ct_contrast,
         )
     written = writers.write_outputs(
         result,

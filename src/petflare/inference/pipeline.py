@@ -292,6 +292,11 @@ class InferenceResult:
             "pattern": None if self.pattern is None else self.pattern.to_dict(),
         }
         out.update(quant)
+        if self.is_pair and self.pattern is not None and hasattr(self.pair_report, "percist"):
+            from petflare.quant.criteria import criteria_vs_pattern
+
+            # which lesions drive a criterion that disagrees with the pattern (docs/report.md)
+            out["criteria_evidence"] = criteria_vs_pattern(self.pair_report, self.pattern.label)
         out["masks"] = {
             name: {
                 "file": mask_filename(name, self.is_pair),
@@ -398,6 +403,7 @@ def run_pair(
     timer: StageTimer | None = None,
     patient_id: str = "",
     registration: Any = None,
+    ct_contrast: str = "unknown",
 ) -> InferenceResult:
     """Segment, quantify and compare a baseline and a follow-up scan, and call the pattern.
 
@@ -416,6 +422,8 @@ def run_pair(
         registration: ``petflare.quant.RegistrationConfig`` for aligning follow-up to baseline
             (None: quant's default; ``RegistrationConfig(modality="none")`` for scans already
             in one frame of reference).
+        ct_contrast: what the CT is, for Choi's density: ``unknown``, ``none`` (non-contrast)
+            or ``portal_venous`` (petflare.quant.criteria, docs/report.md).
     """
     timer = timer if timer is not None else StageTimer(progress)
     base_study, base_src = _as_study(baseline, timer, "baseline")
@@ -430,6 +438,7 @@ def run_pair(
         pattern_head,
         patient_id,
         registration,
+        ct_contrast,
     )
 
 
@@ -443,6 +452,7 @@ def _compute_pair(
     pattern_head: PatternHead | None,
     patient_id: str,
     registration: Any = None,
+    ct_contrast: str = "unknown",
 ) -> InferenceResult:
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import classify_pattern_rules, compare_studies
@@ -457,6 +467,7 @@ def _compute_pair(
             baseline_mask=base_instances,
             followup_mask=follow_instances,
             registration=registration,
+            ct_contrast=ct_contrast,
         )
     base = TimepointResult("baseline", base_study, base_instances, pair_report.baseline, base_src)
     follow = TimepointResult(
@@ -508,6 +519,7 @@ def run_manifest(
     html: bool = True,
     registration: Any = None,
     dicom_seg: bool = True,
+    ct_contrast: str = "unknown",
 ) -> list[BatchItem]:
     """Run every pair of a longitudinal manifest into ``out_dir/<patient>/``.
 
@@ -527,6 +539,7 @@ def run_manifest(
         html: also write report.html per row.
         registration: ``petflare.quant.RegistrationConfig`` (None: quant's default).
         dicom_seg: also write a DICOM SEG per DICOM-series input.
+        ct_contrast: what the CTs are, for Choi's density (as in :func:`run_pair`).
 
     Returns:
         One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv).
@@ -567,6 +580,7 @@ def run_manifest(
                     pattern_head,
                     str(row.get(Keys.PATIENT_ID) or ""),
                     registration,
+                    ct_contrast,
                 )
                 write_outputs_into(result, tmp / folders[index], html=html, dicom_seg=dicom_seg)
                 items.append(
