@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from petflare.data.sources import (
     AutopetSource,
     BlobSource,
+    ConcatSource,
     DataSource,
     ManifestSource,
     NnunetRawSource,
@@ -55,6 +56,7 @@ __all__ = [
     "AugmentationConfig",
     "AutopetSource",
     "BlobSource",
+    "ConcatSource",
     "DataSource",
     "LiverReferencedSuvd",
     "ManifestSource",

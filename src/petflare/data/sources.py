@@ -304,3 +304,25 @@ class BlobSource:
                 entry[Keys.SPLIT] = split
                 out[split].append(entry)
         return out
+
+
+class ConcatSource:
+    """Several sources as one: their training lists joined, validation from the first only.
+
+    E.g. phantoms (which also validate: the same generator every run) plus hybrid scans on
+    real backgrounds, whose few backgrounds must stay out of validation to be scored
+    leave-one-background-out by the real benchmark instead.
+    """
+
+    def __init__(self, sources: Sequence[DataSource]) -> None:
+        if not sources:
+            raise ValueError("ConcatSource needs at least one source")
+        self.sources = list(sources)
+
+    def datalists(self) -> dict[str, Datalist]:
+        """The first source's lists, plus every other source's training studies."""
+        first = self.sources[0].datalists()
+        out = {"train": list(first["train"]), "val": list(first.get("val", []))}
+        for source in self.sources[1:]:
+            out["train"] += source.datalists()["train"]
+        return out
