@@ -92,3 +92,24 @@ def test_training_pipeline_carries_the_organ_map_with_the_image(tmp_path: Path) 
         agree = ((organ == 3) == hot).float().mean()
         assert agree > 0.95
         assert set(torch.unique(organ).tolist()) <= {0.0, 3.0}
+
+
+def test_a_study_without_organ_map_trains_with_unknown_organs(tmp_path: Path) -> None:
+    """A study that has no organ label map (an unannotated real background) gets one that is
+    ORGAN_IGNORE everywhere: its lesions train, the organ loss skips it."""
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    pet = np.ones((20, 20, 20), dtype=np.float32)
+    label = np.zeros((20, 20, 20), dtype=np.uint8)
+    label[8:12, 8:12, 8:12] = 1
+    pet[label > 0] = 8.0
+    paths = {}
+    for key, arr in ((Keys.PET, pet), (Keys.LABEL, label)):
+        paths[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(arr, affine), paths[key])
+    prep = PreprocessingConfig(channels=("pet",), spacing_mm=(4.0, 4.0, 4.0))
+    aug = AugmentationConfig(patch_size_vox=(16, 16, 16), num_samples=2, affine_prob=0.0)
+    for patch in training_transforms(prep, aug, with_organs=True)(paths):
+        organs = patch[Keys.ORGANS][0]
+        inside = patch[Keys.IMAGE][0] > 0  # padding outside the scan is background (0)
+        assert organs.shape == patch[Keys.LABEL][0].shape
+        assert bool((organs[inside] == ORGAN_IGNORE).all())

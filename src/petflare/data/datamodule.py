@@ -28,24 +28,25 @@ def to_monai_items(
     """Keep the keys the transforms read; refuse entries missing a channel or a label.
 
     Raises:
-        PetflareInputError: an entry lacks the CT while the model uses CT, lacks a label
-            (a negative scan needs an empty mask file, not a missing one), or lacks the organ
-            label map an anatomy-aware network is trained with.
+        PetflareInputError: an entry lacks the CT while the model uses CT, or lacks a label
+            (a negative scan needs an empty mask file, not a missing one). With
+            ``with_organs`` an entry's organ label map is kept when it has one; one without
+            gets an all-unknown map in the pipeline (:class:`UnknownOrgansd`).
     """
     items: Datalist = []
-    keys = (*channels, Keys.LABEL, *((Keys.ORGANS,) if with_organs else ()))
+    keys = (*channels, Keys.LABEL)
     for entry in entries:
         for key in keys:
             if entry.get(key) is None:
-                what = {Keys.LABEL: "lesion mask", Keys.ORGANS: "organ label map"}.get(
-                    key, f"{key.upper()} image"
-                )
+                what = "lesion mask" if key == Keys.LABEL else f"{key.upper()} image"
                 raise PetflareInputError(
                     entry.get(Keys.PET),
                     f"{split} study {entry.get(Keys.PATIENT_ID)}/{entry.get(Keys.STUDY_ID)} "
                     f"has no {what}",
                 )
         item = {key: str(entry[key]) for key in keys}
+        if with_organs and entry.get(Keys.ORGANS) is not None:
+            item[Keys.ORGANS] = str(entry[Keys.ORGANS])  # absent: unknown, ignored by the loss
         item[Keys.PATIENT_ID] = str(entry.get(Keys.PATIENT_ID))
         item[Keys.STUDY_ID] = str(entry.get(Keys.STUDY_ID))
         items.append(item)

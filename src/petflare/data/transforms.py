@@ -45,7 +45,7 @@ from monai.transforms import (
     Transform,
 )
 
-from petflare.constants import Keys
+from petflare.constants import ORGAN_IGNORE, Keys
 
 #: Channel names a model may be trained on, in the order they are stacked.
 CHANNEL_NAMES = (Keys.PET, Keys.CT)
@@ -272,6 +272,32 @@ class Binarized(MapTransform):
         return d
 
 
+class UnknownOrgansd(MapTransform):
+    """Give a study without an organ label map one that says "unknown" everywhere.
+
+    The map is ``ORGAN_IGNORE`` on the grid of ``reference_key`` (the lesion label), so the
+    organ loss ignores that study while its lesions still train the network (e.g. a hybrid
+    scan on a real background nobody has annotated yet).
+    """
+
+    def __init__(self, keys: KeysCollection, reference_key: str = Keys.LABEL) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if d.get(key) is None:
+                reference = d[self.reference_key]
+                filled = torch.full_like(torch.as_tensor(reference), float(ORGAN_IGNORE))
+                d[key] = (
+                    MetaTensor(filled, meta=dict(reference.meta))
+                    if isinstance(reference, MetaTensor)
+                    else filled
+                )
+        return d
+
+
 class AboveThreshold:
     """Picklable foreground selector for ``CropForegroundd`` (a lambda is not picklable)."""
 
@@ -361,8 +387,12 @@ def load_transforms(
         ensure_channel_first=True,
         image_only=True,
         squeeze_non_spatial_dims=True,
+        allow_missing_keys=with_organs,  # a study may lack its organ map (filled as unknown)
     )
-    return [loader, *preprocessing_transforms(config, with_label, with_organs)]
+    steps: list[Transform] = [loader]
+    if with_organs:
+        steps.append(UnknownOrgansd(keys=Keys.ORGANS, reference_key=Keys.LABEL))
+    return [*steps, *preprocessing_transforms(config, with_label, with_organs)]
 
 
 @dataclass(frozen=True)
