@@ -19,6 +19,7 @@ from petflare.constants import F18_HALF_LIFE_S, MAX_PLAUSIBLE_SUV
 from petflare.errors import PetflareInputError
 from petflare.io.nifti import load_nifti
 from petflare.io.study import Study, StudyMeta
+from petflare.io.validation import check_suv_plausibility
 
 #: Hounsfield value of air, used for CT voxels that fall outside the CT field of view.
 AIR_HU = -1000.0
@@ -43,6 +44,7 @@ def load_study(
     meta: StudyMeta | None = None,
     dose_decay_time_s: float | None = None,
     half_life_s: float = F18_HALF_LIFE_S,
+    allow_implausible_suv: bool = False,
 ) -> Study:
     """Read and validate a PET study, with optional CT and lesion mask, from NIfTI files.
 
@@ -62,6 +64,8 @@ def load_study(
         dose_decay_time_s: seconds from the dose assay (or injection) time to the PET reference
             time; the dose is then decay-corrected here as ``dose * 2**(-t / half_life_s)``.
         half_life_s: radionuclide half-life for that correction (default F-18).
+        allow_implausible_suv: skip :func:`petflare.io.validation.check_suv_plausibility`
+            (mostly negative values, maximum below 1, no body region with uptake).
 
     Returns:
         A :class:`Study` with float32 SUV PET, float32 HU CT on the PET grid, integer mask.
@@ -81,6 +85,8 @@ def load_study(
         dose_decay_time_s=dose_decay_time_s,
         half_life_s=half_life_s,
     )
+    if not allow_implausible_suv:
+        check_suv_plausibility(pet_arr, pet_path)
 
     sources = {"pet": str(pet_path)}
     ct_arr: np.ndarray | None = None

@@ -10,6 +10,7 @@ import numpy as np
 
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_path
+from petflare.io.validation import check_nifti_geometry
 
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -17,9 +18,12 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     A trailing singleton 4th axis (common in exported PET) is squeezed; a real 4D series is
     rejected. The affine is the one nibabel chooses (sform if set, else qform), in RAS+ mm.
+    The raw header geometry is checked first (``petflare.io.validation.check_nifti_geometry``).
 
     Raises:
-        PetflareInputError: missing/unreadable file or not 3D; the message names the file.
+        PetflareInputError: missing/unreadable file, untrustworthy header geometry (zero or
+            non-finite voxel size, singular affine, qform/sform disagreeing) or not 3D; the
+            message names the file and the header field.
     """
     path = Path(path)
     if not path.is_file():
@@ -28,6 +32,7 @@ def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         img: Any = nib.load(str(path))  # a spatial image; typed loosely by nibabel
         if 0 in img.shape:  # nibabel returns a flat (0,) array here, hiding the real shape
             raise PetflareInputError(path, f"empty volume (zero-size, shape {tuple(img.shape)})")
+        check_nifti_geometry(img, path)  # before the voxels are read: refuse in a millisecond
         data = np.asanyarray(img.dataobj)
     except PetflareInputError:
         raise
