@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from petflare.constants import KNOWN_DISEASE_LABEL, ORGAN_TO_INDEX
+from petflare.constants import KNOWN_DISEASE_LABEL, ORGAN_IGNORE, ORGAN_TO_INDEX
 from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_autopet
 from petflare.io.nifti import load_nifti, save_nifti
@@ -179,7 +179,11 @@ def test_excluded_organs_of_the_annotation_get_no_lesion() -> None:
             np.random.default_rng(seed),
         )
         assert not ((scan.seg > 0) & (organs > 0)).any()
-        assert np.array_equal(scan.organs, organs)
+        kidney = organs == ORGAN_TO_INDEX["kidney"]
+        assert (scan.organs[kidney] == ORGAN_TO_INDEX["kidney"]).all()
+        unknown = analysis.body & ~kidney & (scan.seg == 0)
+        assert (scan.organs[unknown] == ORGAN_IGNORE).all()
+        assert (scan.organs[~analysis.body] == 0).all() and (scan.organs[scan.seg > 0] == 0).all()
 
 
 def test_geometry_is_the_backgrounds_or_a_resampled_grid_of_it(tiny) -> None:
@@ -247,8 +251,12 @@ def test_dataset_layout_metadata_and_autopet_reader(tmp_path: Path) -> None:
         )
         assert sorted(int(v) for v in np.unique(seg) if v) == truth["labels_present"]
         assert len(truth["lesions"]) >= 1
-    assert (tmp_path / "hy" / "autopet" / "tiny2" / "v0000" / "ORGANS.nii.gz").is_file()
-    assert not (tmp_path / "hy" / "autopet" / "tiny" / "v0000" / "ORGANS.nii.gz").exists()
+    for entry in entries:  # every study has its organ map (the datalist's "organs")
+        organ_map, organ_affine = load_nifti(entry["organs"])
+        assert np.allclose(organ_affine, AFFINE)
+        assert set(np.unique(organ_map)) <= {0, ORGAN_TO_INDEX["bladder"], ORGAN_IGNORE}
+    bladder, _ = load_nifti(tmp_path / "hy" / "autopet" / "tiny2" / "v0000" / "ORGANS.nii.gz")
+    assert (bladder == ORGAN_TO_INDEX["bladder"]).sum() == (organs > 0).sum()
     a, _ = load_nifti(tmp_path / "hy" / "autopet" / "tiny" / "v0000" / "SUV.nii.gz")
     b, _ = load_nifti(tmp_path / "hy" / "autopet" / "tiny" / "v0001" / "SUV.nii.gz")
     assert not np.array_equal(a, b)  # variants differ

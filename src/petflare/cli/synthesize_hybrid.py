@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> Path:
     print(f"  used:     {', '.join(b.name for b in backgrounds)}")
     for name, reason in skipped.items():
         print(f"  not used: {name}: {reason}")
-    print(f"  autoPET:  {out / 'autopet'}/<background>/v<NNNN>/{{SUV,SEG[,ORGANS]}}.nii.gz")
+    print(f"  autoPET:  {out / 'autopet'}/<background>/v<NNNN>/{{SUV,SEG,ORGANS}}.nii.gz")
     print(f"  metadata: {meta_path}")
     if cfg.figure:
         first = backgrounds[0]

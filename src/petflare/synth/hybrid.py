@@ -20,7 +20,7 @@ as labelled negatives; synthetic lesions are added on top of it:
 
 Backgrounds may be augmented first (global SUV scale, extra blur, extra noise) and the result
 resampled to another voxel size. :func:`generate_hybrid_dataset` writes the autoPET layout the
-phantom writes (``autopet/<background>/<variant>/{SUV,SEG[,ORGANS]}.nii.gz``) and a metadata
+phantom writes (``autopet/<background>/<variant>/{SUV,SEG,ORGANS}.nii.gz``) and a metadata
 JSON that records which backgrounds were used (leave-one-background-out: ``exclude``).
 """
 
@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from petflare.constants import ORGAN_IGNORE
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_directory, atomic_write_text
+from petflare.io.layouts import AUTOPET_LABEL_STEM, AUTOPET_ORGANS_STEM, AUTOPET_PET_STEM
 from petflare.io.loading import resample_to_grid
 from petflare.io.nifti import save_nifti
 from petflare.synth.backgrounds import Background, BackgroundAnalysis, analyse_background
@@ -45,10 +47,10 @@ from petflare.synth.backgrounds import Background, BackgroundAnalysis, analyse_b
 #: Version of ``hybrid.json`` and of the per-scan truth JSON.
 HYBRID_SCHEMA_VERSION = "1.0"
 
-#: File names of one hybrid scan in the autoPET layout (organs only with an annotation).
-SUV_FILE = "SUV.nii.gz"
-SEG_FILE = "SEG.nii.gz"
-ORGANS_FILE = "ORGANS.nii.gz"
+#: File names of one hybrid scan in the autoPET layout (the phantom's names).
+SUV_FILE = f"{AUTOPET_PET_STEM}.nii.gz"
+SEG_FILE = f"{AUTOPET_LABEL_STEM}.nii.gz"
+ORGANS_FILE = f"{AUTOPET_ORGANS_STEM}.nii.gz"
 
 #: Site kinds a lesion may be drawn at.
 SITE_KINDS = ("soft_tissue", "lung", "liver")
@@ -195,7 +197,9 @@ class HybridScan:
         suv: float32 SUV volume.
         affine: its voxel-to-world matrix (the background's unless resampled).
         seg: instance labels: known disease first (1..n), inserted lesions after them.
-        organs: ``ORGANS`` index map (from the background's annotation) or None.
+        organs: organ label map: ``ORGAN_TO_INDEX`` values where the background's annotation
+            outlines an organ, ``ORGAN_IGNORE`` (unknown) elsewhere in the body, 0 outside the
+            body and at every labelled lesion (inserted or known disease), as in the phantom.
         added_suv: the noise-free added activity (before resampling; for checks and figures).
         lesions: the inserted lesions.
         disease_labels: the labels of the background's own disease.
@@ -205,7 +209,7 @@ class HybridScan:
     suv: np.ndarray
     affine: np.ndarray
     seg: np.ndarray
-    organs: np.ndarray | None
+    organs: np.ndarray
     added_suv: np.ndarray
     lesions: list[InsertedLesion]
     disease_labels: list[int]
@@ -470,7 +474,7 @@ def insert_lesions(
         suv=suv,
         affine=np.asarray(background.affine, dtype=np.float64).copy(),
         seg=seg,
-        organs=None if background.organs is None else background.organs.copy(),
+        organs=_organ_map(background, analysis, seg),
         added_suv=added_total,
         lesions=lesions,
         disease_labels=disease_labels,
@@ -481,6 +485,20 @@ def insert_lesions(
             "noise_k": round(float(k_noise), 4),
         },
     )
+
+
+def _organ_map(background: Background, analysis: BackgroundAnalysis, seg: np.ndarray) -> np.ndarray:
+    """Annotated organs; other body voxels unknown (``ORGAN_IGNORE``); lesions and air 0.
+
+    A region map names the physiological regions it outlines, not every organ (its 0 may be an
+    unannotated liver or spleen), so only air and disease are taught as organ class 0 here.
+    """
+    organs = np.where(analysis.body, ORGAN_IGNORE, 0).astype(np.uint8)
+    if background.organs is not None:
+        annotated = background.organs > 0
+        organs[annotated] = background.organs[annotated]
+    organs[seg > 0] = 0  # labelled lesion voxels are disease, never organ
+    return organs
 
 
 def _resampled_grid(
@@ -565,10 +583,9 @@ def generate_hybrid_scan(
         affine, shape = _resampled_grid(scan.affine, scan.suv.shape, target)
         scan.suv = np.clip(resample_to_grid(scan.suv, scan.affine, shape, affine), 0, None)
         scan.seg = resample_to_grid(scan.seg, scan.affine, shape, affine, order=0).astype(np.uint16)
-        if scan.organs is not None:
-            scan.organs = resample_to_grid(scan.organs, scan.affine, shape, affine, order=0).astype(
-                np.uint8
-            )
+        scan.organs = resample_to_grid(scan.organs, scan.affine, shape, affine, order=0).astype(
+            np.uint8
+        )
         scan.affine = affine
         scan.settings["resampled_spacing_mm"] = [round(float(v), 3) for v in target]
     return scan
@@ -589,11 +606,8 @@ def _write_scan(folder: Path, scan: HybridScan) -> dict[str, str]:
     save_nifti(scan.suv.astype(np.float32), scan.affine, folder / SUV_FILE)
     dtype = np.uint8 if int(scan.seg.max(initial=0)) < 256 else np.uint16
     save_nifti(scan.seg.astype(dtype), scan.affine, folder / SEG_FILE)
-    files = {"suv": SUV_FILE, "seg": SEG_FILE}
-    if scan.organs is not None:
-        save_nifti(scan.organs.astype(np.uint8), scan.affine, folder / ORGANS_FILE)
-        files["organs"] = ORGANS_FILE
-    return files
+    save_nifti(scan.organs.astype(np.uint8), scan.affine, folder / ORGANS_FILE)
+    return {"suv": SUV_FILE, "seg": SEG_FILE, "organs": ORGANS_FILE}
 
 
 def generate_hybrid_dataset(
@@ -608,7 +622,7 @@ def generate_hybrid_dataset(
 ) -> Path:
     """Write ``n_variants`` hybrid scans per background in the autoPET layout.
 
-    Layout: ``out_dir/autopet/<background>/v<NNNN>/{SUV,SEG[,ORGANS]}.nii.gz`` (the background
+    Layout: ``out_dir/autopet/<background>/v<NNNN>/{SUV,SEG,ORGANS}.nii.gz`` (the background
     is the patient, so a split by patient never puts one background in two splits),
     ``out_dir/truth/<background>_v<NNNN>.json`` (inserted lesions, settings) and
     ``out_dir/hybrid.json`` (backgrounds used and not used, config, seed, timing).
@@ -641,7 +655,9 @@ def generate_hybrid_dataset(
                     "noise_cv_liver": round(analysis.noise_cv, 4),
                     "liver_source": "annotation" if bg.organs is not None else "heuristic",
                     "known_disease_labelled": bg.disease is not None,
-                    "has_organ_labels": bg.organs is not None,
+                    "organ_labels": (
+                        "annotation" if bg.organs is not None else f"unknown ({ORGAN_IGNORE})"
+                    ),
                     "analysis_seconds": round(analyse_s, 2),
                 }
             )
