@@ -28,17 +28,23 @@ def _names(value: object) -> list[str]:
 
 
 def _figure(out: Path, meta: dict, background: Study, name: str) -> Path:
-    """The real background beside its first two hybrid scans (inserted red, disease blue)."""
+    """The first real background beside the first hybrid scan of every background used."""
     panels: list[tuple[Study, np.ndarray | None, str]] = [
         (background, background.mask, f"{name}: real background")
     ]
     colors: dict[int, str] = {}
-    for record in [r for r in meta["scans"] if r["patient_id"] == name][:2]:
+    for record in [r for r in meta["scans"] if r["study_id"] == "v0000"]:
         suv, affine = load_nifti(out / record["suv"])
         seg, _ = load_nifti(out / record["seg"])
-        truth = json.loads((out / "truth" / f"{name}_{record['study_id']}.json").read_text())
-        colors.update({int(v): "#1f5fd6" for v in truth["disease_labels"]})
-        panels.append((Study(suv, affine), seg, f"{name} {record['study_id']}"))
+        truth = json.loads(
+            (out / "truth" / f"{record['patient_id']}_{record['study_id']}.json").read_text()
+        )
+        disease = {int(v) for v in truth["disease_labels"]}
+        # one colour per label value across panels: known disease blue, inserted red
+        colors.update({int(v): "#1f5fd6" for v in disease})
+        seg = seg.astype(np.int32)
+        seg = np.where(np.isin(seg, list(disease)), seg, np.where(seg > 0, 1000 + seg, 0))
+        panels.append((Study(suv, affine), seg, f"{record['patient_id']} {record['study_id']}"))
     return mip_row_figure(
         panels,
         out / "mip_example.png",
@@ -81,10 +87,11 @@ def run(cfg: DictConfig) -> Path:
     meta = json.loads(meta_path.read_text())
     n = len(meta["scans"])
     per_scan = [r["seconds"] for r in meta["scans"]]
+    per_scan_cpu = [r["cpu_seconds"] for r in meta["scans"]]
     print(
         f"petflare-hybrid: {n} scans from {len(backgrounds)} backgrounds in "
         f"{time.perf_counter() - start:.1f} s (reading {read_s:.1f} s; per scan "
-        f"{np.median(per_scan):.1f} s median)"
+        f"{np.median(per_scan):.1f} s wall, {np.median(per_scan_cpu):.1f} s CPU median)"
     )
     print(f"  used:     {', '.join(b.name for b in backgrounds)}")
     for name, reason in skipped.items():
