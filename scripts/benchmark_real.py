@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "models" / "phantom-unet-gpu"  # the default folder (cli/infer.py)
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "real"
 DEFAULT_OUT = REPO / "docs" / "reports" / "bench_real.md"
+#: Method name of the physiology-filtered variant (networks with an organ output only).
+FILTERED = "model+physiology filter"
 
 
 def _shown(path: Path) -> str:
@@ -70,14 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         if not args.overwrite and args.out.exists():
             raise PetflareInputError(args.out, "exists; pass --overwrite to replace it")
         torch.set_num_threads(args.threads)
-        predictor = Predictor.from_folder(args.model, device="cpu")
+        # The network's own mask, without the physiology filter even where the folder enables it.
+        predictor = Predictor.from_folder(args.model, device="cpu", physiology_filter=False)
+        segmenters = {"model": predictor.predict}
+        descriptions = {"model": f"model folder {_shown(args.model)}, physiology filter off"}
+        if predictor.organ_classes > 0:  # an anatomy-aware network: score its filter separately
+            filtered = Predictor.from_folder(args.model, device="cpu", physiology_filter=True)
+            segmenters[FILTERED] = filtered.predict
+            descriptions[FILTERED] = "the same network with its physiological-uptake filter"
         bench = real.run_benchmark(
             args.data,
             args.annotations,
-            {"model": predictor.predict},
+            segmenters,
             model_name=_shown(args.model),
             metadata=predictor.metadata,
-            descriptions={"model": f"model folder {_shown(args.model)}"},
+            descriptions=descriptions,
             perturbations={} if args.no_robustness else None,
             progress=say,
         )

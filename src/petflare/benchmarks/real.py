@@ -30,14 +30,13 @@ from typing import Any
 
 import cc3d
 import numpy as np
-import pydicom
 import scipy.ndimage as ndi
 
 from petflare.constants import ORGAN_TO_INDEX, ORGANS
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import fixed_threshold_mask, percent_suvmax_mask
 from petflare.io import atomic_write_text, load_nifti, save_nifti
-from petflare.io.dicom import list_pet_series, read_dicom_pet, read_rtstruct_mask
+from petflare.io.dicom import read_dicom_pet, read_rtstruct_mask
 from petflare.io.study import Study, StudyMeta
 from petflare.training.metrics import scan_metrics
 
@@ -55,8 +54,6 @@ CONNECTIVITY = 18
 #: Classical baselines of issue 32 on the crops: a fixed SUV threshold and 41 % of SUVmax.
 BASELINE_FIXED_SUV = 2.5
 BASELINE_SUVMAX_FRACTION = 0.41
-#: Philips private tag (7053,1000) "SUV Scale Factor": stored value x RescaleSlope x it = SUVbw.
-PHILIPS_SUV_SCALE_TAG = (0x7053, 0x1000)
 #: Robustness target: a perturbed scan's FPV and Dice within this fraction of the unperturbed.
 ROBUSTNESS_TOLERANCE = 0.20
 #: Where the region maps live, relative to the repository root.
@@ -109,84 +106,10 @@ CROP_CASES = ("STS_001", "STS_002", "STS_003", "STS_004", "STS_005")
 # --------------------------------------------------------------------------- reading
 
 
-def read_philips_cnts(folder: str | Path) -> Study:
-    """Read a Philips PET series stored in Units CNTS as body-weight SUV.
-
-    Philips writes the scanner's own SUVbw factor into the private tag (7053,1000):
-    ``SUVbw = (stored value x RescaleSlope + RescaleIntercept) x (7053,1000)`` (DOMAIN.md). This
-    stands in until :func:`petflare.io.dicom.read_dicom_pet` supports CNTS itself.
-
-    Raises:
-        PetflareInputError: no single PET series, Units not CNTS, or the factor missing.
-    """
-    folder = Path(folder)
-    series = list_pet_series(folder)
-    if len(series) != 1:
-        raise PetflareInputError(folder, f"expected one PET series, found {len(series)}")
-    headers = list(series[0].headers)
-    units = str(headers[0].get("Units", "")).strip().upper()
-    if units != "CNTS":
-        raise PetflareInputError(folder, f"Units '{units}' are not Philips CNTS")
-    factors = {
-        _philips_suv_factor(ds, path) for ds, path in zip(headers, series[0].files, strict=True)
-    }
-    if len(factors) != 1:
-        raise PetflareInputError(folder, f"SUV Scale Factor differs between slices: {factors}")
-    factor = factors.pop()
-    # Slice order and the LPS affine as read_dicom_pet builds them (same package, same rules).
-    from petflare.io.dicom import LPS_TO_RAS, _slice_geometry
-
-    order, affine_lps, (rows, cols) = _slice_geometry(headers, folder, 0.01)
-    volume = np.empty((cols, rows, len(order)), dtype=np.float32)
-    for k, index in enumerate(order):
-        ds = headers[index]
-        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-        stored = ds.pixel_array.astype(np.float64) * slope + intercept
-        volume[:, :, k] = (stored * factor).T.astype(np.float32)
-    first = headers[order[0]]
-    meta = StudyMeta(
-        patient_id=str(first.get("PatientID", "")),
-        units="SUVbw",
-        weight_kg=float(first.get("PatientWeight", 0.0) or 0.0) or None,
-        source={
-            "pet": str(folder),
-            "format": "DICOM",
-            "series_instance_uid": series[0].series_uid,
-            "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-            "suv_conversion": (
-                f"Philips CNTS x RescaleSlope x (7053,1000) SUV Scale Factor {factor:g}"
-            ),
-        },
-    )
-    return Study(pet=volume, affine=LPS_TO_RAS @ affine_lps, meta=meta)
-
-
-def _philips_suv_factor(ds: pydicom.Dataset, path: Path) -> float:
-    element = ds.get(PHILIPS_SUV_SCALE_TAG)
-    if element is None:
-        raise PetflareInputError(
-            path, "Units CNTS without the Philips SUV Scale Factor (7053,1000)"
-        )
-    try:
-        value = float(element.value)
-    except (TypeError, ValueError) as exc:
-        raise PetflareInputError(path, f"unreadable SUV Scale Factor {element.value!r}") from exc
-    if not value > 0:
-        raise PetflareInputError(path, f"SUV Scale Factor {value} is not positive")
-    return value
-
-
 def read_real_pet(folder: str | Path) -> Study:
-    """Read a real DICOM PET series as SUVbw: :func:`read_dicom_pet`, or for Units CNTS (when
-    that reader refuses them) :func:`read_philips_cnts`."""
-    folder = Path(folder)
-    try:
-        return read_dicom_pet(folder)
-    except PetflareInputError as exc:
-        if "CNTS" not in str(exc):
-            raise
-    return read_philips_cnts(folder)
+    """Read a real DICOM PET series as SUVbw with :func:`petflare.io.dicom.read_dicom_pet`
+    (Bq/mL with the header's dose and times; Philips CNTS with its SUV Scale Factor)."""
+    return read_dicom_pet(folder)
 
 
 # --------------------------------------------------------------------------- annotations
@@ -874,11 +797,7 @@ def run_benchmark(
         if progress:
             progress(f"reading {case.name}")
         study, regions, gt = load_wholebody(data_root, annotations_root, case)
-        if "CNTS" in study.meta.source.get("suv_conversion", ""):
-            bench.notes.append(
-                f"{case.name}: {study.meta.source['suv_conversion']} (converted "
-                "in petflare.benchmarks.real, read_dicom_pet refuses CNTS)"
-            )
+        bench.notes.append(f"{case.name}: {study.meta.source.get('suv_conversion', '')}")
         bench.used_in_training[case.name] = used_in_training(metadata or {}, case.name)
         bench.wholebody += score_wholebody(
             case.name, study, regions, segmenters, gt, battery, BASELINES, progress
