@@ -431,3 +431,23 @@ def test_choi_nodule_against_a_controlled_learned_pattern_names_the_nodule_and_t
     assert "follow-up lesion(s) 1 show the focal nodule sign" in choi_line
     assert "rule-based classifier says nodule_within_mass" in choi_line
     assert "no focal nodule" not in choi_line
+
+
+@pytest.mark.parametrize(
+    ("factor", "one_cycle", "expected"),
+    [
+        (1.25, False, "SMD"),  # exactly +25% is not "> 25%"
+        (0.75, False, "SMD"),  # exactly -25% is not "> 25%" down (later cycles)
+        (0.85, True, "PMR"),  # exactly -15% after one cycle: ">= 15%"
+        (0.75, True, "PMR"),
+    ],
+)
+def test_eortc_exact_boundaries(factor, one_cycle, expected):
+    b, f = scan([lesion(1, 5.0)]), scan([lesion(1, 5.0 * factor)])
+    assert eortc(b, f, [_change(30, 30)], 0, one_cycle).category == expected
+
+
+def test_eortc_and_percist_exact_extent_and_tlg_boundaries():
+    b, f = scan([lesion(1, 5.0)]), scan([lesion(1, 5.0)])
+    assert eortc(b, f, [_change(30, 36.0)], 0).category == "SMD"  # exactly +20%
+    assert _percist(4.0, 4.0, f_volume=17.5).category == "SMD"  # TLG exactly +75%

@@ -340,7 +340,7 @@ def eortc(
         drivers.append(f"follow-up lesion {ld_id}: longest diameter {ld:+.0f}%")
         return result("PMD")
     drivers.append(change_txt)
-    if (after_one_cycle and change <= -15.0 + _EPS) or (not after_one_cycle and change < -25.0):
+    if (after_one_cycle and change <= -15.0 + _EPS) or (not after_one_cycle and change < -25.0 - _EPS):
         return result("PMR")
     return result("SMD")
 
