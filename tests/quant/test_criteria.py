@@ -377,9 +377,10 @@ def test_disagreement_names_the_lesions_behind_criterion_and_pattern():
     lines = criteria_vs_pattern(rep, "controlled")
     percist_line = next(x for x in lines if x.startswith("PERCIST PMD"))
     assert "new follow-up lesion(s) 3" in percist_line
-    assert "follow-up lesion 3 has no baseline lesion" in percist_line
-    assert "same uptake, not new" in percist_line
     assert any(x.startswith("EORTC PMD") for x in lines)
+    (pattern_line,) = [x for x in lines if x.startswith("The pattern (controlled)")]
+    assert "follow-up lesion 3 has no baseline lesion" in pattern_line
+    assert "same uptake, not new" in pattern_line
     # Agreement produces no sentence.
     assert criteria_vs_pattern(rep, "new_lesions") == []
 
@@ -395,6 +396,7 @@ def test_progression_pattern_against_stable_criteria_is_explained():
     lines = criteria_vs_pattern(rep, "nodule_within_mass")
     assert lines and lines[0].startswith("PERCIST SMD while the pattern is nodule_within_mass")
     assert "hottest baseline lesion 1" in lines[0]
+    assert lines[-1].startswith("The pattern (nodule_within_mass) is driven by")
 
 
 @pytest.mark.parametrize(
@@ -428,9 +430,10 @@ def test_choi_nodule_against_a_controlled_learned_pattern_names_the_nodule_and_t
     lines = criteria_vs_pattern(rep, "controlled")
     choi_line = next(x for x in lines if x.startswith("Choi PD"))
     assert "new intratumoural nodule(s) in follow-up lesion(s) 1" in choi_line
-    assert "follow-up lesion(s) 1 show the focal nodule sign" in choi_line
-    assert "rule-based classifier says nodule_within_mass" in choi_line
-    assert "no focal nodule" not in choi_line
+    pattern_line = lines[-1]
+    assert "follow-up lesion(s) 1 show the focal nodule sign" in pattern_line
+    assert "rule-based classifier says nodule_within_mass" in pattern_line
+    assert "no focal nodule" not in pattern_line
 
 
 @pytest.mark.parametrize(
@@ -451,3 +454,15 @@ def test_eortc_and_percist_exact_extent_and_tlg_boundaries():
     b, f = scan([lesion(1, 5.0)]), scan([lesion(1, 5.0)])
     assert eortc(b, f, [_change(30, 36.0)], 0).category == "SMD"  # exactly +20%
     assert _percist(4.0, 4.0, f_volume=17.5).category == "SMD"  # TLG exactly +75%
+
+
+def test_flare_against_pmd_names_reactivated_sites():
+    """A flare pattern vs PMD from unmatched lesions at known (non-avid) masses."""
+    les4 = lesion(4, 8.0, suv_mean=5.0)
+    m = _match(4, "new", site_suv=1.0)
+    m.baseline_site_suv_contrast = 2.0
+    rep = _pair([lesion(1, 5.0)], [lesion(1, 8.0), les4], [_match(1, "persisting"), m], n_rose=1)
+    lines = criteria_vs_pattern(rep, "diffuse_flare")
+    assert lines[0].startswith("PERCIST PMD while the pattern is diffuse_flare")
+    assert "follow-up lesion 4 is a reactivated site" in lines[-1]
+    assert "PET flare" in lines[-1]

@@ -340,7 +340,11 @@ def eortc(
         drivers.append(f"follow-up lesion {ld_id}: longest diameter {ld:+.0f}%")
         return result("PMD")
     drivers.append(change_txt)
-    if (after_one_cycle and change <= -15.0 + _EPS) or (not after_one_cycle and change < -25.0 - _EPS):
+    if after_one_cycle:
+        pmr = change <= -15.0 + _EPS  # a decrease of >= 15% after one cycle
+    else:
+        pmr = change < -25.0 - _EPS  # a decrease of more than 25% later
+    if pmr:
         return result("PMR")
     return result("SMD")
 
@@ -522,16 +526,18 @@ def choi(
 
 
 def criteria_vs_pattern(report: PairReport, pattern_label: str) -> list[str]:
-    """Sentences for each criterion whose call disagrees with the change pattern.
+    """Sentences for each criterion whose call disagrees with the change pattern, then what
+    drives the pattern.
 
     A criterion disagrees when it calls progression (PMD / PD) while the pattern is
     ``controlled``, or calls no progression while the pattern is a progression pattern
     (``new_lesions``, ``nodule_within_mass``) or a ``diffuse_flare``; a flare the criteria call
-    PMD is explained too (the same rise, read as reactivation rather than resistance). Each
-    sentence names the lesions that drive the criterion and those that drive the pattern.
+    progression is explained too (the same rise, read as reactivation rather than resistance).
+    One sentence per disagreeing criterion names the lesions that drive it; one last sentence
+    names the lesions and numbers that drive the pattern. Empty when nothing disagrees.
     """
-    flare, nodule, new = DIFFUSE_FLARE, NODULE_WITHIN_MASS, NEW_LESIONS
     lines: list[str] = []
+    whys: list[str] = []
     calls = [
         ("PERCIST", report.percist.category, report.percist.drivers),
         ("EORTC", report.eortc.category, report.eortc.drivers),
@@ -543,46 +549,59 @@ def criteria_vs_pattern(report: PairReport, pattern_label: str) -> list[str]:
         progression = category in _PROGRESSION
         if pattern_label == CONTROLLED and progression:
             why = _why_not_progression(report)
-        elif pattern_label in (nodule, new) and not progression:
+        elif pattern_label in (NODULE_WITHIN_MASS, NEW_LESIONS) and not progression:
             why = _why_progression(report, pattern_label)
-        elif pattern_label == flare:
+        elif pattern_label == DIFFUSE_FLARE:
             why = _why_flare(report, category)
         else:
             continue
         lines.append(
             f"{name} {category} while the pattern is {pattern_label}: {name} is driven by "
-            f"{'; '.join(drivers) or 'n/a'}. Pattern: {why}"
+            f"{'; '.join(drivers) or 'n/a'}."
         )
+        if why not in whys:
+            whys.append(why)
+    lines += [f"The pattern ({pattern_label}) is driven by: {why}" for why in whys]
     return lines
 
 
-def _why_not_progression(report: PairReport) -> str:
-    """Why a ``controlled`` pattern sees no progression where a criterion does."""
+def _new_lesion_readings(report: PairReport) -> list[str]:
+    """How the rule-based reading sees each follow-up lesion the criteria count as new."""
     from petflare.quant.rules import RuleThresholds, counts_as_new, unchanged_site
 
     t = RuleThresholds()
-    parts = []
+    out = []
     for m in report.matches:
         if m.timepoint != "followup" or m.status != NEW:
             continue
         les = report.followup.lesion(m.lesion_id)
+        contrast = m.baseline_site_suv_contrast
         if unchanged_site(m, les, t):
-            parts.append(
+            out.append(
                 f"follow-up lesion {les.lesion_id} has no baseline lesion, but the baseline PET "
                 f"at its site already had SUVmean {m.baseline_site_suv_mean:.2f} (>= "
                 f"{t.unchanged_site_ratio:.1f} x its {les.suv_mean:.2f}): same uptake, not new"
             )
         elif not counts_as_new(m, les, t):
-            parts.append(
+            out.append(
                 f"follow-up lesion {les.lesion_id} ({les.volume_ml:.2f} ml, SUVpeak "
                 f"{les.suv_peak:.2f}) is below the floor of a new lesion ({t.min_new_volume_ml} ml,"
                 f" SUVpeak {t.min_new_suv_peak})"
             )
-        else:
-            parts.append(
-                f"follow-up lesion {les.lesion_id} passes the rules' test of a new lesion, but "
-                "the pattern was not called new_lesions"
+        elif contrast is not None and contrast >= t.prior_site_contrast:
+            out.append(
+                f"follow-up lesion {les.lesion_id} is a reactivated site: its baseline site "
+                f"already stood out (SUV {contrast:.2f} x its surroundings, >= "
+                f"{t.prior_site_contrast}), a known, non-avid mass rather than a new site"
             )
+        else:
+            out.append(f"follow-up lesion {les.lesion_id} is new uptake at its site")
+    return out
+
+
+def _why_not_progression(report: PairReport) -> str:
+    """Why a ``controlled`` pattern sees no progression where a criterion does."""
+    parts = _new_lesion_readings(report)
     d = report.disease
     parts.append(
         f"{d.n_baseline_rose}/{d.n_baseline_lesions} baseline lesions rose by >= "
@@ -629,14 +648,17 @@ def _why_progression(report: PairReport, pattern_label: str) -> str:
 
 def _why_flare(report: PairReport, category: str) -> str:
     d = report.disease
-    rose = (
+    parts = _new_lesion_readings(report)
+    parts.append(
         f"{d.n_baseline_rose}/{d.n_baseline_lesions} baseline lesions rose by >= "
         f"{d.rise_threshold_pct:.0f}%, spread over {d.rise_spread_mm:.0f} mm"
     )
     if category in _PROGRESSION:
-        return (
-            f"{rose}: a diffuse reactivation at known sites (PET flare, e.g. after imatinib "
-            "was stopped), which the criteria count as progression; the pattern does not read it "
-            "as resistance"
+        tail = (
+            "a diffuse reactivation at known sites (PET flare, e.g. after imatinib was "
+            "stopped), which the criteria count as progression; the pattern does not read it as "
+            "resistance"
         )
-    return f"{rose}: the pattern sees a rise at most known sites that the criterion does not"
+    else:
+        tail = "a rise at most known sites that the criterion does not count"
+    return "; ".join(parts) + ": " + tail + _rules_aside(report, DIFFUSE_FLARE)
