@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from petflare.errors import OutputExistsError
-from petflare.inference.figures import mip, mip_pair_figure, to_canonical
+from petflare.inference.figures import mip, mip_pair_figure, mip_row_figure, to_canonical
 from petflare.io.study import Study
 
 SPACING_MM = (2.0, 3.0, 4.0)  # R, A, S
@@ -104,3 +104,25 @@ def test_pair_figure_is_written_with_contours(tmp_path: Path) -> None:
     mip_pair_figure(base, follow, out, overwrite=True, baseline_mask=np.zeros_like(mask))
     with pytest.raises(ValueError, match="views"):
         mip_pair_figure(base, follow, tmp_path / "x.png", views=("axial",))
+
+
+def test_row_figure_draws_any_number_of_panels(tmp_path: Path) -> None:
+    vol, affine = _ras_volume()
+    mask = np.zeros(vol.shape, np.uint8)
+    mask[7:10, 5:8, 9:12] = 1
+    arr, aff = _reoriented(vol, affine, (2, 0, 1), (False, True, False))
+    panels = [
+        (Study(vol, affine), mask, "a"),
+        (Study(arr, aff), None, "b"),
+        (Study(vol, affine), None, "c"),
+    ]
+    out = mip_row_figure(panels, tmp_path / "row.png", title="row", label_colors={1: "blue"})
+    from matplotlib.image import imread
+
+    pixels = imread(out)
+    assert pixels.shape[1] >= 0.95 * 3 * 3.2 * 110  # three 3.2-inch panels side by side at 110 dpi
+    assert pixels.std() > 0.05
+    with pytest.raises(OutputExistsError):
+        mip_row_figure(panels, out)
+    with pytest.raises(ValueError, match="no panels"):
+        mip_row_figure([], tmp_path / "none.png")
