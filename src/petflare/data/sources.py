@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from petflare.constants import MANIFEST_ORGAN_COLUMNS, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_autopet, load_manifest, load_nnunet_raw, manifest_to_studies
 from petflare.io.splits import split_by_patient
+
+if TYPE_CHECKING:
+    from petflare.synth.config import PhantomConfig
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,8 @@ class SyntheticSource:
     (keep these seeds different from any test seed too). ``extra_train_sets`` adds phantom sets
     generated with other settings (each ``{n_pairs, seed, phantom, patterns}``, e.g. wider
     scanner ranges, or only nodule pairs) to the training split only: a mixture of the default
-    phantom and randomised or enriched ones.
+    phantom and randomised or enriched ones. ``phantom`` is a mapping of PhantomConfig
+    overrides or a PhantomConfig (``data=synthetic_v2`` passes phantom v2's).
     """
 
     def __init__(
@@ -177,10 +181,12 @@ class SyntheticSource:
         n_val_pairs: int = 2,
         train_seed: int = 1000,
         val_seed: int = 2000,
-        phantom: Mapping[str, Any] | None = None,
+        phantom: Mapping[str, Any] | PhantomConfig | None = None,
         workers: int = 1,
         extra_train_sets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        from petflare.synth.config import PhantomConfig, phantom_overrides
+
         if train_seed == val_seed:
             raise ValueError("train_seed and val_seed must differ (no phantom in both splits)")
         taken = {int(val_seed): "validation", int(train_seed): "training"}
@@ -193,7 +199,12 @@ class SyntheticSource:
         self.n_val_pairs = int(n_val_pairs)
         self.train_seed = int(train_seed)
         self.val_seed = int(val_seed)
-        self.phantom = dict(phantom or {})
+        # a PhantomConfig (e.g. the synth/v2 preset, data=synthetic_v2) counts by its overrides
+        self.phantom = (
+            phantom_overrides(phantom)
+            if isinstance(phantom, PhantomConfig)
+            else dict(phantom or {})
+        )
         self.workers = int(workers)
 
     def _generate(

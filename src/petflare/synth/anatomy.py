@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from petflare.synth.canvas import Canvas
+from petflare.synth.config import PhantomConfig
 from petflare.synth.geometry import Profile, capsule_sd, ellipsoid_sd, rotation_matrix
 
 _REF_HEIGHT_MM = 1750.0
@@ -449,42 +450,54 @@ def sample_physiology(
     previous: Physiology | None = None,
     brown_fat_probability: float = 0.0,
     myocardium_suv: tuple[float, float] = (2.0, 8.0),
+    config: PhantomConfig | None = None,
 ) -> Physiology:
     """Draw one scan's physiologic uptake; with ``previous``, a re-scan of the same patient.
 
     Patient-level levels (brain, liver, marrow, ...) vary by about +-10% between scans;
     myocardium, urine/bladder, stomach and bowel uptake are drawn afresh (fasting, hydration
-    and peristalsis change them from one scan to the next).
+    and peristalsis change them from one scan to the next). ``config`` gives every range
+    (its ``brown_fat_probability`` and ``myocardium_suv`` win over the arguments); without
+    it, the default ranges with the two arguments. The number and order of draws never
+    depend on the ranges, so equal ranges give equal levels.
     """
+    if config is None:
+        config = PhantomConfig(
+            brown_fat_probability=brown_fat_probability, myocardium_suv=myocardium_suv
+        )
+    c = config
 
     def jitter(value: float, spread: float = 0.1) -> float:
         return float(value * rng.uniform(1.0 - spread, 1.0 + spread))
 
-    fasted = rng.random() < 0.35
-    myocardium = float(rng.uniform(0.8, 2.0) if fasted else rng.uniform(*myocardium_suv))
-    urine = float(np.exp(rng.uniform(np.log(5.0), np.log(40.0))))
+    def loguniform(low_high: tuple[float, float]) -> float:
+        return float(np.exp(rng.uniform(np.log(low_high[0]), np.log(low_high[1]))))
+
+    fasted = rng.random() < c.myocardium_fasted_probability
+    myocardium = float(rng.uniform(0.8, 2.0) if fasted else rng.uniform(*c.myocardium_suv))
+    urine = loguniform(c.urine_suv)
     fresh = {
         "myocardium": myocardium,
         "urine": urine,
-        "bladder": float(np.exp(rng.uniform(np.log(8.0), np.log(50.0)))),
+        "bladder": loguniform(c.bladder_suv),
         "stomach": float(rng.uniform(1.2, 3.5)),
-        "bowel": float(rng.uniform(1.0, 2.4)),
-        "brown_fat": bool(rng.random() < brown_fat_probability),
+        "bowel": float(rng.uniform(*c.bowel_suv)),
+        "brown_fat": bool(rng.random() < c.brown_fat_probability),
     }
     if previous is None:
         liver = float(rng.uniform(1.8, 3.0))
         return Physiology(
-            brain=float(rng.uniform(6.0, 10.0)),
+            brain=float(rng.uniform(*c.brain_suv)),
             blood=float(rng.uniform(1.4, 2.1)),
             liver=liver,
             spleen=liver * float(rng.uniform(0.75, 0.9)),
-            kidney=float(rng.uniform(2.5, 4.0)),
+            kidney=float(rng.uniform(*c.kidney_suv)),
             muscle=float(rng.uniform(0.6, 0.9)),
             fat=float(rng.uniform(0.25, 0.4)),
             lung=float(rng.uniform(0.3, 0.6)),
             marrow=float(rng.uniform(1.1, 2.0)),
-            salivary=float(rng.uniform(1.5, 2.8)),
-            tonsil=float(rng.uniform(2.0, 4.5)),
+            salivary=float(rng.uniform(*c.salivary_suv)),
+            tonsil=float(rng.uniform(*c.tonsil_suv)),
             **fresh,  # type: ignore[arg-type]
         )
     return replace(
@@ -504,7 +517,7 @@ def sample_physiology(
     )
 
 
-def _draw(
+def draw_shape(
     canvas: Canvas,
     shape: Shape,
     suv: float | None,
@@ -514,16 +527,18 @@ def _draw(
     margin_mm: float = 4.0,
     clip: Shape | None = None,
     organ: str | None = None,
+    rng: np.random.Generator | None = None,
 ) -> tuple[tuple[slice, slice, slice], np.ndarray] | None:
     """Paint one shape; ``texture`` = (correlation_mm, suv_rel_sd, hu_sd) adds organ texture.
 
-    ``organ`` (one of ``petflare.constants.ORGANS``) labels it in the canvas' organ map.
+    ``organ`` (one of ``petflare.constants.ORGANS``) labels it in the canvas' organ map;
+    ``rng`` draws the texture from another stream than the canvas'.
     """
     lo, hi = shape.bounds() if isinstance(shape, Profile) else shape.bounds()
-    sl = canvas.geometry.box(lo - margin_mm, hi + margin_mm)
+    sl = canvas.box(lo - margin_mm, hi + margin_mm)
     if sl is None:
         return None
-    x, y, z = canvas.coords(sl)
+    x, y, z = canvas.body_coords(sl)
     occ = canvas.occupancy(shape.sd(x, y, z))
     if clip is not None:
         occ = np.minimum(occ, canvas.occupancy(clip.sd(x, y, z)))
@@ -533,7 +548,7 @@ def _draw(
     hu_v: float | np.ndarray | None = hu
     if texture is not None:
         corr, rel, hu_sd = texture
-        tex = canvas.texture(sl, corr)
+        tex = canvas.texture(sl, corr, rng)
         if suv is not None:
             suv_v = suv * np.clip(1.0 + rel * tex, 0.2, 3.0)
         if hu is not None:
@@ -542,8 +557,16 @@ def _draw(
     return sl, occ
 
 
-def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
+def render_anatomy(
+    canvas: Canvas,
+    anatomy: Anatomy,
+    phys: Physiology,
+    brown_fat_suv: tuple[float, float] = (2.0, 5.0),
+) -> None:
     """Paint the patient's body into ``canvas``.
+
+    Body and organ shapes are evaluated at ``canvas.body_coords`` (the canvas' smooth organ
+    deformation, when it has one); the scanner couch is not deformed.
 
     The liver is painted as tissue ``"liver"``: with a canvas that tracks it, its fraction map
     (``canvas.fractions["liver"]``) says which voxels still show liver after everything else.
@@ -572,10 +595,10 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
     ]
     for shape, inset in pieces:
         lo, hi = shape.bounds()
-        sl = canvas.geometry.box(lo - 4.0, hi + 4.0)
+        sl = canvas.box(lo - 4.0, hi + 4.0)
         if sl is None:
             continue
-        sd = shape.sd(*canvas.coords(sl))
+        sd = shape.sd(*canvas.body_coords(sl))
         tex = canvas.texture(sl, 6.0)
         canvas.paint(sl, canvas.occupancy(sd), phys.fat * (1.0 + 0.15 * tex), -100.0 + 12.0 * tex)
         canvas.paint(
@@ -583,16 +606,16 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
         )
 
     # cavities: mediastinal soft tissue, abdominal visceral fat and bowel
-    _draw(canvas, a.thorax, 0.5 * (phys.blood + phys.muscle), 20.0, texture=(8.0, 0.1, 10.0))
-    _draw(canvas, a.abdomen, phys.fat * 1.2, -90.0, texture=(6.0, 0.15, 10.0))
+    draw_shape(canvas, a.thorax, 0.5 * (phys.blood + phys.muscle), 20.0, texture=(8.0, 0.1, 10.0))
+    draw_shape(canvas, a.abdomen, phys.fat * 1.2, -90.0, texture=(6.0, 0.15, 10.0))
     _paint_bowel(canvas, a, phys)
     for name in ("lung_r", "lung_l"):
-        _draw(canvas, o[name], phys.lung, -850.0, texture=(7.0, 0.18, 35.0), clip=a.thorax)
-    _draw(canvas, o["heart"], phys.blood, 40.0)
+        draw_shape(canvas, o[name], phys.lung, -850.0, texture=(7.0, 0.18, 35.0), clip=a.thorax)
+    draw_shape(canvas, o["heart"], phys.blood, 40.0)
     lv, lv_cavity = o["lv"], o["lv"].scaled(-10.0)
-    sl = canvas.geometry.box(*lv.bounds(4.0))
+    sl = canvas.box(*lv.bounds(4.0))
     if sl is not None:
-        x, y, z = canvas.coords(sl)
+        x, y, z = canvas.body_coords(sl)
         wall = np.clip(
             canvas.occupancy(lv.sd(x, y, z)) - canvas.occupancy(lv_cavity.sd(x, y, z)), 0, 1
         )
@@ -601,24 +624,26 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
             sl, wall, phys.myocardium * np.clip(1 + 0.12 * tex, 0.5, 2), 45.0, organ="myocardium"
         )
     for cap in t["aorta"]:
-        _draw(canvas, cap, phys.blood, 40.0)
+        draw_shape(canvas, cap, phys.blood, 40.0)
     for name in ("psoas_r", "psoas_l"):
-        _draw(canvas, t[name][0], phys.muscle * 1.1, 45.0, texture=(8.0, 0.1, 6.0))
+        draw_shape(canvas, t[name][0], phys.muscle * 1.1, 45.0, texture=(8.0, 0.1, 6.0))
 
     # solid organs
     _paint_liver(canvas, a, phys)
-    _draw(canvas, o["spleen"], phys.spleen, 45.0, texture=(10.0, 0.06, 4.0))
-    _draw(canvas, o["stomach"], phys.stomach, 30.0, texture=(6.0, 0.25, 8.0), organ="bowel")
-    _draw(
+    draw_shape(canvas, o["spleen"], phys.spleen, 45.0, texture=(10.0, 0.06, 4.0))
+    draw_shape(canvas, o["stomach"], phys.stomach, 30.0, texture=(6.0, 0.25, 8.0), organ="bowel")
+    draw_shape(
         canvas,
         o["stomach"].scaled(-7.0),
         phys.stomach * 0.4,
         -300.0 if rng.random() < 0.5 else 10.0,
     )
     for s in ("r", "l"):
-        _draw(canvas, o[f"kidney_{s}"], phys.kidney, 35.0, texture=(5.0, 0.15, 5.0), organ="kidney")
-        _draw(canvas, o[f"renal_pelvis_{s}"], phys.urine, 10.0, organ="kidney")
-    _draw(canvas, o["bladder"], phys.bladder, 8.0, organ="bladder")
+        draw_shape(
+            canvas, o[f"kidney_{s}"], phys.kidney, 35.0, texture=(5.0, 0.15, 5.0), organ="kidney"
+        )
+        draw_shape(canvas, o[f"renal_pelvis_{s}"], phys.urine, 10.0, organ="kidney")
+    draw_shape(canvas, o["bladder"], phys.bladder, 8.0, organ="bladder")
 
     # skeleton: cortical shell (HU high, little uptake) with marrow inside
     _bone(canvas, o["scapula_r"], o["scapula_l"], marrow_suv=phys.marrow * 0.6)
@@ -633,11 +658,11 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
         _bone(canvas, t[name][0], marrow_suv=phys.marrow * 0.45, shell_mm=4.0)
 
     # head: skull, brain (grey-matter rim hotter than white matter), glands
-    _draw(canvas, a.head.scaled(-5.0), 0.5, 900.0, texture=(6.0, 0.1, 100.0))
+    draw_shape(canvas, a.head.scaled(-5.0), 0.5, 900.0, texture=(6.0, 0.1, 100.0))
     _paint_brain(canvas, a, phys)
-    _draw(canvas, o["nasal"], 0.3, -700.0)
+    draw_shape(canvas, o["nasal"], 0.3, -700.0)
     for s in ("r", "l"):
-        _draw(
+        draw_shape(
             canvas,
             o[f"parotid_{s}"],
             phys.salivary,
@@ -645,9 +670,9 @@ def render_anatomy(canvas: Canvas, anatomy: Anatomy, phys: Physiology) -> None:
             texture=(5.0, 0.1, 5.0),
             organ="head_neck",
         )
-        _draw(canvas, o[f"tonsil_{s}"], phys.tonsil, 40.0, organ="head_neck")
+        draw_shape(canvas, o[f"tonsil_{s}"], phys.tonsil, 40.0, organ="head_neck")
     if phys.brown_fat:
-        _paint_brown_fat(canvas, a)
+        _paint_brown_fat(canvas, a, brown_fat_suv)
 
 
 #: Liver uptake heterogeneity (relative SD of SUV, correlation length as Gaussian sigma in mm).
@@ -668,10 +693,10 @@ def _paint_liver(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     lobes = [a.organs[name] for name in ("liver", "liver_left", "liver_inferior")]
     lo = np.min([lobe.bounds()[0] for lobe in lobes], axis=0) - 4.0
     hi = np.max([lobe.bounds()[1] for lobe in lobes], axis=0) + 4.0
-    sl = canvas.geometry.box(lo, hi)
+    sl = canvas.box(lo, hi)
     if sl is None:
         return
-    x, y, z = canvas.coords(sl)
+    x, y, z = canvas.body_coords(sl)
     sd = lobes[0].sd(x, y, z)
     for lobe in lobes[1:]:
         np.minimum(sd, lobe.sd(x, y, z), out=sd)  # union of the lobes
@@ -689,17 +714,17 @@ def _bone(
 ) -> None:
     """Cortical bone shell (HU ~900, low uptake) filled with cancellous marrow (HU ~250)."""
     for shape in shapes:
-        _draw(canvas, shape, 0.6, 900.0, texture=(6.0, 0.05, 80.0))
-        _draw(canvas, shape.scaled(-shell_mm), marrow_suv, 260.0, texture=(6.0, 0.12, 40.0))
+        draw_shape(canvas, shape, 0.6, 900.0, texture=(6.0, 0.05, 80.0))
+        draw_shape(canvas, shape.scaled(-shell_mm), marrow_suv, 260.0, texture=(6.0, 0.12, 40.0))
 
 
 def _paint_bowel(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     """Bowel loops in the abdominopelvic cavity: tubes of variable uptake, some gas."""
     lo, hi = a.abdomen.bounds()
-    sl = canvas.geometry.box(lo, hi)
+    sl = canvas.box(lo, hi)
     if sl is None:
         return
-    x, y, z = canvas.coords(sl)
+    x, y, z = canvas.body_coords(sl)
     cavity = canvas.occupancy(a.abdomen.shrunk(4.0).sd(x, y, z))
     loops = canvas.texture(sl, 7.0)
     wall = np.clip(1.3 - np.abs(loops) / 0.7, 0.0, 1.0)  # thick tube-like level sets
@@ -714,10 +739,10 @@ def _paint_bowel(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
 def _paint_ribs(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     """Rib cage: oblique bony bands in a shell just outside the thoracic cavity."""
     lo, hi = a.thorax.bounds()
-    sl = canvas.geometry.box(lo - 20.0, hi + 20.0)
+    sl = canvas.box(lo - 20.0, hi + 20.0)
     if sl is None:
         return
-    x, y, z = canvas.coords(sl)
+    x, y, z = canvas.body_coords(sl)
     sd = a.thorax.sd_inplane(x, y, z)
     ribs_z = (z < a.thorax.z[-1] - 10.0) & (z > a.thorax.z[0] + 10.0)
     shell = np.clip(1.0 - np.abs(sd - 7.0) / 6.0, 0.0, 1.0)
@@ -731,9 +756,9 @@ def _paint_brain(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
     """Brain: white matter ~0.45 x grey matter; a gyral cortical ribbon; cerebellum, deep nuclei."""
     o = a.organs
     brain = o["brain"]
-    sl = canvas.geometry.box(*brain.bounds(4.0))
+    sl = canvas.box(*brain.bounds(4.0))
     if sl is not None:
-        x, y, z = canvas.coords(sl)
+        x, y, z = canvas.body_coords(sl)
         sd = brain.sd(x, y, z)
         occ = canvas.occupancy(sd)
         gyri = canvas.texture(sl, 3.0)
@@ -741,16 +766,18 @@ def _paint_brain(canvas: Canvas, a: Anatomy, phys: Physiology) -> None:
         grey = np.clip(ribbon, 0.0, 1.0)
         suv = phys.brain * (0.42 + 0.58 * grey)
         canvas.paint(sl, occ, suv, 35.0 + 8.0 * grey, organ="brain")
-    _draw(canvas, o["cerebellum"], phys.brain * 0.7, 38.0, texture=(3.0, 0.15, 4.0), organ="brain")
+    draw_shape(
+        canvas, o["cerebellum"], phys.brain * 0.7, 38.0, texture=(3.0, 0.15, 4.0), organ="brain"
+    )
     for s in ("r", "l"):
-        _draw(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.85, 40.0, organ="brain")
-    _draw(canvas, o["ventricles"], 0.4, 8.0, organ="brain")
+        draw_shape(canvas, o[f"basal_ganglia_{s}"], phys.brain * 0.85, 40.0, organ="brain")
+    draw_shape(canvas, o["ventricles"], 0.4, 8.0, organ="brain")
 
 
-def _paint_brown_fat(canvas: Canvas, a: Anatomy) -> None:
+def _paint_brown_fat(canvas: Canvas, a: Anatomy, suv: tuple[float, float]) -> None:
     """Activated brown fat: symmetric, patchy supraclavicular/cervical uptake (a distractor)."""
     rng = canvas.rng
-    level = float(rng.uniform(2.0, 5.0))
+    level = float(rng.uniform(*suv))
     for s in (1, -1):
         clavicle = a.tubes["clavicle_r" if s > 0 else "clavicle_l"][0]
         band = Capsule(
@@ -760,10 +787,10 @@ def _paint_brown_fat(canvas: Canvas, a: Anatomy) -> None:
             10.0,
         )
         lo, hi = band.bounds(4.0)
-        sl = canvas.geometry.box(lo, hi)
+        sl = canvas.box(lo, hi)
         if sl is None:
             continue
-        occ = canvas.occupancy(band.sd(*canvas.coords(sl)))
+        occ = canvas.occupancy(band.sd(*canvas.body_coords(sl)))
         patches = np.clip(canvas.texture(sl, 5.0), 0.0, None)  # patchy, not a solid blob
         canvas.paint(
             sl,

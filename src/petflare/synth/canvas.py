@@ -49,12 +49,38 @@ class Canvas:
         self.edge_mm = float(np.mean(geometry.spacing_mm))
         #: Organ label map: ``ORGAN_TO_INDEX`` of what each voxel shows, 0 elsewhere.
         self.organs = np.zeros(geometry.shape, dtype=np.uint8)
+        #: Smooth displacement (3, *shape) mm added to body/organ coordinates, or None.
+        self.warp_mm: np.ndarray | None = None
+        #: Upper bound of the displacement's length (box margin for deformed shapes).
+        self.warp_max_mm = 0.0
         self._fields: dict[tuple, np.ndarray] = {}
 
     def coords(self, sl: Slices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patient-frame x, y, z of the voxels in ``sl``."""
         c = self.geometry.coords()
         return c[0][sl], c[1][sl], c[2][sl]
+
+    def set_warp(self, displacement_mm: np.ndarray) -> None:
+        """Deform body and organs by a (3, *shape) displacement (mm) of every voxel.
+
+        :meth:`body_coords` adds it to the coordinates and :meth:`box` grows boxes by its
+        largest length.
+        """
+        self.warp_mm = np.asarray(displacement_mm, dtype=np.float32)
+        self.warp_max_mm = float(np.sqrt((self.warp_mm**2).sum(axis=0)).max()) + 1.0
+
+    def body_coords(self, sl: Slices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coordinates at which body and organ shapes are evaluated (deformed when warped)."""
+        x, y, z = self.coords(sl)
+        if self.warp_mm is None:
+            return x, y, z
+        w = self.warp_mm
+        return x + w[0][sl], y + w[1][sl], z + w[2][sl]
+
+    def box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> Slices | None:
+        """Slices covering a patient-frame box grown by the deformation's reach."""
+        m = self.warp_max_mm
+        return self.geometry.box(np.asarray(lo_mm) - m, np.asarray(hi_mm) + m)
 
     def occupancy(self, sd_mm: np.ndarray) -> np.ndarray:
         """Occupancy from a signed distance with a one-voxel ramp."""
@@ -88,16 +114,24 @@ class Canvas:
             region = self.hu[sl]
             region += occ * (np.asarray(hu, dtype=np.float32) - region)
 
-    def texture(self, sl: Slices, correlation_mm: float) -> np.ndarray:
+    def texture(
+        self, sl: Slices, correlation_mm: float, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
         """Zero-mean, unit-variance smooth Gaussian random field on ``sl`` (organ texture).
 
         Fields are drawn for the shape's box only; a repeated request for the same box and
         correlation length returns the same field (e.g. fat and muscle of one body piece).
+        ``rng`` draws it from another stream than the canvas' (phantom v2's extras, so the
+        default phantom's fields do not change).
         """
-        key = (tuple((s.start, s.stop) for s in sl), round(float(correlation_mm), 1))
+        key = (
+            tuple((s.start, s.stop) for s in sl),
+            round(float(correlation_mm), 1),
+            None if rng is None else id(rng),
+        )
         if key not in self._fields:
             shape = tuple(s.stop - s.start for s in sl)
-            white = self.rng.standard_normal(shape, dtype=np.float32)
+            white = (rng or self.rng).standard_normal(shape, dtype=np.float32)
             sigma = [max(correlation_mm / sp, 0.3) for sp in self.geometry.spacing_mm]
             field = ndimage.gaussian_filter(white, sigma, mode="wrap", truncate=3.0)
             field -= field.mean()

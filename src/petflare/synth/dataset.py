@@ -33,6 +33,16 @@ from petflare.synth.geometry import ScanGeometry
 from petflare.synth.imaging import ScanSettings, form_ct, form_pet, sample_scan
 from petflare.synth.lesions import LesionState, RenderedLesion, render_lesion
 from petflare.synth.scenarios import Scenario, build_scenario
+from petflare.synth.variability import (
+    ScanExtras,
+    Warp,
+    add_faint_lesions,
+    paint_extras,
+    sample_extras,
+    sample_warp,
+    v2_streams,
+    with_bladder_fill,
+)
 
 #: Version of the ground-truth JSON written next to the dataset.
 TRUTH_SCHEMA_VERSION = "1.0"
@@ -57,10 +67,21 @@ def _render(
     geometry: ScanGeometry,
     settings: ScanSettings,
     rng: np.random.Generator,
+    config: PhantomConfig,
+    extras: ScanExtras,
+    warp: Warp | None,
+    rng_extra: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
-    """Render one scan: (PET SUV, CT HU, instance mask, organ label map, true liver SUVmean)."""
+    """Render one scan: (PET SUV, CT HU, instance mask, organ label map, true liver SUVmean).
+
+    ``extras``, ``warp`` and ``rng_extra`` are phantom v2's (nothing changes without them).
+    """
     canvas = Canvas(geometry, rng, tracked=("liver",))
-    render_anatomy(canvas, anatomy, phys)
+    if warp is not None:
+        canvas.set_warp(warp.on_grid(geometry))
+    anatomy = with_bladder_fill(anatomy, extras.bladder_fill)
+    render_anatomy(canvas, anatomy, phys, config.brown_fat_suv)
+    paint_extras(canvas, anatomy, phys, extras, rng_extra)
     mask = np.zeros(geometry.shape, dtype=np.uint16)
     for lid in sorted(states):
         rendered = render_lesion(canvas, scenario.lesions[lid], states[lid])
@@ -183,11 +204,10 @@ def generate_pair(
     rng_anat, rng_phys, rng_les, rng_geo, rng_b, rng_f = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
     )
+    rng_v2, rng_v2_b, rng_v2_f = v2_streams(seed)
     anatomy = sample_anatomy(rng_anat, config.height_m, config.girth, config.arms_up_probability)
-    phys_b = sample_physiology(rng_phys, None, config.brown_fat_probability, config.myocardium_suv)
-    phys_f = sample_physiology(
-        rng_phys, phys_b, config.brown_fat_probability, config.myocardium_suv
-    )
+    phys_b = sample_physiology(rng_phys, None, config=config)
+    phys_f = sample_physiology(rng_phys, phys_b, config=config)
     thr = {
         "baseline": config.avid_liver_ratio * phys_b.liver,
         "followup": config.avid_liver_ratio * phys_f.liver,
@@ -197,6 +217,15 @@ def generate_pair(
         _scale_heterogeneity(scenario, config.heterogeneity_scale)
     if config.lesion_falloff[1] > 0:
         _draw_falloff(scenario, config.lesion_falloff, seed)
+    warp = sample_warp(rng_v2, config.organ_deformation_mm)
+    faint = add_faint_lesions(
+        rng_v2,
+        anatomy,
+        scenario,
+        config.n_faint_lesions,
+        config.faint_lesion_suv,
+        max(phys_b.liver, phys_f.liver),
+    )
     mask_ratio = (
         config.avid_liver_ratio if config.mask_liver_ratio is None else config.mask_liver_ratio
     )
@@ -220,17 +249,31 @@ def generate_pair(
         .replace("-", ""),
     }
     per_time = {
-        "baseline": (phys_b, scenario.baseline, rng_b),
-        "followup": (phys_f, scenario.followup, rng_f),
+        "baseline": (phys_b, scenario.baseline, rng_b, rng_v2_b),
+        "followup": (phys_f, scenario.followup, rng_f, rng_v2_f),
     }
+    extras: dict[str, ScanExtras] = {}
     studies: dict[str, Study] = {}
     liver_true: dict[str, float] = {}
     parts: dict[str, dict[int, str]] = {}
-    for tp, (phys, states, rng) in per_time.items():
+    for tp, (phys, states, rng, rng_extra) in per_time.items():
         geometry, settings = scans[tp]
         parts[tp] = _mask_parts(states, mask_thr[tp])
+        parts[tp].update({lid: "whole" for lid in faint})  # faint lesions are always labelled
+        extras[tp] = sample_extras(rng_extra, config, phys)
         pet, ct, mask, organs, liver_true[tp] = _render(
-            anatomy, phys, scenario, states, parts[tp], geometry, settings, rng
+            anatomy,
+            phys,
+            scenario,
+            states,
+            parts[tp],
+            geometry,
+            settings,
+            rng,
+            config,
+            extras[tp],
+            warp if config.organ_deformation_mm > 0 else None,
+            rng_extra,
         )
         meta = StudyMeta(
             patient_id=patient_id,
@@ -256,6 +299,9 @@ def generate_pair(
         liver_true,
         {"baseline": phys_b, "followup": phys_f},
     )
+    truth["faint_lesion_ids"] = faint
+    truth["extras"] = {tp: {k: _r(v) for k, v in asdict(e).items()} for tp, e in extras.items()}
+    truth["organ_deformation_mm"] = _r(config.organ_deformation_mm)
     return studies["baseline"], studies["followup"], truth
 
 

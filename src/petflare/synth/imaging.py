@@ -40,7 +40,10 @@ def sample_scan(
     rotation = rotation_matrix(np.deg2rad(angles))
     translation = table_offset_mm + rng.uniform(-config.max_shift_mm, config.max_shift_mm, 3)
     inplane = float(rng.uniform(*config.spacing_inplane_mm))
-    spacing = np.array([inplane, inplane, float(rng.uniform(*config.spacing_slice_mm))])
+    slice_lo, slice_hi = config.spacing_slice_mm
+    # fine in-plane pixels come with thicker slices (bounded voxel count, generation time)
+    slice_lo = min(max(slice_lo, config.min_voxel_volume_mm3 / inplane**2), slice_hi)
+    spacing = np.array([inplane, inplane, float(rng.uniform(slice_lo, slice_hi))])
     orientation = str(rng.choice(config.orientations or ALL_ORIENTATIONS))
     lo, hi = anatomy.body_bounds()
     margin = rng.uniform(8.0, 35.0, 3)
