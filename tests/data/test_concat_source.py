@@ -21,3 +21,11 @@ def test_training_lists_join_and_validation_comes_from_the_first(tmp_path: Path)
 def test_needs_a_source() -> None:
     with pytest.raises(ValueError, match="at least one"):
         ConcatSource([])
+
+
+def test_named_sources_keep_their_order(tmp_path: Path) -> None:
+    first = BlobSource(tmp_path / "a", n_train=1, n_val=1, shape=(12, 12, 10), seed=1)
+    second = BlobSource(tmp_path / "b", n_train=2, n_val=1, shape=(12, 12, 10), seed=2)
+    lists = ConcatSource({"phantoms": first, "hybrid": second}).datalists()
+    assert len(lists["train"]) == 3 and len(lists["val"]) == 1
+    assert str(tmp_path / "a") in str(lists["val"][0]["pet"])

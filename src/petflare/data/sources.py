@@ -325,10 +325,11 @@ class ConcatSource:
     leave-one-background-out by the real benchmark instead.
     """
 
-    def __init__(self, sources: Sequence[DataSource]) -> None:
-        if not sources:
+    def __init__(self, sources: Sequence[DataSource] | Mapping[str, DataSource]) -> None:
+        # a mapping (named sources, as Hydra configs give them) keeps its order
+        self.sources = list(sources.values()) if isinstance(sources, Mapping) else list(sources)
+        if not self.sources:
             raise ValueError("ConcatSource needs at least one source")
-        self.sources = list(sources)
 
     def datalists(self) -> dict[str, Datalist]:
         """The first source's lists, plus every other source's training studies."""
