@@ -72,7 +72,7 @@ def test_experiment_instantiates(experiment: str, tmp_path: Path) -> None:
     # one forward pass on a tiny input (multiple of every stride) proves the net is consistent
     with torch.no_grad():
         out = net(torch.zeros(1, n_channels, 32, 32, 32))
-    assert out.shape == (1, 2, 32, 32, 32)
+    assert out.shape == (1, 2 + int(cfg.model.get("organ_classes", 0)), 32, 32, 32)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(c) for c in cfg.logger.values()]
@@ -115,3 +115,14 @@ def test_head_training_record_is_plain_json(experiment: str) -> None:
     assert isinstance(pairs["extra_train_sets"], list)
     assert isinstance(pairs["extra_val_sets"], list)
     assert pairs["train_seed"] != pairs["val_seed"]
+
+
+def test_anatomy_experiment_trains_organs_on_phantom_v2_and_hybrids() -> None:
+    """The anatomy-aware recipe: organ output wired end to end, hybrids train only."""
+    cfg = compose_train(["experiment=anatomy_cpu"])
+    assert cfg.model.organ_classes == 9 and cfg.net.out_channels == 11
+    assert cfg.data.with_organs
+    sources = cfg.data.source.sources
+    assert sources.phantoms.phantom.brain_suv[1] >= 10  # phantom v2, not the default phantom
+    assert sources.hybrid.fractions == {"train": 1.0}
+    assert str(sources.hybrid.root).endswith("hybrid_train/autopet")
