@@ -265,3 +265,26 @@ def test_uptake_times_and_ct_contrast_reach_the_criteria(moved_pair):
     assert rep.choi.density_change_pct is None and rep.choi.category_basis == "size only"
     with pytest.raises(ValueError, match="ct_contrast"):
         compare_studies(base, follow, registration=none, ct_contrast="arterial")
+
+
+def test_head_features_keep_the_raw_hu_change_for_near_zero_baselines(moved_pair):
+    """The report hides a percentage of a near-zero HU baseline; the pattern head's lesion
+    features still get the raw change they were trained on (from the two HU means)."""
+    import dataclasses
+
+    from petflare.data.longitudinal import lesion_units
+
+    base, follow, _, _ = moved_pair
+    rep = compare_studies(base, follow, registration=RegistrationConfig(modality="none"))
+    change = rep.changes[0]
+    near_zero = dataclasses.replace(
+        change, hu_mean_baseline=-4.0, hu_mean_followup=2.0, hu_change_pct=None
+    )
+    raw = dataclasses.replace(near_zero, hu_change_pct=150.0)  # what 1.0 reports held
+    features = []
+    for c in (near_zero, raw):
+        rep.changes = [c, *rep.changes[1:]]
+        unit = next(u for u in lesion_units(rep) if u.followup_ids == [c.followup_id])
+        features.append(unit.features)
+    np.testing.assert_array_equal(features[0], features[1])
+    assert np.any(np.isclose(features[0], 1.5))  # +150% as the clipped fraction 1.5

@@ -45,7 +45,7 @@ from petflare.io.loading import resample_to_grid
 from petflare.io.study import Study
 from petflare.networks.change_head import global_regions, pool_regions
 from petflare.networks.encoder import EncoderFeatures
-from petflare.quant.change import NoduleCriteria, nodule_evidence
+from petflare.quant.change import NoduleCriteria, nodule_evidence, pct_change
 from petflare.quant.metrics import SUV_PEAK_RADIUS_MM, ball_kernel, ball_mean_map
 from petflare.quant.rules import RuleThresholds, counts_as_new
 
@@ -324,7 +324,11 @@ def _unit(
     ct_features = [
         float(has_ct),
         hu(hu_f),
-        _pct(change.hu_change_pct) if change is not None else 0.0,
+        # the raw HU percent change the shipped heads were trained on (the report's
+        # hu_change_pct is null below a 20 HU baseline; this feature is clipped to +-500%)
+        _pct(pct_change(change.hu_mean_baseline, change.hu_mean_followup))
+        if change is not None
+        else 0.0,
         hu(new_match.followup_shell_hu_mean) if new_match is not None else 0.0,
         hu(new_match.baseline_site_hu_contrast) if new_match is not None else 0.0,
     ]
