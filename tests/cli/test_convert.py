@@ -50,6 +50,7 @@ def _square_contour(series: object, slice_index: int, lo: float, hi: float) -> n
     return (ijk @ series.pixel_to_lps_matrix().T)[:, :3]  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_convert_writes_suv_and_mask(tmp_path: Path) -> None:
     series = factory.write_pet_series(tmp_path / "dicom", orientation=factory.AXIAL_FLIPPED)
     rt = factory.write_rtstruct(
@@ -82,6 +83,7 @@ def test_convert_writes_suv_and_mask(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == ["gtv.nii.gz", "suv.json", "suv.nii.gz"]
 
 
+@pytest.mark.slow
 def test_convert_seg_labels_and_provenance(tmp_path: Path) -> None:
     """A DICOM SEG becomes a label map; the provenance JSON records the conversion."""
     import json
@@ -110,6 +112,7 @@ def test_convert_seg_labels_and_provenance(tmp_path: Path) -> None:
     assert provenance["suv_route"].startswith("header")
 
 
+@pytest.mark.slow
 def test_convert_refuses_existing_output(tmp_path: Path) -> None:
     factory.write_pet_series(tmp_path / "dicom")
     out = tmp_path / "suv.nii.gz"
@@ -136,6 +139,7 @@ def test_convert_refuses_existing_output(tmp_path: Path) -> None:
         ("partial_mask", "must be given together"),
     ],
 )
+@pytest.mark.slow
 def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> None:
     dicom = tmp_path / "dicom"
     tags = {
@@ -169,6 +173,7 @@ def test_convert_bad_input_exit_2(tmp_path: Path, case: str, fragment: str) -> N
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_convert_help_documents_options() -> None:
     result = _run("--help")
     assert result.returncode == 0
@@ -189,6 +194,7 @@ STS_DICOM = _real_data_root() / "sts001_wholebody_fdg_dicom"
     not (STS_DICOM / "image").is_dir(),
     reason=f"real STS_001 DICOM not found under {_real_data_root()} (set PETFLARE_REAL_DATA)",
 )
+@pytest.mark.slow
 def test_convert_sts001_whole_body(tmp_path: Path) -> None:
     out, mask_out = tmp_path / "sts001_suv.nii.gz", tmp_path / "sts001_gtv.nii.gz"
     start = time.perf_counter()

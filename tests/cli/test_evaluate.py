@@ -82,6 +82,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_predictions(autopet_dataset: tuple[Path, Path], tmp_path: Path):
     root, preds = autopet_dataset
     out = tmp_path / "eval"
@@ -123,6 +124,7 @@ def test_cli_end_to_end_with_predictions(autopet_dataset: tuple[Path, Path], tmp
     assert "| method | mean Dice" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite(autopet_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     root, _ = autopet_dataset
     out = tmp_path / "eval"
@@ -136,6 +138,7 @@ def test_cli_refuses_to_overwrite(autopet_dataset: tuple[Path, Path], tmp_path: 
     assert set(json.loads((out / "metrics.json").read_text())["methods"]) == {"suv_ge_4"}
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2(autopet_dataset: tuple[Path, Path], tmp_path: Path) -> None:
     root, preds = autopet_dataset
     out = tmp_path / "eval"
@@ -156,6 +159,7 @@ def test_cli_bad_inputs_exit_2(autopet_dataset: tuple[Path, Path], tmp_path: Pat
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_prediction_off_grid_is_refused(autopet_dataset: tuple[Path, Path], tmp_path: Path):
     root, preds = autopet_dataset
     _, _, pred = _volumes()["p2_s1"]
@@ -215,6 +219,7 @@ def _baseline_benchmark_cmd(root: Path, tmp_path: Path, wholebody: Path) -> list
     ]
 
 
+@pytest.mark.slow
 def test_benchmark_script_scores_baselines_without_model(
     autopet_dataset: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -234,6 +239,7 @@ def test_benchmark_script_scores_baselines_without_model(
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_script_scores_scans_with_another_suv_calibration(
     autopet_dataset: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -302,6 +308,7 @@ STS_DICOM = (
 @pytest.mark.skipif(
     not (STS_DICOM / "image").is_dir(), reason=f"real STS_001 DICOM series not found: {STS_DICOM}"
 )
+@pytest.mark.slow
 def test_benchmark_script_scores_the_real_whole_body_series(
     autopet_dataset: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ HELP_PHRASES = {
 
 
 @pytest.mark.parametrize("script", sorted(HELP_PHRASES))
+@pytest.mark.slow
 def test_help_exits_zero_with_description(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPTS_DIR / script), "--help"],

@@ -241,6 +241,7 @@ def test_bad_option_combinations_are_refused(
     assert_nothing_written(out)
 
 
+@pytest.mark.slow
 def test_learned_head_required_but_absent_is_refused(
     pair_files: dict[str, Any], tmp_path: Path, model_dir: Path
 ) -> None:
@@ -593,6 +594,7 @@ def test_model_alias() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_console_script_is_the_same_command() -> None:
     script = Path(sys.executable).parent / "petflare-infer"
     if not script.exists():

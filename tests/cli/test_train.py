@@ -38,6 +38,7 @@ def debug_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run"
 
 
+@pytest.mark.slow
 def test_debug_experiment_trains(debug_run: Path) -> None:
     assert (debug_run / "checkpoints" / "last.ckpt").is_file()
     assert list((debug_run / "checkpoints").glob("best-*.ckpt"))
@@ -69,6 +70,7 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert "config.yaml" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_export_writes_a_loadable_model_folder(debug_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = run_script("export_model.py", f"run_dir={debug_run}", f"out_dir={out}")
@@ -100,6 +102,7 @@ def test_cpu_bf16_falls_back_to_fp32_without_native_support(
     assert cfg.trainer.precision == expected
 
 
+@pytest.mark.slow
 def test_debug_experiment_trains_in_bf16_on_cpu(tmp_path: Path) -> None:
     result = run_script(
         "train.py",

@@ -32,6 +32,7 @@ def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.mark.slow
 def test_rules_are_scored_against_the_manifest_patterns(tiny_manifest: Path) -> None:
     rows = load_manifest(tiny_manifest)
     result = evaluate_patterns(rows, progress=False)

@@ -105,6 +105,7 @@ def find_chromium() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_page_renders_in_headless_chromium(report: dict[str, Any], tmp_path: Path) -> None:
     chromium = find_chromium()
     if chromium is None:

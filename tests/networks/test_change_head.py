@@ -97,6 +97,7 @@ def test_head_is_invariant_to_lesion_order() -> None:
     assert not torch.allclose(head(fb, ff, masks, valid, lf2, pf).logits, out.logits)
 
 
+@pytest.mark.slow
 def test_ensemble_averages_its_members_and_rebuilds_from_its_config() -> None:
     enc, fb, ff, masks, valid, lf, pf = _inputs(2, 3)
     torch.manual_seed(1)

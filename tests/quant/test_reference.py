@@ -184,6 +184,7 @@ REAL_WHOLEBODY = (
 
 
 @pytest.mark.skipif(not REAL_WHOLEBODY.is_dir(), reason="real whole-body FDG DICOM not available")
+@pytest.mark.slow
 def test_pet_only_route_finds_the_right_lobe_on_a_real_whole_body_scan():
     """GE Discovery ST, no CT: its lungs are as dark as its fat, the liver is still found.
 

@@ -23,6 +23,7 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
+@pytest.mark.slow
 def test_dataset_layout_manifest_and_truth(tmp_path: Path, coarse_config: PhantomConfig) -> None:
     out = tmp_path / "ds"
     manifest = generate_dataset(out, 5, seed=3, config=coarse_config)
@@ -70,6 +71,7 @@ def test_dataset_matches_generate_pair(tmp_path: Path, coarse_config: PhantomCon
     np.testing.assert_allclose(img.affine, follow.affine)
 
 
+@pytest.mark.slow
 def test_dataset_is_deterministic_and_independent_of_workers(
     tmp_path: Path, coarse_config: PhantomConfig
 ) -> None:

@@ -364,6 +364,7 @@ def test_cli_bad_input_exits_2(args: tuple[str, ...], message: str) -> None:
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_help_and_config_defaults() -> None:
     res = _cli("--help")
     assert res.returncode == 0

@@ -81,6 +81,7 @@ def test_generate_pair_truth_is_the_mean_over_visible_liver(monkeypatch, coarse_
         assert truth["liver_suv_mean"][tp] == pytest.approx(level, rel=0.05)
 
 
+@pytest.mark.slow
 def test_liver_is_homogeneous_at_the_scale_of_a_3cm_sphere() -> None:
     """Noise-free liver: voxel texture of a few %, 3 cm spheres within a few % of the mean."""
     from scipy import ndimage

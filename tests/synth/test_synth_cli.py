@@ -18,6 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_cli_writes_dataset_and_figure(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     res = _run(f"out={out}", "n_pairs=2", "seed=4", "synth=coarse")
@@ -39,12 +40,14 @@ def test_cli_writes_dataset_and_figure(tmp_path: Path) -> None:
     ("args", "message"),
     [((), "out=DIR is required"), (("out=/tmp/x", "synth.height_m=[2,1]"), "height_m")],
 )
+@pytest.mark.slow
 def test_cli_bad_input_exits_2(args: tuple[str, ...], message: str) -> None:
     res = _run(*args)
     assert res.returncode == 2
     assert message in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_help_documents_options() -> None:
     res = _run("--help")
     assert res.returncode == 0

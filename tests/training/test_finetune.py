@@ -83,6 +83,7 @@ def debug_config(root: Path, run: str, max_steps: int, *extra: str):  # noqa: AN
         return compose(config_name="train", overrides=overrides)
 
 
+@pytest.mark.slow
 def test_train_starts_from_init_weights(tmp_path: Path) -> None:
     train(debug_config(tmp_path, "first", 2))
     first_last = tmp_path / "first" / "checkpoints" / "last.ckpt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -27,6 +28,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(pred, truth).sum()) / total if total else 1.0
 
 
+@pytest.mark.slow
 def test_training_beats_a_random_model(tmp_path: Path) -> None:
     overrides = [
         "experiment=debug",

@@ -59,6 +59,7 @@ def logged_lrs(run: Path) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow
 def test_resume_continues_the_schedule(tmp_path: Path) -> None:
     record = train(debug_config(tmp_path, max_steps=4))
     assert record["checkpoint"].endswith("last.ckpt")  # no best: the final state is recorded
@@ -87,6 +88,7 @@ class _Payload:
         return (Path.touch, (self.flag,))
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_that_runs_code(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
