@@ -19,16 +19,16 @@ import numpy as np
 
 from petflare.errors import PetflareInputError
 
-#: Peak bytes per voxel of the input grid, per scan: 9.2 measured in-process (the float32 PET,
+#: Peak bytes per voxel of the input grid, per scan: 9.5 measured in-process (the float32 PET,
 #: its copy, the instance mask, the quantification's maps) plus 12 for reading the file (a
 #: scaled NIfTI is read as float64, then copied to float32); rounded up.
 BYTES_PER_INPUT_VOXEL = 24.0
 #: Peak bytes per voxel of the model grid (network input, MONAI sliding-window output, count
-#: and importance maps, softmax, resampling): 73 measured with a body whose bounding box is 48 %
+#: and importance maps, softmax, resampling): 80 measured with a body whose bounding box is 48 %
 #: of the field of view (the preprocessing crops to the body), scaled to a body filling it.
-BYTES_PER_MODEL_VOXEL = 150.0
-#: Fixed overhead in bytes: the interpreter, torch and the loaded network (370 MB measured) and
-#: the pipeline's fixed working set (124 MB).
+BYTES_PER_MODEL_VOXEL = 170.0
+#: Fixed overhead in bytes: the interpreter, torch and the loaded network (371 MiB measured) and
+#: the pipeline's fixed working set (120 MiB).
 BASE_BYTES = 0.5 * 2**30
 
 #: Hint shown with the refusal.
