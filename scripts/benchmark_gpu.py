@@ -102,7 +102,7 @@ def autopet_config(quick: bool) -> Any:
     """The composed ``autopet_fdg`` training config (the network and loss users train)."""
     from hydra import compose, initialize_config_dir
 
-    import petflare.cli.train  # noqa: F401  (registers the ${len:...} resolver the configs use)
+    import petflare.cli._common  # noqa: F401  (registers the ${len:...} resolver the configs use)
     from petflare.cli._common import config_dir
 
     overrides = ["experiment=autopet_fdg"]

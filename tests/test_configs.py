@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import petflare.cli.train  # noqa: F401  (registers the ${len:...} resolver)
+import petflare.cli._common  # noqa: F401  (registers the ${len:...} resolver)
 from petflare.cli._common import config_dir
 from petflare.data import SegmentationDataModule
 from petflare.training.module import SegmentationModule

@@ -1,35 +1,31 @@
-"""Shared plumbing for the Hydra entry points: where configs live and how errors exit."""
+"""Shared plumbing for the Hydra entry points: where configs live, the one entry decorator, and
+how bad input exits."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
 from petflare.errors import PetflareInputError
+from petflare.paths import config_dir
+
+__all__ = ["EXIT_BAD_INPUT", "config_dir", "exit_on_bad_input", "hydra_command"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit status for bad user input (missing file, wrong units, existing output, ...).
 EXIT_BAD_INPUT = 2
 
-
-def config_dir() -> str:
-    """Absolute path of the Hydra config folder.
-
-    In a source checkout (editable install) this is the repository's ``configs/``; in an
-    installed wheel it is the copy packaged as ``petflare/configs``.
-    """
-    here = Path(__file__).resolve()
-    packaged = here.parents[1] / "configs"
-    if packaged.is_dir():
-        return str(packaged)
-    repo = here.parents[3] / "configs"
-    if repo.is_dir():
-        return str(repo)
-    raise FileNotFoundError(f"petflare configs not found (looked in {packaged} and {repo})")
+#: Resolver used by the net configs: ``in_channels: ${len:${data.preprocessing.channels}}``.
+#: Registered here, where configs are composed, so every command (and every test that composes
+#: a config through this package) has it.
+OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
 
 
 def exit_on_bad_input(func: F) -> F:
@@ -44,3 +40,33 @@ def exit_on_bad_input(func: F) -> F:
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper  # type: ignore[return-value]
+
+
+def hydra_command(
+    config_name: str, *, log_info: bool = False
+) -> Callable[[Callable[[DictConfig], Any]], Callable[[], None]]:
+    """The entry-point decorator every ``petflare-*`` command uses.
+
+    Hydra composes ``configs/<config_name>.yaml`` with the command line and calls the decorated
+    body with it; a :class:`PetflareInputError` becomes one line on stderr and exit status 2.
+
+    Args:
+        config_name: the primary config (``train``, ``infer``, ...).
+        log_info: show the package's INFO log lines (training progress).
+    """
+
+    def decorate(body: Callable[[DictConfig], Any]) -> Callable[[], None]:
+        guarded = exit_on_bad_input(body)
+
+        @functools.wraps(body)  # keeps the command's module: Hydra names the job after it
+        def task(cfg: DictConfig) -> None:
+            if log_info:
+                logging.getLogger("petflare").setLevel(logging.INFO)
+            guarded(cfg)
+
+        main: Callable[[], None] = hydra.main(
+            version_base="1.3", config_path=config_dir(), config_name=config_name
+        )(task)
+        return main
+
+    return decorate

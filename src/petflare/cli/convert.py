@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, ListConfig
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import hydra_command
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text, check_can_write
 from petflare.io.dicom import DEFAULT_SPACING_TOLERANCE, read_dicom_pet
@@ -200,27 +199,20 @@ def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="convert")
+@hydra_command("convert")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``petflare-convert`` / ``scripts/convert.py``."""
-
-    @exit_on_bad_input
-    def run() -> None:
-        if cfg.dicom is None or cfg.out is None:
-            raise PetflareInputError(
-                None, "dicom=DIR and out=FILE.nii.gz are required (see --help)"
-            )
-        result = convert_dicom(
-            str(cfg.dicom),
-            str(cfg.out),
-            overwrite=bool(cfg.overwrite),
-            series_uid=_optional_str(cfg.series_uid),
-            rtstruct=_optional_str(cfg.rtstruct),
-            labels=_optional_str(cfg.labels),
-            roi=_roi_option(cfg.roi),
-            mask_out=_optional_str(cfg.mask_out),
-            spacing_tolerance=float(cfg.spacing_tolerance),
-        )
-        print(result.summary())
-
-    run()
+    if cfg.dicom is None or cfg.out is None:
+        raise PetflareInputError(None, "dicom=DIR and out=FILE.nii.gz are required (see --help)")
+    result = convert_dicom(
+        str(cfg.dicom),
+        str(cfg.out),
+        overwrite=bool(cfg.overwrite),
+        series_uid=_optional_str(cfg.series_uid),
+        rtstruct=_optional_str(cfg.rtstruct),
+        labels=_optional_str(cfg.labels),
+        roi=_roi_option(cfg.roi),
+        mask_out=_optional_str(cfg.mask_out),
+        spacing_tolerance=float(cfg.spacing_tolerance),
+    )
+    print(result.summary())

@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import exit_on_bad_input, hydra_command
 from petflare.constants import PATTERNS, Keys
 from petflare.synth import PhantomConfig
 
@@ -55,8 +54,13 @@ def run_demo(
         overwrite: replace an earlier demo's outputs.
         phantom: phantom image-formation settings (default: the standard ~4 mm grid).
     """
-    from petflare.cli.infer import InferRequest, default_model_dir, load_predictor, run_request
-    from petflare.inference.pipeline import ScanInput
+    from petflare.inference.request import (
+        InferRequest,
+        default_model_dir,
+        load_predictor,
+        run_request,
+    )
+    from petflare.inference.results import ScanInput
     from petflare.synth import generate_dataset
 
     model = model or default_model_dir()
@@ -144,7 +148,7 @@ def demo(cfg: DictConfig) -> None:
     sys.stdout.flush()
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="demo")
+@hydra_command("demo")
 def _hydra_main(cfg: DictConfig) -> None:
     demo(cfg)
 

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import hydra_command
 from petflare.constants import Keys
 from petflare.errors import PetflareInputError
 from petflare.inference.evaluation import (
@@ -123,15 +122,10 @@ def run_evaluation(cfg: DictConfig) -> tuple[Path, Path]:
     return paths
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="evaluate")
+@hydra_command("evaluate")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``petflare-evaluate`` / ``python scripts/evaluate.py``."""
-
-    @exit_on_bad_input
-    def _run() -> None:
-        run_evaluation(cfg)
-
-    _run()
+    run_evaluation(cfg)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import exit_on_bad_input, hydra_command
 from petflare.constants import Keys
 from petflare.errors import PetflareInputError
 from petflare.inference.figures import mip_pair_figure
@@ -82,7 +81,7 @@ def run(cfg: DictConfig) -> Path:
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="synthesize")
+@hydra_command("synthesize")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``petflare-synth`` / ``python scripts/synthesize.py``."""
     run(cfg)

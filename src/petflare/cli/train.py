@@ -7,14 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import hydra_command
 from petflare.errors import PetflareInputError
-
-#: Resolver used by net configs: ``in_channels: ${len:${data.preprocessing.channels}}``.
-OmegaConf.register_new_resolver("len", lambda items: len(items), replace=True)
 
 #: Resolved config written into every run folder (and copied into an exported model folder).
 RUN_CONFIG_FILE = "config.yaml"
@@ -131,16 +127,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@hydra_command("train", log_info=True)
 def main(cfg: DictConfig) -> None:
     """Console entry point ``petflare-train``."""
-    logging.getLogger("petflare").setLevel(logging.INFO)
-
-    @exit_on_bad_input
-    def run() -> None:
-        train(cfg)
-
-    run()
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import hydra_command
 from petflare.errors import PetflareInputError
 
 #: Training record written into ``output_dir``.
@@ -423,16 +421,10 @@ def train_head(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train_head")
+@hydra_command("train_head", log_info=True)
 def main(cfg: DictConfig) -> None:
     """Console entry point ``petflare-train-head``."""
-    logging.getLogger("petflare").setLevel(logging.INFO)
-
-    @exit_on_bad_input
-    def run() -> None:
-        train_head(cfg)
-
-    run()
+    train_head(cfg)
 
 
 if __name__ == "__main__":

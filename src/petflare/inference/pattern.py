@@ -10,7 +10,7 @@ The head lives in the segmentation model's folder next to the network it reads::
                   names and version, training data and validation metrics
 
 ``PatternClassifier`` is callable as the pipeline's ``pattern_head(baseline, followup,
-pair_report)`` and returns a :class:`petflare.inference.pipeline.PatternCall` whose evidence
+pair_report)`` and returns a :class:`petflare.inference.results.PatternCall` whose evidence
 names the lesions that drove the call.
 """
 
@@ -439,7 +439,7 @@ class PatternClassifier:
 
     def __call__(self, baseline: Any, followup: Any, pair_report: Any) -> Any:
         """The pipeline's ``pattern_head``: TimepointResults + PairReport -> PatternCall."""
-        from petflare.inference.pipeline import PatternCall
+        from petflare.inference.results import PatternCall
 
         sample = self.sample(
             baseline.study,

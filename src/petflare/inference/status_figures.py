@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+from petflare.inference.results import InferenceResult, TimepointResult
 from petflare.io.atomic import atomic_write_with
-
-if TYPE_CHECKING:
-    from petflare.inference.pipeline import InferenceResult, TimepointResult
 
 #: Contour colour per lesion status (colour-blind-safe Okabe-Ito hues).
 STATUS_COLOURS = {

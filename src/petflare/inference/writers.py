@@ -13,15 +13,12 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from petflare.inference.results import BatchItem, InferenceResult, mask_filename
 from petflare.io.atomic import atomic_directory, atomic_write_text
 from petflare.io.nifti import save_nifti
-
-if TYPE_CHECKING:
-    from petflare.inference.pipeline import BatchItem, InferenceResult
 
 REPORT_JSON = "report.json"
 LESIONS_CSV = "lesions.csv"
@@ -68,7 +65,6 @@ def write_outputs_into(
     The stages ``write_masks`` and ``figure`` are timed into the result before report.json is
     written, so the report's timings cover everything but writing the report itself.
     """
-    from petflare.inference.pipeline import mask_filename
     from petflare.inference.status_figures import status_mip_figure
     from petflare.quant.report import lesion_csv_text
 

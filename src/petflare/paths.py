@@ -1,0 +1,26 @@
+"""Where the package's own files live: the Hydra config folder and the shipped model folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def config_dir() -> str:
+    """Absolute path of the Hydra config folder.
+
+    In a source checkout (editable install) this is the repository's ``configs/``; in an
+    installed wheel it is the copy packaged as ``petflare/configs``.
+    """
+    here = Path(__file__).resolve()
+    packaged = here.parent / "configs"
+    if packaged.is_dir():
+        return str(packaged)
+    repo = here.parents[2] / "configs"
+    if repo.is_dir():
+        return str(repo)
+    raise FileNotFoundError(f"petflare configs not found (looked in {packaged} and {repo})")
+
+
+def models_dir() -> Path:
+    """The ``models/`` folder next to the ``configs/`` folder (where shipped model folders live)."""
+    return Path(config_dir()).parent / "models"
