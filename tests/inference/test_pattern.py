@@ -320,30 +320,3 @@ def test_explanations_name_the_driving_lesion() -> None:
     )
     small = {**new_unit, "info": {**new_unit["info"], "hot_extent_ratio": 0.6}}
     assert "physiological" not in explain("new_lesions", [other, small], [0.1, 0.9])[1]
-
-
-def test_cli_joint_mode_writes_a_new_model_folder(
-    trained: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """Joint training tunes the encoder, so network + head go to out_model_dir."""
-    model_dir, manifest = trained
-    before = (model_dir / "model.pt").read_bytes()
-    out = tmp_path / "tuned"
-    result = _train_head(
-        tmp_path,
-        model_dir,
-        manifest,
-        "module.mode=joint",
-        f"out_model_dir={out}",
-        "trainer.max_epochs=1",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (model_dir / "model.pt").read_bytes() == before
-    meta = json.loads((out / HEAD_METADATA_FILE).read_text())
-    assert meta["training"]["mode"] == "joint"
-    assert json.loads((out / "metadata.json").read_text())["fine_tuning_mode"] == "joint"
-    clf = PatternClassifier.from_folder(out, device="cpu")
-    assert clf.predict(*_tiny.make_pair("diffuse_flare", seed=14)).label in PATTERNS
-    # without out_model_dir the command refuses before any work
-    refused = _train_head(tmp_path, model_dir, manifest, "module.mode=finetune")
-    assert refused.returncode == 2 and "out_model_dir" in refused.stderr

@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from monai.losses import DiceCELoss
 
 from petflare.cli._common import config_dir
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS
@@ -19,9 +18,7 @@ from petflare.data.longitudinal import (
     HeadKeys,
     PairSampleDataset,
     collate_samples,
-    pair_images,
     pair_samples,
-    registration_matrix,
 )
 from petflare.data.transforms import PreprocessingConfig
 from petflare.networks import build_unet
@@ -84,7 +81,7 @@ def test_a_trained_tiny_head_beats_chance_on_its_training_pairs(tiny_samples: li
     channels = EncoderFeatures(_net()).channels()
     head = _head(channels)
     fit_head_normalization(head, [s for v in tiny_samples for s in v])
-    module = ChangePatternModule(head, partial(torch.optim.AdamW, lr=1e-2), mode="frozen")
+    module = ChangePatternModule(head, partial(torch.optim.AdamW, lr=1e-2))
     ds = PairSampleDataset(tiny_samples, random_variant=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_samples)
     _trainer(60).fit(module, train_dataloaders=loader)
@@ -128,65 +125,6 @@ def test_training_can_skip_a_fold_of_pairs(tiny_samples: list, tmp_path: Path) -
     assert len(dm.all_train_samples()) == sum(len(v) for v in tiny_samples)
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune", "joint"])
-def test_a_few_steps_run_from_images_in_every_mode(mode: str) -> None:
-    """Image batches through the shared encoder (two tiny pairs), including the seg loss."""
-    net = _net()
-    enc = EncoderFeatures(net)
-    from petflare.data.longitudinal import compare_pair, lesion_units
-    from petflare.quant import lesion_instances
-
-    batches = []
-    for pattern in ("nodule_within_mass", "controlled"):
-        base, fol = make_pair(pattern)
-        b_lab, f_lab = lesion_instances(base.mask), lesion_instances(fol.mask)
-        rep = compare_pair(base, fol)
-        units = lesion_units(rep)
-        imgs = pair_images(base, fol, b_lab, f_lab, units, registration_matrix(rep), PRE)
-        batches.append((imgs, units, rep))
-    shape = batches[0][0].baseline_image.shape[1:]
-    assert all(b[0].baseline_image.shape[1:] == shape for b in batches[:1])
-    imgs, units, _ = batches[0]
-    batch = {
-        HeadKeys.BASELINE_IMAGE: torch.from_numpy(imgs.baseline_image[None]),
-        HeadKeys.FOLLOWUP_IMAGE: torch.from_numpy(imgs.followup_image[None]),
-        HeadKeys.LESION_MASKS: torch.from_numpy(imgs.lesion_masks[None].astype(np.float32)),
-        HeadKeys.LESION_VALID: torch.ones(1, len(units), dtype=torch.bool),
-        HeadKeys.LESION_FEATURES: torch.from_numpy(
-            np.stack([np.resize(u.features, len(HEAD_LESION_FEATURE_NAMES)) for u in units])[None]
-        ),
-        HeadKeys.PAIR_FEATURES: torch.zeros(1, len(PAIR_FEATURE_NAMES)),
-        HeadKeys.LABEL: torch.tensor([PATTERN_TO_INDEX["nodule_within_mass"]]),
-        HeadKeys.BASELINE_SEG: torch.from_numpy(imgs.baseline_seg[None, None].astype(np.int64)),
-        HeadKeys.FOLLOWUP_SEG: torch.from_numpy(imgs.followup_seg[None, None].astype(np.int64)),
-    }
-    head = _head(enc.channels())
-    module = ChangePatternModule(
-        head,
-        partial(torch.optim.AdamW, lr=1e-3),
-        segmentation_net=net,
-        mode=mode,
-        class_weights=[1.0, 2.0, 1.0, 1.0],
-        seg_loss=DiceCELoss(to_onehot_y=True, softmax=True) if mode == "joint" else None,
-    )
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    loader = torch.utils.data.DataLoader([batch], batch_size=None)
-    _trainer(2).fit(module, train_dataloaders=loader)
-    changed = any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert changed == (mode != "frozen")
-    assert np.isfinite(float(module.trainer.callback_metrics["train/loss"]))
-
-
-def test_modes_are_validated() -> None:
-    head = _head([4, 8, 16])
-    with pytest.raises(ValueError, match="needs the segmentation network"):
-        ChangePatternModule(head, partial(torch.optim.AdamW), mode="finetune")
-    with pytest.raises(ValueError, match="seg_loss"):
-        ChangePatternModule(head, partial(torch.optim.AdamW), segmentation_net=_net(), mode="joint")
-    with pytest.raises(ValueError, match="mode must be"):
-        ChangePatternModule(head, partial(torch.optim.AdamW), mode="other")  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize("experiment", HEAD_EXPERIMENTS)
 def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) -> None:
     """Every head experiment composes and builds its objects (head_debug also trains in
@@ -206,15 +144,21 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
         n_pair_features=len(PAIR_FEATURE_NAMES),
     )
     assert isinstance(head, ChangePatternHead)
-    from petflare.cli.train_head import datamodule_config
+    from petflare.cli.train_head import compose_head_training
 
-    data_cfg, _ = datamodule_config(cfg)
-    dm = instantiate(data_cfg, _partial_=True, _convert_="all")(
-        segmentation_net=net, preprocessing=PRE, cache_dir=tmp_path
-    )
+    settings, factories = compose_head_training(cfg)
+    dm = factories.datamodule(segmentation_net=net, preprocessing=PRE, cache_dir=tmp_path)
     assert isinstance(dm, LongitudinalDataModule)
-    assert isinstance(instantiate(cfg.trainer), pl.Trainer)
-    module = ChangePatternModule(head, instantiate(cfg.module.optimizer), net, cfg.module.mode)
+    assert isinstance(factories.trainer(), pl.Trainer)
+    module = factories.module(
+        factories.head(
+            feature_channels=EncoderFeatures(net).channels(),
+            n_lesion_features=len(HEAD_LESION_FEATURE_NAMES),
+            n_pair_features=len(PAIR_FEATURE_NAMES),
+        )
+    )
+    assert isinstance(module, ChangePatternModule)
     assert isinstance(module.configure_optimizers(), torch.optim.Optimizer)
+    assert settings.output_dir == Path(cfg.output_dir)
     if experiment == "head_synthetic_cpu":
-        assert cfg.module.mode == "frozen" and cfg.data.n_train_pairs >= 32
+        assert cfg.data.n_train_pairs >= 32

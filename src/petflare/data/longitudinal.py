@@ -66,11 +66,6 @@ class HeadKeys:
     GLOBAL_POOLED = "global_pooled"
     PAIR_FEATURES = "pair_features"
     LABEL = "label"
-    BASELINE_IMAGE = "baseline_image"
-    FOLLOWUP_IMAGE = "followup_image"
-    LESION_MASKS = "lesion_masks"
-    BASELINE_SEG = "baseline_seg"
-    FOLLOWUP_SEG = "followup_seg"
 
 
 #: Per-lesion-unit CT correlate (all 0 without a CT; see ``PairSampleDataset.ct_dropout``).
@@ -507,35 +502,7 @@ class PairImages:
     baseline_image: np.ndarray  # [C, X, Y, Z] scaled network input
     followup_image: np.ndarray  # [C, X, Y, Z], the follow-up aligned to the baseline
     lesion_masks: np.ndarray  # [L, X, Y, Z] uint8
-    baseline_seg: np.ndarray  # [X, Y, Z] uint8 lesion mask (for the joint segmentation loss)
-    followup_seg: np.ndarray  # [X, Y, Z] uint8
     affine: np.ndarray  # 4x4 of the crop grid
-
-    def save(self, path: Path) -> None:
-        """Write atomically as a compressed ``.npz``."""
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **{k: getattr(self, k) for k in _IMAGE_FIELDS})
-
-        with atomic_path(path, overwrite=True) as tmp:
-            write(tmp)
-
-    @classmethod
-    def load(cls, path: Path) -> PairImages:
-        """Read images written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls(**{k: data[k] for k in _IMAGE_FIELDS})
-
-
-_IMAGE_FIELDS = (
-    "baseline_image",
-    "followup_image",
-    "lesion_masks",
-    "baseline_seg",
-    "followup_seg",
-    "affine",
-)
 
 
 def pair_images(
@@ -584,8 +551,6 @@ def pair_images(
         baseline_image=base_img,
         followup_image=fol_img,
         lesion_masks=masks,
-        baseline_seg=(b_lab > 0).astype(np.uint8),
-        followup_seg=(f_lab > 0).astype(np.uint8),
         affine=affine,
     )
 
@@ -917,7 +882,6 @@ def pair_samples(
     device: torch.device | str = "cpu",
     margin_mm: float = 32.0,
     registration_config: Any | None = None,
-    images_out: list[PairImages] | None = None,
     report_cache: Path | None = None,
     alignment: Any | None = None,
     registration_out: list[Any] | None = None,
@@ -933,8 +897,6 @@ def pair_samples(
 
     ``baseline.mask`` and ``followup.mask`` are the masks of the first sample (ground truth or
     predicted). The encoder runs once per scan on a crop covering every variant's lesions.
-    When ``images_out`` is a list, the crop with the first sample's unit masks and lesion masks
-    is appended to it (the inputs of the fine-tuned and joint training modes).
     """
     from petflare.quant import classify_pattern_rules, lesion_instances, pair_report_from_json
 
@@ -975,8 +937,8 @@ def pair_samples(
     images = pair_images(baseline, followup, union_b, union_f, [], matrix, preprocessing, margin_mm)
     feats_b, feats_f = encode_pair(encoder, images, device)
     out = []
-    for i, ((b_lab, f_lab), rep, units, rule_label) in enumerate(
-        zip(variants, reports, unit_lists, rule_labels, strict=True)
+    for (b_lab, f_lab), rep, units, rule_label in zip(
+        variants, reports, unit_lists, rule_labels, strict=True
     ):
         masks = _unit_masks_on(
             images.affine,
@@ -988,22 +950,6 @@ def pair_samples(
             units,
             matrix,
         )
-        if i == 0 and images_out is not None:
-            shape = masks.shape[1:]
-            b_seg = resample_to_grid(b_lab > 0, baseline.affine, shape, images.affine, order=0)
-            f_seg = followup_on_baseline(
-                f_lab > 0, followup.affine, shape, images.affine, matrix, order=0
-            )
-            images_out.append(
-                PairImages(
-                    images.baseline_image,
-                    images.followup_image,
-                    masks,
-                    b_seg.astype(np.uint8),
-                    f_seg.astype(np.uint8),
-                    images.affine,
-                )
-            )
         out.append(
             sample_from_features(
                 feats_b,
@@ -1126,96 +1072,6 @@ class PairSampleDataset(Dataset):
         return np.array([v[0].label for v in self.variants], dtype=np.int64)
 
 
-class ImagePairDataset(Dataset):
-    """Pairs as images (fine-tuned and joint modes), with label-preserving augmentation.
-
-    Geometry is changed identically for both scans, their region and lesion masks (random
-    flips along each axis); noise is drawn independently for each scan (Gaussian, on the scaled
-    PET channel), as two acquisitions have independent noise. Neither changes the pattern.
-
-    Args:
-        items: per pair, its crop images and its variant-0 sample (quantitative features).
-        augment: apply the augmentation (training) or not (validation).
-        noise_std: largest standard deviation of the added noise (network input units).
-        seed: seed of the augmentation.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[tuple[PairImages, PairSample]],
-        augment: bool,
-        noise_std: float = 0.05,
-        seed: int = 0,
-    ) -> None:
-        self.items = list(items)
-        self.augment = augment
-        self.noise_std = float(noise_std)
-        self.rng = np.random.default_rng(seed)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Class index of every pair."""
-        return np.array([s.label for _, s in self.items], dtype=np.int64)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        img, sample = self.items[index]
-        base, fol = img.baseline_image.copy(), img.followup_image.copy()
-        masks, b_seg, f_seg = img.lesion_masks, img.baseline_seg, img.followup_seg
-        if self.augment:
-            axes = tuple(ax for ax in range(3) if self.rng.random() < 0.5)
-            if axes:
-                shifted = tuple(a + 1 for a in axes)  # channel / lesion axis first
-                base = np.flip(base, shifted).copy()
-                fol = np.flip(fol, shifted).copy()
-                masks = np.flip(masks, shifted).copy()
-                b_seg = np.flip(b_seg, axes).copy()
-                f_seg = np.flip(f_seg, axes).copy()
-            for arr in (base, fol):  # independent noise per acquisition
-                sigma = self.rng.uniform(0.0, self.noise_std)
-                arr[0] += self.rng.normal(0.0, sigma, arr.shape[1:]).astype(np.float32)
-        return {
-            "sample": sample,
-            HeadKeys.BASELINE_IMAGE: base,
-            HeadKeys.FOLLOWUP_IMAGE: fol,
-            HeadKeys.LESION_MASKS: masks,
-            HeadKeys.BASELINE_SEG: b_seg,
-            HeadKeys.FOLLOWUP_SEG: f_seg,
-        }
-
-
-def collate_images(items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-    """Batch image pairs: zero-pad every volume to the largest crop and lesions to the most."""
-    out = collate_samples([it["sample"] for it in items])
-    n_les = out[HeadKeys.LESION_VALID].shape[1]
-    shape = np.max([it[HeadKeys.BASELINE_IMAGE].shape[1:] for it in items], axis=0)
-
-    def pad(arr: np.ndarray, lead: int, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.zeros((*arr.shape[:-3][:lead], *shape), dtype=dtype)
-        x, y, z = arr.shape[-3:]
-        t[..., :x, :y, :z] = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
-        return t
-
-    def stack(key: str, dtype: torch.dtype) -> torch.Tensor:
-        return torch.stack([pad(it[key], it[key].ndim - 3, dtype) for it in items])
-
-    masks = torch.zeros((len(items), n_les, *shape))
-    for i, it in enumerate(items):
-        m = pad(it[HeadKeys.LESION_MASKS], 1, torch.float32)
-        masks[i, : m.shape[0]] = m
-    out[HeadKeys.BASELINE_IMAGE] = stack(HeadKeys.BASELINE_IMAGE, torch.float32)
-    out[HeadKeys.FOLLOWUP_IMAGE] = stack(HeadKeys.FOLLOWUP_IMAGE, torch.float32)
-    out[HeadKeys.LESION_MASKS] = masks
-    out[HeadKeys.BASELINE_SEG] = stack(HeadKeys.BASELINE_SEG, torch.long).unsqueeze(1)
-    out[HeadKeys.FOLLOWUP_SEG] = stack(HeadKeys.FOLLOWUP_SEG, torch.long).unsqueeze(1)
-    # the pooled features are for the frozen encoder only; images replace them here
-    for key in (HeadKeys.LESION_POOLED, HeadKeys.GLOBAL_POOLED):
-        out.pop(key)
-    return out
-
-
 def class_weights(labels: np.ndarray, n_classes: int = len(PATTERNS)) -> np.ndarray:
     """Inverse-frequency class weights normalised to mean 1 (absent classes get weight 1)."""
     counts = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
@@ -1256,9 +1112,9 @@ MaskSource = Callable[[Study], np.ndarray]
 RowTask = tuple[Mapping[str, Any], int, str | MaskSource, int]
 
 
-def _present(paths: Sequence[Path], image_path: Path, need_images: bool) -> bool:
-    """Whether a row's cached samples (and its image crop, when needed) are all on disk."""
-    return all(p.is_file() for p in paths) and (image_path.is_file() or not need_images)
+def _present(paths: Sequence[Path]) -> bool:
+    """Whether a row's cached samples are all on disk."""
+    return all(p.is_file() for p in paths)
 
 
 @dataclass
@@ -1327,9 +1183,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         margin_mm: margin of the encoder crop around the lesions.
         seed: seed of the mask perturbations and variant draws.
         device: device of the encoder during precomputation.
-        include_images: serve image batches (crops of both scans, region and lesion masks,
-            with augmentation) for the fine-tuned and joint modes instead of pooled features.
-        noise_std: largest noise added to each scan in image batches.
         ct_dropout: probability that a training sample is shown without its CT features (a
             PET-only study); 0 keeps them always.
         missed_nodule_variant: give each ``nodule_within_mass`` training pair one more variant
@@ -1362,8 +1215,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         margin_mm: float = 32.0,
         seed: int = 0,
         device: str = "cpu",
-        include_images: bool = False,
-        noise_std: float = 0.05,
         ct_dropout: float = 0.0,
         missed_nodule_variant: bool = False,
         workers: int = 1,
@@ -1409,17 +1260,12 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.margin_mm = float(margin_mm)
         self.seed = int(seed)
         self.device = device
-        self.include_images = bool(include_images)
-        self.noise_std = float(noise_std)
         self.ct_dropout = float(ct_dropout)
         if missed_nodule_variant and manifest is not None:
             raise ValueError("missed_nodule_variant needs phantom pairs (their truth records)")
         self.missed_nodule_variant = bool(missed_nodule_variant)
         self.workers = int(workers)
-        if self.include_images and val_mask_source != "ground_truth":
-            raise ValueError("include_images (finetune/joint modes) needs ground-truth val masks")
         self.datasets: dict[str, PairSampleDataset] = {}
-        self.image_datasets: dict[str, ImagePairDataset] = {}
         self._train_pairs: list[int] | None = None
         self._loaded: tuple[str, tuple[Study, Study]] | None = None  # the last pair read
 
@@ -1530,17 +1376,15 @@ class LongitudinalDataModule(pl.LightningDataModule):
 
     def _cached_paths(
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
-    ) -> tuple[list[Path], Path, bool]:
+    ) -> list[Path]:
         folder = self.row_folder(row, n_variants, mask_source, seed)
-        paths = [folder / f"variant{i}.npz" for i in range(n_variants + 1)]
-        need_images = self.include_images and mask_source == "ground_truth"
-        return paths, folder / "images.npz", need_images
+        return [folder / f"variant{i}.npz" for i in range(n_variants + 1)]
 
     def is_cached(
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
     ) -> bool:
         """Whether :meth:`samples_for_row` would read these samples from the cache."""
-        return _present(*self._cached_paths(row, n_variants, mask_source, seed))
+        return _present(self._cached_paths(row, n_variants, mask_source, seed))
 
     def warm_cache(self, tasks: Sequence[RowTask], desc: str = "pair features") -> int:
         """Compute the samples of the ``tasks`` missing from the cache, pair by pair.
@@ -1610,7 +1454,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         clone = copy.copy(self)
         clone.trainer = None
         clone.datasets = {}
-        clone.image_datasets = {}
         clone._loaded = None
         return clone
 
@@ -1618,12 +1461,11 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self, row: Mapping[str, Any], n_variants: int, mask_source: str | MaskSource, seed: int
     ) -> list[PairSample]:
         """Cached samples of one manifest row (variant 0, then ``n_variants`` perturbed)."""
-        paths, image_path, need_images = self._cached_paths(row, n_variants, mask_source, seed)
-        if _present(paths, image_path, need_images):
+        paths = self._cached_paths(row, n_variants, mask_source, seed)
+        if _present(paths):
             return [PairSample.load(p) for p in paths]
         from petflare.quant.report import registration_from_json, registration_to_json
 
-        images: list[PairImages] = []
         registration_path = self.registration_file(row)
         alignment = (
             registration_from_json(registration_path.read_text())
@@ -1640,7 +1482,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
             seed,
             self.device,
             self.margin_mm,
-            images_out=images if need_images else None,
             report_cache=self.row_folder(row, n_variants, mask_source, seed, with_encoder=False),
             studies=self._row_studies(row),
             alignment=alignment,
@@ -1651,8 +1492,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
             atomic_write_text(registration_path, text, overwrite=True)
         for sample, path in zip(samples, paths, strict=True):
             sample.save(path)
-        if images:
-            images[0].save(image_path)
         return samples
 
     def registration_file(self, row: Mapping[str, Any]) -> Path:
@@ -1723,19 +1562,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
             ),
             "val": PairSampleDataset(val, random_variant=False),
         }
-        if self.include_images:
-            for split, samples, n_var, seed0 in (
-                ("train", train, self.n_mask_variants, self.seed),
-                ("val", val, 0, None),
-            ):
-                items = []
-                for i, (row, variants) in enumerate(zip(rows.get(split, []), samples, strict=True)):
-                    seed = 0 if seed0 is None else seed0 + i
-                    folder = self.row_folder(row, n_var, "ground_truth", seed)
-                    items.append((PairImages.load(folder / "images.npz"), variants[0]))
-                self.image_datasets[split] = ImagePairDataset(
-                    items, augment=split == "train", noise_std=self.noise_std, seed=self.seed
-                )
 
     def _val_samples(self, val_rows: Sequence[Mapping[str, Any]]) -> list[list[PairSample]]:
         from tqdm.auto import tqdm
@@ -1750,8 +1576,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         a trained head's temperature; the training split is left unbuilt."""
         if self.datasets:
             return
-        if self.include_images:
-            raise ValueError("setup_validation serves the frozen (pooled-feature) head only")
         val_rows = self.rows().get("val", [])
         self.warm_cache(self._setup_tasks([], val_rows))
         self.datasets = {
@@ -1810,14 +1634,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         return class_weights(self.datasets["train"].labels)
 
     def train_dataloader(self) -> DataLoader:
-        if self.include_images:
-            return DataLoader(
-                self.image_datasets["train"],
-                batch_size=self.batch_size,
-                shuffle=True,
-                collate_fn=collate_images,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
         ds = self._train_dataset()
         if self.balance == "sampler":
             w = class_weights(ds.labels)[ds.labels]
@@ -1839,11 +1655,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list[Any]:
-        if self.include_images:
-            images = self.image_datasets.get("val")
-            if images is None or len(images) == 0:
-                return []
-            return DataLoader(images, batch_size=self.batch_size, collate_fn=collate_images)
         ds = self.datasets.get("val")
         if ds is None or len(ds) == 0:
             return []
@@ -1885,7 +1696,6 @@ def compute_row_samples(
     seed: int,
     device: str = "cpu",
     margin_mm: float = 32.0,
-    images_out: list[PairImages] | None = None,
     report_cache: Path | None = None,
     studies: tuple[Study, Study] | None = None,
     alignment: Any | None = None,
@@ -1932,7 +1742,6 @@ def compute_row_samples(
         variants,
         device,
         margin_mm,
-        images_out=images_out,
         report_cache=report_cache,
         alignment=alignment,
         registration_out=registration_out,

@@ -1,51 +1,35 @@
-"""LightningModule for the change-pattern head: frozen encoder, fine-tuned encoder, or joint.
+"""LightningModule for the change-pattern head on a frozen segmentation encoder.
 
-Modes:
-    ``frozen``: the segmentation network is fixed; only the head trains. Batches may carry the
-        region features pooled once per pair (``lesion_pooled``/``global_pooled``; the cheap,
-        default path) or the images, in which case the encoder runs without gradients.
-    ``finetune``: the encoder trains too (learning rate scaled by ``encoder_lr_scale``).
-    ``joint``: as ``finetune`` plus the segmentation loss on both time points, so the encoder
-        stays a good segmenter while it learns the change.
-
-The loss is cross-entropy with optional class weights (class-balanced loss).
+The segmentation network is fixed; only the head trains, on the region features pooled once
+per pair (``lesion_pooled``/``global_pooled``, precomputed and cached by
+:class:`petflare.data.longitudinal.LongitudinalDataModule`). The loss is cross-entropy with
+optional class weights (class-balanced loss).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from petflare.data.longitudinal import HeadKeys
 from petflare.networks.change_head import ChangePatternHead, HeadEnsemble, HeadOutput
-from petflare.networks.encoder import EncoderFeatures
 from petflare.training.pattern_metrics import pattern_metrics
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-Mode = Literal["frozen", "finetune", "joint"]
-MODES: tuple[str, ...] = ("frozen", "finetune", "joint")
 
 
 class ChangePatternModule(pl.LightningModule):
-    """Train a :class:`ChangePatternHead` on baseline/follow-up pairs.
+    """Train a :class:`ChangePatternHead` on baseline/follow-up pairs (pooled features).
 
     Args:
-        head: the change-pattern head.
-        optimizer: partial optimizer, called with ``params=`` (a list of parameter groups).
-        segmentation_net: the segmentation network whose encoder feeds the head; None is
-            allowed in ``frozen`` mode when every batch carries pooled features.
-        mode: ``frozen``, ``finetune`` or ``joint`` (see the module docstring).
+        head: the change-pattern head (or an ensemble, for calibration and scoring).
+        optimizer: partial optimizer, called with ``params=``.
         class_weights: cross-entropy weight per class in ``PATTERNS`` order, or None.
-        seg_loss: loss on (logits, label (B, 1, ...)) for ``joint`` mode, e.g. MONAI DiceCELoss.
-        seg_loss_weight: weight of the segmentation loss in ``joint`` mode.
-        encoder_lr_scale: learning-rate factor of the encoder parameters (finetune/joint).
-        encoder_scales: encoder levels fed to the head (None: all).
         label_smoothing: cross-entropy label smoothing.
     """
 
@@ -55,99 +39,29 @@ class ChangePatternModule(pl.LightningModule):
         self,
         head: ChangePatternHead | HeadEnsemble,
         optimizer: OptimizerFactory,
-        segmentation_net: nn.Module | None = None,
-        mode: Mode = "frozen",
         class_weights: Sequence[float] | None = None,
-        seg_loss: nn.Module | None = None,
-        seg_loss_weight: float = 0.5,
-        encoder_lr_scale: float = 0.1,
-        encoder_scales: Sequence[int] | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode != "frozen" and segmentation_net is None:
-            raise ValueError(f"mode {mode!r} needs the segmentation network")
-        if mode == "joint" and seg_loss is None:
-            raise ValueError("mode 'joint' needs seg_loss")
         self.head = head
-        self.mode = mode
-        self.net = segmentation_net
-        self.encoder = (
-            EncoderFeatures(segmentation_net, encoder_scales) if segmentation_net else None
-        )
-        if mode == "frozen" and segmentation_net is not None:
-            segmentation_net.requires_grad_(False)
         self.optimizer_factory = optimizer
         weights = None if class_weights is None else torch.as_tensor(class_weights).float()
         self.register_buffer("class_weights", weights, persistent=False)
-        self.seg_loss = seg_loss
-        self.seg_loss_weight = float(seg_loss_weight)
-        self.encoder_lr_scale = float(encoder_lr_scale)
         self.label_smoothing = float(label_smoothing)
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self.last_val_metrics: dict[str, Any] = {}
 
-    def train(self, mode: bool = True) -> ChangePatternModule:
-        """Keep a frozen segmentation network in eval mode (its norm statistics stay fixed)."""
-        super().train(mode)
-        if self.mode == "frozen" and self.net is not None:
-            self.net.eval()
-        return self
-
-    def _features(
-        self, image: torch.Tensor, with_seg: bool
-    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        assert self.encoder is not None and self.net is not None
-        if with_seg:
-            with self.encoder.capture() as feats:
-                seg_logits = self.net(image)
-            return feats, seg_logits
-        if self.mode == "frozen":
-            with torch.no_grad():
-                return self.encoder(image), None
-        return self.encoder(image), None
-
     def forward(self, batch: dict[str, torch.Tensor]) -> HeadOutput:
-        """Head output for a batch (pooled features, or images through the encoder)."""
-        out, _ = self._forward_with_seg(batch, with_seg=False)
-        return out
-
-    def _forward_with_seg(
-        self, batch: dict[str, torch.Tensor], with_seg: bool
-    ) -> tuple[HeadOutput, torch.Tensor | None]:
+        """Head output for a batch of pooled pair features."""
         k = HeadKeys
-        if k.LESION_POOLED in batch and not with_seg and self.mode == "frozen":
-            out = self.head.forward_pooled(
-                batch[k.LESION_POOLED],
-                batch[k.LESION_FEATURES],
-                batch[k.LESION_VALID],
-                batch[k.GLOBAL_POOLED],
-                batch[k.PAIR_FEATURES],
-            )
-            return out, None
-        if self.encoder is None:
-            raise RuntimeError("batch has no pooled features and the module has no encoder")
-        fb, seg_b = self._features(batch[k.BASELINE_IMAGE], with_seg)
-        ff, seg_f = self._features(batch[k.FOLLOWUP_IMAGE], with_seg)
-        out = self.head(
-            fb,
-            ff,
-            batch[k.LESION_MASKS],
-            batch[k.LESION_VALID],
+        return self.head.forward_pooled(
+            batch[k.LESION_POOLED],
             batch[k.LESION_FEATURES],
+            batch[k.LESION_VALID],
+            batch[k.GLOBAL_POOLED],
             batch[k.PAIR_FEATURES],
         )
-        seg_loss = None
-        if with_seg:
-            assert self.seg_loss is not None
-            seg_loss = 0.5 * (
-                self.seg_loss(seg_b, batch[k.BASELINE_SEG])
-                + self.seg_loss(seg_f, batch[k.FOLLOWUP_SEG])
-            )
-        return out, seg_loss
 
     def _ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -155,15 +69,11 @@ class ChangePatternModule(pl.LightningModule):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy (plus the segmentation loss in joint mode)."""
+        """Cross-entropy of the head's logits."""
         labels = batch[HeadKeys.LABEL]
-        out, seg_loss = self._forward_with_seg(batch, with_seg=self.mode == "joint")
-        loss = self._ce(out.logits, labels)
+        loss = self._ce(self(batch).logits, labels)
         n = int(labels.shape[0])
         self.log("train/ce", loss, on_step=False, on_epoch=True, batch_size=n)
-        if seg_loss is not None:
-            self.log("train/seg_loss", seg_loss, on_step=False, on_epoch=True, batch_size=n)
-            loss = loss + self.seg_loss_weight * seg_loss
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
@@ -192,15 +102,8 @@ class ChangePatternModule(pl.LightningModule):
         self.log("val/balanced_accuracy", 0.0 if not np.isfinite(bal) else bal, prog_bar=True)
 
     def configure_optimizers(self) -> Any:
-        """Head parameters at the base rate; encoder at ``encoder_lr_scale`` when it trains."""
-        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters())}]
-        if self.mode != "frozen" and self.net is not None:
-            probe = self.optimizer_factory(params=[nn.Parameter(torch.zeros(1))])
-            base_lr = float(probe.defaults.get("lr", 1e-3))
-            groups.append(
-                {"params": list(self.net.parameters()), "lr": base_lr * self.encoder_lr_scale}
-            )
-        return self.optimizer_factory(params=groups)
+        """The head's parameters, as one parameter group."""
+        return self.optimizer_factory(params=[{"params": list(self.head.parameters())}])
 
     @torch.no_grad()
     def predict_logits(self, loader: Any) -> tuple[np.ndarray, np.ndarray]:
