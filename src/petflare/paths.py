@@ -23,4 +23,9 @@ def config_dir() -> str:
 
 def models_dir() -> Path:
     """The ``models/`` folder next to the ``configs/`` folder (where shipped model folders live)."""
-    return Path(config_dir()).parent / "models"
+    return project_dir() / "models"
+
+
+def project_dir() -> Path:
+    """The folder holding ``configs/`` and ``models/`` (the repository root in a checkout)."""
+    return Path(config_dir()).parent

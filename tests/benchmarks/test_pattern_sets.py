@@ -1,18 +1,13 @@
-"""scripts/benchmark_pattern.py: robustness sets are described against the head's training range."""
+"""petflare.benchmarks.pattern: robustness sets are described against the head's training range."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from petflare_testing import REPO, load_module
-
-
-def load_script():  # noqa: ANN201
-    return load_module("benchmark_pattern", REPO / "scripts" / "benchmark_pattern.py")
+from petflare.benchmarks import pattern as bench
 
 
 def test_sets_are_outside_the_recorded_training_range() -> None:
-    bench = load_script()
     wide = {"spacing_inplane_mm": [3.0, 5.0], "spacing_slice_mm": [3.0, 5.0]}
     meta = {"training": {"phantom_pairs": {"train_seed": 1, "phantom": wide}}}
     train = bench.training_phantom(meta)
@@ -25,7 +20,6 @@ def test_sets_are_outside_the_recorded_training_range() -> None:
 
 
 def test_appearance_sets_report_a_training_range_that_covers_them() -> None:
-    bench = load_script()
     phantom = {"lesion_falloff": [0.0, 0.8], "noise_corr_mm": [2.0, 9.0]}
     train = bench.training_phantom({"training": {"phantom_pairs": {"phantom": phantom}}})
     assert "(within the training range)" in bench.set_title("graded", train)
@@ -33,7 +27,6 @@ def test_appearance_sets_report_a_training_range_that_covers_them() -> None:
 
 
 def test_overlap_is_reported_and_config_fallback_is_read() -> None:
-    bench = load_script()
     # an older head.json: the overrides only in the recorded config
     meta = {"config": {"data": {"phantom": {"noise_cv_liver": [0.05, 0.5]}}}}
     train = bench.training_phantom(meta)
@@ -51,7 +44,6 @@ def test_overlap_is_reported_and_config_fallback_is_read() -> None:
 def test_extra_training_sets_widen_the_training_range() -> None:
     """A head trained on a main set and an extra, wider set: the sets are described against the
     union of both, so an extra set reaching into a robustness set's range is flagged."""
-    bench = load_script()
     extra = {"noise_cv_liver": [0.06, 0.5], "spacing_inplane_mm": [3.0, 5.0]}
     meta = {
         "training": {
@@ -70,7 +62,6 @@ def test_extra_training_sets_widen_the_training_range() -> None:
 
 
 def test_scanner_mix_set_says_whether_training_covered_it() -> None:
-    bench = load_script()
     shipped_like = bench.training_phantom({"training": {"phantom_pairs": {"phantom": {}}}})
     assert "(wider than training)" in bench.set_title("scanners", shipped_like)
     wide = {
@@ -97,7 +88,6 @@ def test_pet_only_set_reads_the_main_pairs_without_ct(tmp_path: Path) -> None:
     import nibabel as nib
     import numpy as np
 
-    bench = load_script()
     folder = tmp_path / "test_n2_seed7"
     folder.mkdir()
     rows = []
@@ -123,7 +113,6 @@ def test_pet_only_set_reads_the_main_pairs_without_ct(tmp_path: Path) -> None:
 
 
 def test_heart_set_is_described_against_the_training_hearts() -> None:
-    bench = load_script()
     shipped_like = bench.training_phantom({"training": {"phantom_pairs": {"phantom": {}}}})
     assert "training: 2-8" in bench.set_title("heart", shipped_like)
     assert "overlaps" not in bench.set_title("heart", shipped_like)
@@ -133,7 +122,6 @@ def test_heart_set_is_described_against_the_training_hearts() -> None:
 
 
 def test_seeds_seen_include_a_recalibrated_heads_calibration_sets() -> None:
-    bench = load_script()
     meta = {
         "training": {
             "phantom_pairs": {

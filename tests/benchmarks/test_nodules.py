@@ -1,4 +1,4 @@
-"""scripts/benchmark_nodules.py: nodule geometry, found / missed, and its errors."""
+"""petflare.benchmarks.nodules: nodule geometry, found / missed, and its errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petflare_testing import REPO, load_module, make_tiny_model_folder
-
-bench = load_module("benchmark_nodules", REPO / "scripts" / "benchmark_nodules.py")
+from petflare.benchmarks import nodules as bench
+from petflare_testing import make_tiny_model_folder
 
 
 def test_ball_follows_the_affine() -> None:

@@ -1,4 +1,4 @@
-"""scripts/benchmark_repeat.py: simulated repeats of a scan and their pair calls."""
+"""petflare.benchmarks.repeat: simulated repeats of a scan and their pair calls."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from petflare.benchmarks import repeat as bench
 from petflare.io.study import Study
-from petflare_testing import REPO, load_module, make_non_ras_affine
-
-bench = load_module("benchmark_repeat", REPO / "scripts" / "benchmark_repeat.py")
+from petflare_testing import make_non_ras_affine
 
 
 class ThresholdPredictor:

@@ -1,4 +1,4 @@
-"""scripts/benchmark_gpu.py: every part runs (on the CPU, --quick) and the report names them."""
+"""petflare.benchmarks.gpu: every part runs (on the CPU, --quick) and the report names them."""
 
 from __future__ import annotations
 
