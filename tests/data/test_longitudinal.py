@@ -21,9 +21,13 @@ from petflare.data.longitudinal import (
     PAIR_FEATURE_NAMES,
     HeadKeys,
     LongitudinalDataModule,
+    MaskVariants,
     MissedNoduleMasks,
+    PairFeatures,
     PairSample,
     PairSampleDataset,
+    PhantomPairs,
+    Sampling,
     class_weights,
     collate_samples,
     crop_grid,
@@ -246,9 +250,36 @@ def write_manifest(root: Path, patterns: list[str], splits: list[str]) -> Path:
     return path
 
 
+def grouped_dm(
+    net: torch.nn.Module,
+    preprocessing: PreprocessingConfig,
+    cache: Path,
+    manifest: Path | None = None,
+    **options: Any,
+) -> LongitudinalDataModule:
+    """A DataModule from flat option names, each put into its group (test shorthand)."""
+    groups: dict[str, Any] = {
+        "phantom_pairs": PhantomPairs,
+        "masks": MaskVariants,
+        "features": PairFeatures,
+        "sampling": Sampling,
+    }
+    kwargs: dict[str, dict[str, Any]] = {name: {} for name in groups}
+    for key, value in options.items():
+        group = next(g for g, cls in groups.items() if key in cls.__dataclass_fields__)
+        kwargs[group][key] = value
+    return LongitudinalDataModule(
+        net,
+        preprocessing,
+        cache,
+        manifest=manifest,
+        **{name: groups[name](**values) for name, values in kwargs.items()},
+    )
+
+
 def manifest_dm(cache: Path, manifest: Path, **kwargs: Any) -> LongitudinalDataModule:
     """A DataModule reading ``manifest`` on a tiny U-Net with fresh random weights."""
-    return LongitudinalDataModule(
+    return grouped_dm(
         build_unet(channels=(4, 8, 16), strides=(2, 2)), PRE, cache, manifest=manifest, **kwargs
     )
 
@@ -257,7 +288,7 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "data", list(PATTERNS), ["train"] * 4)
     torch.manual_seed(0)
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
-    dm = LongitudinalDataModule(
+    dm = grouped_dm(
         net,
         PRE,
         tmp_path / "cache",
@@ -281,7 +312,7 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     assert again.lesion_pooled.dtype == np.float32
     # a second module reads the cache instead of recomputing
     stamp = [p.stat().st_mtime_ns for p in cached]
-    dm2 = LongitudinalDataModule(
+    dm2 = grouped_dm(
         net, PRE, tmp_path / "cache", manifest=manifest, n_mask_variants=1, batch_size=3
     )
     dm2.setup("fit")
@@ -301,7 +332,7 @@ def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
 def test_a_new_quantification_version_invalidates_reports_and_features(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import petflare.data.longitudinal as longitudinal
+    import petflare.data.longitudinal.datamodule as longitudinal
 
     manifest = write_manifest(tmp_path / "data", ["controlled"], ["train"])
     dm = manifest_dm(tmp_path / "cache", manifest)
@@ -397,7 +428,7 @@ def _coarse_phantom_dm(
 ) -> tuple[torch.nn.Module, LongitudinalDataModule]:
     """A 1 + 1 pair coarse phantom DataModule (seeds 11 / 12); ``kwargs`` are passed on."""
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
-    dm = LongitudinalDataModule(
+    dm = grouped_dm(
         net,
         PRE,
         tmp_path / "cache",
@@ -432,11 +463,11 @@ def test_extra_phantom_training_sets_are_appended(tmp_path: Path) -> None:
     main_pet, extra_pet = (Path(r[Keys.BASELINE_PET]) for r in rows["train"])
     assert main_pet.parent.parent.parent != extra_pet.parent.parent.parent
     with pytest.raises(ValueError, match="validation seed"):
-        LongitudinalDataModule(
+        grouped_dm(
             net, PRE, tmp_path / "c", val_seed=12, extra_train_sets=[{"n_pairs": 1, "seed": 12}]
         )
     with pytest.raises(ValueError, match="n_pairs and seed"):
-        LongitudinalDataModule(net, PRE, tmp_path / "c", extra_train_sets=[{"seed": 5}])
+        grouped_dm(net, PRE, tmp_path / "c", extra_train_sets=[{"seed": 5}])
 
 
 def test_extra_phantom_set_can_hold_one_pattern(tmp_path: Path) -> None:
@@ -458,11 +489,11 @@ def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
     assert any(f.startswith("val_n1_seed14_") and "noise_cv_liver-0.3-0.4" in f for f in folders)
     assert not any(f.startswith("train") and "_seed14" in f for f in folders), folders
     with pytest.raises(ValueError, match="training seed"):
-        LongitudinalDataModule(
+        grouped_dm(
             net, PRE, tmp_path / "c", train_seed=11, extra_val_sets=[{"n_pairs": 1, "seed": 11}]
         )
     with pytest.raises(ValueError, match="validation seed"):
-        LongitudinalDataModule(
+        grouped_dm(
             net,
             PRE,
             tmp_path / "c",
@@ -500,9 +531,7 @@ def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> 
         MissedNoduleMasks(tmp_path / "nowhere").nodule_ids("PF0000")
     manifest = write_manifest(tmp_path / "m", ["controlled"], ["train"])
     with pytest.raises(ValueError, match="phantom pairs"):
-        LongitudinalDataModule(
-            net, PRE, tmp_path / "c", manifest=manifest, missed_nodule_variant=True
-        )
+        grouped_dm(net, PRE, tmp_path / "c", manifest=manifest, missed_nodule_variant=True)
 
 
 def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> None:
@@ -515,7 +544,7 @@ def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> N
     net = build_unet(channels=(4, 8, 16), strides=(2, 2))
 
     def datamodule(cache: str, workers: int) -> LongitudinalDataModule:
-        return LongitudinalDataModule(
+        return grouped_dm(
             net,
             PRE,
             tmp_path / cache,

@@ -63,7 +63,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model_dir = _model_folder(tmp / "model")
     patterns = list(PATTERNS) * 2
     manifest = _tiny.write_manifest(tmp / "pairs", patterns, ["train"] * 4 + ["val"] * 4)
-    result = _train_head(tmp, model_dir, manifest, "data.workers=2")
+    result = _train_head(tmp, model_dir, manifest, "data.features.workers=2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "head written to" in result.stdout
     assert "(2 processes)" in result.stderr  # the progress bar of the worker processes

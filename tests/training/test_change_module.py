@@ -132,7 +132,7 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from petflare.data.longitudinal import LongitudinalDataModule
+    from petflare.data.longitudinal import LongitudinalDataModule, MaskVariants
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train_head", overrides=[f"experiment={experiment}"])
@@ -147,7 +147,13 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
     from petflare.cli.train_head import compose_head_training
 
     settings, factories = compose_head_training(cfg)
-    dm = factories.datamodule(segmentation_net=net, preprocessing=PRE, cache_dir=tmp_path)
+    dm = factories.datamodule(
+        segmentation_net=net,
+        preprocessing=PRE,
+        cache_dir=tmp_path,
+        masks=MaskVariants(n_mask_variants=settings.masks.n_mask_variants),
+        features=settings.features,
+    )
     assert isinstance(dm, LongitudinalDataModule)
     assert isinstance(factories.trainer(), pl.Trainer)
     module = factories.module(
@@ -160,5 +166,9 @@ def test_head_experiment_configs_instantiate(experiment: str, tmp_path: Path) ->
     assert isinstance(module, ChangePatternModule)
     assert isinstance(module.configure_optimizers(), torch.optim.Optimizer)
     assert settings.output_dir == Path(cfg.output_dir)
+    assert dm.n_mask_variants == cfg.data.masks.n_mask_variants
+    assert dm.batch_size == cfg.data.sampling.batch_size == settings.batch_size
     if experiment == "head_synthetic_cpu":
-        assert cfg.data.n_train_pairs >= 32
+        assert cfg.data.phantom_pairs.n_train_pairs >= 32 and dm.n_train_pairs >= 32
+        assert settings.masks.val_mask_source == "predicted" and settings.uses_predicted_masks
+        assert dm.workers == 2

@@ -350,7 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.out is not None:
             check_can_write(args.out, args.overwrite)
-        from petflare.data.longitudinal import LongitudinalDataModule, PredictedMasks
+        from petflare.data.longitudinal import (
+            LongitudinalDataModule,
+            PairFeatures,
+            PredictedMasks,
+        )
         from petflare.inference.pattern import PatternClassifier
 
         classifier = PatternClassifier.from_folder(args.model_dir, device="cpu")
@@ -360,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
             classifier.preprocessing,
             args.cache_dir,
             manifest=None,
-            encoder_scales=meta.get("encoder_scales"),
-            margin_mm=float(meta.get("margin_mm", 32.0)),
-            workers=args.workers,
+            features=PairFeatures(
+                encoder_scales=meta.get("encoder_scales"),
+                margin_mm=float(meta.get("margin_mm", 32.0)),
+                workers=args.workers,
+            ),
         )
         sources: dict[str, Any] = {}
         if args.masks in ("predicted", "both"):

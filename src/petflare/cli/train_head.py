@@ -17,24 +17,21 @@ from omegaconf import DictConfig, OmegaConf
 from petflare.cli._common import hydra_command
 from petflare.training.head_training import RUN_RECORD_FILE, HeadFactories, HeadTrainingSettings
 
-__all__ = ["RUN_RECORD_FILE", "datamodule_config", "main", "train_head", "training_data_record"]
-
-
-def datamodule_config(cfg: DictConfig) -> tuple[dict[str, Any], bool]:
-    """The DataModule's instantiable config and whether training pairs get a variant from the
-    model's own masks (``data.train_predicted_variant``: it needs the Predictor, so it is not a
-    DataModule argument)."""
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    assert isinstance(data_cfg, dict)
-    train_predicted = bool(data_cfg.pop("train_predicted_variant", False))
-    return {str(k): v for k, v in data_cfg.items()}, train_predicted
+__all__ = [
+    "RUN_RECORD_FILE",
+    "compose_head_training",
+    "main",
+    "train_head",
+    "training_data_record",
+]
 
 
 def training_data_record(cfg: DictConfig) -> dict[str, Any]:
     """What the head was trained on, for head.json and the run record (plain JSON types)."""
+    pairs, masks = cfg.data.phantom_pairs, cfg.data.masks
 
     def plain(key: str, empty: Any) -> Any:
-        value = cfg.data.get(key)
+        value = pairs.get(key)
         return OmegaConf.to_container(value, resolve=True) if value else empty
 
     return {
@@ -42,43 +39,51 @@ def training_data_record(cfg: DictConfig) -> dict[str, Any]:
         "phantom_pairs": None
         if cfg.data.manifest is not None
         else {
-            "n_train_pairs": int(cfg.data.n_train_pairs),
-            "n_val_pairs": int(cfg.data.n_val_pairs),
-            "train_seed": int(cfg.data.train_seed),
-            "val_seed": int(cfg.data.val_seed),
+            "n_train_pairs": int(pairs.n_train_pairs),
+            "n_val_pairs": int(pairs.n_val_pairs),
+            "train_seed": int(pairs.train_seed),
+            "val_seed": int(pairs.val_seed),
             "phantom": plain("phantom", {}),
             "extra_train_sets": plain("extra_train_sets", []),
             "extra_val_sets": plain("extra_val_sets", []),
         },
-        "n_mask_variants": int(cfg.data.n_mask_variants),
-        "val_mask_source": str(cfg.data.val_mask_source),
-        "train_predicted_variant": bool(cfg.data.get("train_predicted_variant", False)),
-        "ct_dropout": float(cfg.data.get("ct_dropout", 0.0)),
-        "missed_nodule_variant": bool(cfg.data.get("missed_nodule_variant", False)),
+        "n_mask_variants": int(masks.n_mask_variants),
+        "val_mask_source": str(masks.val_mask_source),
+        "train_predicted_variant": bool(masks.get("train_predicted_variant", False)),
+        "ct_dropout": float(cfg.data.sampling.get("ct_dropout", 0.0)),
+        "missed_nodule_variant": bool(masks.get("missed_nodule_variant", False)),
     }
 
 
 def compose_head_training(cfg: DictConfig) -> tuple[HeadTrainingSettings, HeadFactories]:
-    """The run's typed settings and object builders from the composed config."""
-    data_cfg, train_predicted = datamodule_config(cfg)
+    """The run's typed settings and object builders from the composed config.
+
+    ``data.masks`` and ``data.features`` become settings (the run replaces the mask sources
+    by the model's own masks, and a recalibration the encoder levels by the head's);
+    ``data.masks.train_predicted_variant`` is not a DataModule option: it needs the Predictor.
+    """
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    assert isinstance(data_cfg, dict)
+    masks_cfg = data_cfg.pop("masks")
+    train_predicted = bool(masks_cfg.pop("train_predicted_variant", False))
+    masks = instantiate(masks_cfg, _convert_="all")
+    features = instantiate(data_cfg.pop("features"), _convert_="all")
+    sampling = instantiate(data_cfg["sampling"], _convert_="all")
     settings = HeadTrainingSettings(
         output_dir=Path(cfg.output_dir),
         seed=int(cfg.seed),
         n_heads=int(cfg.get("n_heads", 1)),
         calibration=str(cfg.get("calibration", "validation")),
         overwrite=bool(cfg.overwrite),
-        batch_size=int(cfg.data.batch_size),
-        encoder_scales=None if cfg.data.encoder_scales is None else list(cfg.data.encoder_scales),
-        margin_mm=float(cfg.data.margin_mm),
-        val_mask_source=str(cfg.data.val_mask_source),
+        batch_size=int(sampling.batch_size),
+        features=features,
+        masks=masks,
         train_predicted_variant=train_predicted,
-        device=str(cfg.data.device),
         data_record=training_data_record(cfg),
         config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
     trainer_cfg = cfg.trainer
     factories = HeadFactories(
-        # objects are passed after instantiation: Hydra would turn a dataclass into a config
         datamodule=instantiate(data_cfg, _partial_=True, _convert_="all"),
         head=instantiate(cfg.head, _partial_=True),
         module=instantiate(cfg.module),

@@ -26,12 +26,12 @@ from petflare.training.head_training import (
 
 def _predicted_masks(model_dir: Path, loaded: Any, settings: HeadTrainingSettings) -> Any:
     """The model's own masks as a (cached) mask source, when the settings need them."""
-    if settings.val_mask_source != "predicted" and not settings.train_predicted_variant:
+    if not settings.uses_predicted_masks:
         return None
     from petflare.data.longitudinal import PredictedMasks
     from petflare.inference.predictor import Predictor
 
-    predictor = Predictor.from_folder(model_dir, device=settings.device)
+    predictor = Predictor.from_folder(model_dir, device=settings.features.device)
     tag = str(loaded.metadata.get("weights", {}).get("sha256", model_dir.resolve()))
     return PredictedMasks(predictor, tag)
 

@@ -34,7 +34,6 @@ from petflare.data.longitudinal import (
     HEAD_LESION_FEATURE_NAMES,
     PAIR_FEATURE_NAMES,
     PairSample,
-    _with_mask,
     collate_samples,
     compare_pair,
     encode_pair,
@@ -42,6 +41,7 @@ from petflare.data.longitudinal import (
     pair_images,
     registration_matrix,
     sample_from_features,
+    with_mask,
 )
 from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
@@ -397,7 +397,7 @@ class PatternClassifier:
 
         if pair_report is None:
             pair_report = compare_pair(
-                _with_mask(baseline, baseline_labels), _with_mask(followup, followup_labels)
+                with_mask(baseline, baseline_labels), with_mask(followup, followup_labels)
             )
         units = lesion_units(pair_report)
         matrix = registration_matrix(pair_report)

@@ -10,6 +10,7 @@ writes the head into the folder.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from petflare.data.longitudinal import MaskVariants, PairFeatures
 from petflare.data.transforms import PreprocessingConfig
 from petflare.errors import PetflareInputError
 
@@ -45,11 +47,11 @@ class HeadTrainingSettings:
             pairs; the temperature is fitted on validation plus out-of-fold logits).
         overwrite: replace an existing head.
         batch_size: pairs per batch of the out-of-fold scoring.
-        encoder_scales: encoder levels the head reads (None: all).
-        margin_mm: margin of the encoder crop around the lesions.
-        val_mask_source: ``ground_truth`` or ``predicted`` (the model's own masks).
+        features: how pair features are computed (encoder levels the head reads, crop margin,
+            device, worker processes).
+        masks: the masks pairs are seen with; ``val_mask_source="predicted"`` means the
+            model's own masks.
         train_predicted_variant: training pairs also get a variant from the model's own masks.
-        device: device of the segmentation model that predicts masks.
         data_record: what the head is trained on (plain JSON, for head.json and the record).
         config: the run's resolved configuration (plain JSON, recorded in head.json).
     """
@@ -60,13 +62,27 @@ class HeadTrainingSettings:
     calibration: str = "validation"
     overwrite: bool = False
     batch_size: int = 16
-    encoder_scales: list[int] | None = None
-    margin_mm: float = 32.0
-    val_mask_source: str = "ground_truth"
+    features: PairFeatures = field(default_factory=PairFeatures)
+    masks: MaskVariants = field(default_factory=MaskVariants)
     train_predicted_variant: bool = False
-    device: str = "cpu"
     data_record: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def encoder_scales(self) -> list[int] | None:
+        """Encoder levels the head reads (None: all)."""
+        scales = self.features.encoder_scales
+        return None if scales is None else [int(s) for s in scales]
+
+    @property
+    def margin_mm(self) -> float:
+        """Margin of the encoder crop around the lesions."""
+        return float(self.features.margin_mm)
+
+    @property
+    def uses_predicted_masks(self) -> bool:
+        """Whether the run needs the segmentation model's own masks."""
+        return self.masks.val_mask_source == "predicted" or self.train_predicted_variant
 
     def check(self) -> None:
         """Refuse option combinations that cannot run (before any work).
@@ -91,8 +107,8 @@ class HeadFactories:
     """Builders of the run's objects (e.g. Hydra partials of the ``_target_`` configs).
 
     Attributes:
-        datamodule: ``(segmentation_net=, preprocessing=, encoder_scales=, margin_mm=, **mask
-            sources) -> LongitudinalDataModule``.
+        datamodule: ``(segmentation_net=, preprocessing=, masks=, features=) ->
+            LongitudinalDataModule``.
         head: ``(feature_channels=, n_lesion_features=, n_pair_features=) -> ChangePatternHead``.
         module: ``(head, class_weights=) -> ChangePatternModule``.
         trainer: ``() -> lightning Trainer``.
@@ -135,17 +151,16 @@ def build_head_objects(
     from petflare.data.longitudinal import HEAD_LESION_FEATURE_NAMES, PAIR_FEATURE_NAMES
     from petflare.networks.encoder import EncoderFeatures
 
-    sources: dict[str, Any] = {}
-    if predicted_masks is not None and settings.val_mask_source == "predicted":
-        sources["val_mask_source"] = predicted_masks
-    if predicted_masks is not None and settings.train_predicted_variant:
-        sources["train_extra_mask_source"] = predicted_masks
+    masks = settings.masks
+    if settings.uses_predicted_masks:
+        if predicted_masks is None:
+            raise ValueError("the settings use the model's own masks: give predicted_masks")
+        if masks.val_mask_source == "predicted":
+            masks = dataclasses.replace(masks, val_mask_source=predicted_masks)
+        if settings.train_predicted_variant:
+            masks = dataclasses.replace(masks, train_extra_mask_source=predicted_masks)
     datamodule = factories.datamodule(
-        segmentation_net=net,
-        preprocessing=preprocessing,
-        encoder_scales=settings.encoder_scales,
-        margin_mm=settings.margin_mm,
-        **sources,
+        segmentation_net=net, preprocessing=preprocessing, masks=masks, features=settings.features
     )
     channels = EncoderFeatures(net, settings.encoder_scales).channels()
 
@@ -319,16 +334,15 @@ def recalibrate_temperature(
     Raises:
         PetflareInputError: no validation pairs to fit on.
     """
-    import dataclasses
-
     from petflare.training.change_module import calibrate_head
 
-    settings = dataclasses.replace(
-        settings,
+    features = dataclasses.replace(
+        settings.features,
         encoder_scales=head_meta.get("encoder_scales"),
         margin_mm=float(head_meta.get("margin_mm", settings.margin_mm)),
-        train_predicted_variant=False,  # no training pairs are built
     )
+    # no training pairs are built
+    settings = dataclasses.replace(settings, features=features, train_predicted_variant=False)
     objects = build_head_objects(settings, factories, net, preprocessing, predicted_masks)
     dm = objects.datamodule
     dm.setup_validation()
