@@ -15,11 +15,11 @@ from petflare.data.longitudinal import (
     REGION_PET_FEATURE_NAMES,
     RISE_LOG,
     LesionUnit,
-    _mark_fragments,
     peak_filtered,
     region_change_stats,
     shell_voxels,
 )
+from petflare.data.longitudinal.features import _mark_fragments
 
 SPACING = (4.0, 4.0, 3.0)
 AFFINE = np.diag([*SPACING, 1.0])
