@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from petflare.benchmarks.common import run_report
 from petflare.errors import PetflareInputError
-from petflare.io.atomic import atomic_write_text, check_can_write
 
 #: Diameter bins (mm) of the summary.
 BINS = ((0.0, 12.0), (12.0, 16.0), (16.0, 1000.0))
@@ -156,21 +156,15 @@ def markdown(data_dir: Path, results: dict[str, list[dict]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.out is not None:
-            check_can_write(args.out, args.overwrite)
+
+    def report() -> str:
         cases = nodule_cases(args.data_dir, args.limit)
         if not cases:
             raise PetflareInputError(args.data_dir, "no nodule_within_mass pair in this set")
         results = {str(m): score(m, cases, args.threshold) for m in args.model_dir}
-    except PetflareInputError as err:
-        print(f"benchmark_nodules: {err}", file=sys.stderr)
-        return 2
-    text = markdown(args.data_dir, results)
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text, overwrite=args.overwrite)
-    return 0
+        return markdown(args.data_dir, results)
+
+    return run_report("benchmark_nodules", args.out, args.overwrite, report)
 
 
 if __name__ == "__main__":

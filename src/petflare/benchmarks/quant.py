@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from petflare.benchmarks.common import run_report
 from petflare.constants import PATTERNS
 from petflare.errors import PetflareInputError
-from petflare.io.atomic import atomic_write_text
 from petflare.paths import project_dir
 from petflare.quant import analyze_study, compare_studies, lesion_instances
 from petflare.quant.metrics import suv_peak
@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(sys.argv[1:] if argv is None else argv)
         + "`"
     )
-    parts = [f"Command: {command}", ""]
-    try:
+
+    def report() -> str:
+        parts = [f"Command: {command}", ""]
         if args.part in ("real", "all"):
             if not args.real_root.is_dir():
                 raise PetflareInputError(args.real_root, "real-data folder not found")
@@ -261,14 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.part == "liver":
             parts += ["## Liver reference against the phantom truth", ""]
             parts += [liver_table(args.n_pairs, args.seed), ""]
-    except PetflareInputError as exc:
-        print(f"petflare: error: {exc}", file=sys.stderr)
-        return 2
-    text = "\n".join(parts)
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text, overwrite=args.overwrite)
-    return 0
+        return "\n".join(parts)
+
+    return run_report("benchmark_quant", args.out, args.overwrite, report)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from petflare.benchmarks.common import run_report
 from petflare.errors import PetflareInputError
 from petflare.inference.pipeline import ScanInput, read_scan
-from petflare.io.atomic import atomic_write_text, check_can_write
 from petflare.io.study import Study
 from petflare.paths import project_dir
 
@@ -201,22 +201,16 @@ def markdown(command: str, pet: Path, results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python scripts/benchmark_repeat.py " + shlex.join(argv or sys.argv[1:])
-    try:
-        if args.out is not None:
-            check_can_write(args.out, args.overwrite)
+
+    def report() -> str:
         if args.n_repeats < 1:
             raise PetflareInputError("--n-repeats", f"must be >= 1, got {args.n_repeats}")
         study = read_scan(ScanInput(pet=args.pet, ct=args.ct), study_id="baseline")
         pairs = repeats(study, args)
         results = {str(m): score(m, study, pairs) for m in args.model_dir}
-    except PetflareInputError as err:
-        print(f"benchmark_repeat: {err}", file=sys.stderr)
-        return 2
-    text = markdown(command.strip(), args.pet, results)
-    print(text)
-    if args.out is not None:
-        atomic_write_text(args.out, text, overwrite=args.overwrite)
-    return 0
+        return markdown(command.strip(), args.pet, results)
+
+    return run_report("benchmark_repeat", args.out, args.overwrite, report)
 
 
 if __name__ == "__main__":

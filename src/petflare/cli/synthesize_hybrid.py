@@ -6,12 +6,11 @@ import json
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from petflare.cli._common import config_dir, exit_on_bad_input
+from petflare.cli._common import exit_on_bad_input, hydra_command
 from petflare.errors import PetflareInputError
 from petflare.inference.figures import mip_row_figure
 from petflare.io.nifti import load_nifti
@@ -109,7 +108,7 @@ def run(cfg: DictConfig) -> Path:
     return meta_path
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="synthesize_hybrid")
+@hydra_command("synthesize_hybrid")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``petflare-hybrid`` / ``python scripts/synthesize_hybrid.py``."""
     run(cfg)

@@ -154,13 +154,7 @@ def mip_pair_figure(
             _draw_panel(
                 axes[r][c], study, mask, view, suv_max, label_colors, f"{name}{date} ({view})"
             )
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-    return path
+    return _save(fig, path, title, overwrite, dpi)
 
 
 def mip_row_figure(
@@ -187,6 +181,11 @@ def mip_row_figure(
     axes = fig.subplots(1, len(panels), squeeze=False)
     for c, (study, mask, name) in enumerate(panels):
         _draw_panel(axes[0][c], study, mask, "coronal", suv_max, label_colors, name)
+    return _save(fig, path, title, overwrite, dpi)
+
+
+def _save(fig: Figure, path: str | Path, title: str, overwrite: bool, dpi: int) -> Path:
+    """Title the figure, lay it out and write it as a PNG atomically."""
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
