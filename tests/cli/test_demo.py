@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from petflare.cli.demo import format_table, run_demo
 from petflare.constants import PATTERNS
+from petflare.inference.demo import format_table, run_demo
 from petflare_testing import make_tiny_model_folder
 
 
