@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from petflare_testing import make_tiny_model_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +25,7 @@ def quick_cpu_command(tmp_path: Path, *options: str) -> tuple[list[str], Path]:
     return [sys.executable, script, *base, *options], out
 
 
+@pytest.mark.slow
 def test_quick_cpu_run_writes_every_part(tmp_path: Path) -> None:
     cmd, out = quick_cpu_command(tmp_path, "--pairs", "1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -41,8 +44,8 @@ def test_quick_cpu_run_writes_every_part(tmp_path: Path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
 
 
+@pytest.mark.slow
 def test_cuda_requested_without_a_gpu_exits_2(tmp_path: Path) -> None:
-    import pytest
     import torch
 
     if torch.cuda.is_available():
@@ -57,6 +60,7 @@ def test_cuda_requested_without_a_gpu_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "CUDA" in proc.stderr
 
 
+@pytest.mark.slow
 def test_parts_select_what_runs_and_what_is_reported(tmp_path: Path) -> None:
     cmd, out = quick_cpu_command(tmp_path, "--parts", "train")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)

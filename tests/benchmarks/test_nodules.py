@@ -35,6 +35,7 @@ def nodule_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_nodules_scored_and_reported(nodule_set: Path, tmp_path: Path, capsys) -> None:
     model = make_tiny_model_folder(tmp_path / "model", (8.0, 8.0, 8.0), roi_size_vox=(48, 48, 48))
     cases = bench.nodule_cases(nodule_set, None)

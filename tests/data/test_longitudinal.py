@@ -284,6 +284,7 @@ def manifest_dm(cache: Path, manifest: Path, **kwargs: Any) -> LongitudinalDataM
     )
 
 
+@pytest.mark.slow
 def test_datamodule_reads_a_manifest_caches_and_batches(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "data", list(PATTERNS), ["train"] * 4)
     torch.manual_seed(0)
@@ -367,6 +368,7 @@ class _OneVoxelShort:
         return mask
 
 
+@pytest.mark.slow
 def test_training_pairs_gain_a_variant_from_the_extra_mask_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -502,6 +504,7 @@ def test_extra_phantom_validation_sets_are_appended(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> None:
     """Nodule pairs gain a variant whose follow-up mask lost the nodule (truth record); the
     baseline mask and the other pairs are untouched."""
@@ -534,6 +537,7 @@ def test_missed_nodule_variant_cuts_only_the_followup_nodule(tmp_path: Path) -> 
         grouped_dm(net, PRE, tmp_path / "c", manifest=manifest, missed_nodule_variant=True)
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> None:
     """``workers=2`` computes the missing pairs in two processes (ground truth, its perturbed
     variant, an extra mask source and validation pairs) and the samples equal one process's."""
@@ -581,6 +585,7 @@ def test_worker_processes_write_the_cache_one_process_would(tmp_path: Path) -> N
         datamodule("bad", 0)
 
 
+@pytest.mark.slow
 def test_a_bad_file_in_a_worker_process_is_named_in_the_main_one(tmp_path: Path) -> None:
     """An unreadable scan met by a worker process reaches the caller as the same input error
     naming the file (not a broken process pool)."""

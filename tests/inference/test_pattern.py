@@ -70,6 +70,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, manifest
 
 
+@pytest.mark.slow
 def test_cli_writes_the_head_into_the_model_folder(trained: tuple[Path, Path]) -> None:
     model_dir, _ = trained
     meta = json.loads((model_dir / HEAD_METADATA_FILE).read_text())
@@ -84,6 +85,7 @@ def test_cli_writes_the_head_into_the_model_folder(trained: tuple[Path, Path]) -
     assert sum(p.numel() for p in head.parameters()) == meta["n_parameters"]
 
 
+@pytest.mark.slow
 def test_cli_trains_and_serves_an_ensemble(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, manifest = trained
     model_dir = _model_folder(tmp_path / "model")
@@ -107,6 +109,7 @@ def test_cli_trains_and_serves_an_ensemble(trained: tuple[Path, Path], tmp_path:
     assert bad.returncode == 2 and "n_heads" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_cross_fit_calibrates_on_out_of_fold_pairs(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -128,6 +131,7 @@ def test_cli_cross_fit_calibrates_on_out_of_fold_pairs(
     assert bad.returncode == 2 and "n_heads >= 2" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: Path) -> None:
     model_dir, manifest = trained
     result = _train_head(tmp_path, model_dir, manifest)
@@ -135,6 +139,7 @@ def test_cli_refuses_to_overwrite_a_head(trained: tuple[Path, Path], tmp_path: P
     assert "head.pt" in result.stderr and "overwrite" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_recalibrate_refits_only_the_temperature(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -168,6 +173,7 @@ def test_cli_recalibrate_refits_only_the_temperature(
     assert no_head.returncode == 2 and "no change-pattern head" in no_head.stderr
 
 
+@pytest.mark.slow
 def test_cli_missing_model_folder_exits_2(tmp_path: Path) -> None:
     result = _train_head(tmp_path, tmp_path / "nope", tmp_path / "manifest.csv")
     assert result.returncode == 2 and "nope" in result.stderr

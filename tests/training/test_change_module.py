@@ -76,6 +76,7 @@ def _head(channels: list[int]) -> ChangePatternHead:
     )
 
 
+@pytest.mark.slow
 def test_a_trained_tiny_head_beats_chance_on_its_training_pairs(tiny_samples: list) -> None:
     torch.manual_seed(0)
     channels = EncoderFeatures(_net()).channels()
