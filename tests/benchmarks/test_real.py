@@ -177,6 +177,23 @@ def test_used_in_training_reads_the_metadata() -> None:
     assert real.used_in_training({"training": {"crops": "STS_001"}}, "sts001_wholebody_fdg_dicom")
 
 
+def test_used_in_training_ignores_left_out_backgrounds() -> None:
+    """A hybrid run's record (synth.hybrid: backgrounds_used / backgrounds_not_used, exclude)."""
+    metadata = {
+        "training": {
+            "hybrid": {
+                "backgrounds_used": [{"name": "acrin042"}, {"name": "chus052"}],
+                "backgrounds_not_used": {"sts001": "excluded"},
+                "exclude": ["sts001"],
+            }
+        }
+    }
+    assert real.used_in_training(metadata, "acrin_nsclc_042_fdg_dicom")
+    assert real.used_in_training(metadata, "chus052_fdg_dicom")
+    assert not real.used_in_training(metadata, "sts001_wholebody_fdg_dicom")
+    assert not real.used_in_training(metadata, "STS_001")  # same patient, also left out
+
+
 def test_baselines_follow_the_issue_definitions() -> None:
     study = _study()
     fixed = real.fixed_suv_baseline(study)

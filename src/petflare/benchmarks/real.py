@@ -577,20 +577,40 @@ BASELINES: dict[str, Segmenter] = {
 #: Strings that identify each real scan (and its patient) in a model folder's metadata.
 CASE_ALIASES: dict[str, tuple[str, ...]] = {
     "sts001_wholebody_fdg_dicom": ("sts001", "sts_001"),
-    "acrin_nsclc_042_fdg_dicom": ("acrin_nsclc_042", "acrin-nsclc-fdg-pet-042"),
+    "acrin_nsclc_042_fdg_dicom": ("acrin_nsclc_042", "acrin-nsclc-fdg-pet-042", "acrin042"),
     "chus052_fdg_dicom": ("chus052", "hn-chus-052", "chus_052"),
     **{c: (c.lower(), c.lower().replace("_", "")) for c in CROP_CASES},
 }
 
 
+#: Metadata keys whose contents name scans a model did NOT see (leave-one-background-out).
+_NOT_SEEN_KEYS = ("exclude", "not_used", "unused", "held_out", "skipped", "left_out")
+
+
+def _seen_strings(value: Any) -> list[str]:
+    """Every key and string value in ``value``, except under keys of :data:`_NOT_SEEN_KEYS`."""
+    if isinstance(value, Mapping):
+        out = []
+        for key, item in value.items():
+            if any(word in str(key).lower() for word in _NOT_SEEN_KEYS):
+                continue
+            out += [str(key).lower(), *_seen_strings(item)]
+        return out
+    if isinstance(value, list | tuple):
+        return [text for item in value for text in _seen_strings(item)]
+    return [str(value).lower()] if isinstance(value, str) else []
+
+
 def used_in_training(metadata: Mapping[str, Any], case: str) -> bool:
     """Whether a model folder's training metadata names this real scan or its patient.
 
-    The whole ``training`` section is searched (data sources, hybrid backgrounds, extra sets), so
-    a model trained on a real background shows it here and its score is not out-of-sample.
+    The whole ``training`` section is searched (data sources, hybrid backgrounds, extra sets),
+    except lists of excluded / not-used backgrounds, so a model trained on a real background
+    shows it here and its score on that scan is not out-of-sample.
     """
-    text = json.dumps(metadata.get("training", {}), default=str).lower()
-    return any(alias in text for alias in CASE_ALIASES.get(case, (case.lower(),)))
+    texts = _seen_strings(metadata.get("training", {}))
+    aliases = CASE_ALIASES.get(case, (case.lower(),))
+    return any(alias in text for text in texts for alias in aliases)
 
 
 # --------------------------------------------------------------------------- running
