@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the network")
     p.add_argument("--no-robustness", action="store_true", help="skip the perturbed scans")
     p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the markdown from the JSON beside --out (no scoring)",
+    )
+    p.add_argument(
         "--make-annotations", action="store_true", help="rebuild the region maps and stop"
     )
     return p
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.make_annotations:
             real.make_annotations(args.data, args.annotations, args.overwrite, say)
+            return 0
+        if args.render_only:
+            print(f"wrote {real.rerender_report(args.out)}")
             return 0
         import torch
 

@@ -238,7 +238,7 @@ def test_report_states_tables_targets_and_robustness(tmp_path: Path) -> None:
     md, js = real.write_report(_bench(), tmp_path / "r.md", "python scripts/benchmark_real.py")
     text = md.read_text()
     assert "| sts001_wholebody_fdg_dicom | no | model | yes | 0.30 | 120.0 | bladder 100.0" in text
-    assert "NOT met (found, FPV <= 50 ml" in text
+    assert "NOT met (found, FPV <= 50 ml)" in text
     assert (
         "| acrin_nsclc_042_fdg_dicom | yes | model | n/a | n/a | 10.0 | bowel 10.0 | none |" in text
     )
@@ -257,6 +257,9 @@ def test_report_states_tables_targets_and_robustness(tmp_path: Path) -> None:
     assert payload["crops"][0]["dice"]["model"] == 0.2
     with pytest.raises(PetflareInputError):
         real.write_report(_bench(), tmp_path / "r.md", "cmd")
+    md.write_text("stale")
+    real.rerender_report(md)
+    assert md.read_text() == text  # the JSON holds everything the markdown shows
 
 
 @pytest.mark.parametrize(
