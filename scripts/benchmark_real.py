@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     context = [
-        f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, "
+        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, "
         f"{args.threads} threads, torch {torch.__version__}.",
     ]
     md, js = real.write_report(bench, args.out, command, args.overwrite, context)
