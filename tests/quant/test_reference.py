@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from quant_phantoms import centred_affine, world_coords
 
 from petflare.io.study import Study
@@ -324,65 +323,19 @@ def test_search_reuses_a_scan_s_scene_with_the_same_results(use_ct) -> None:
 # ------------------------------------------------- liver-referenced SUV (model preprocessing)
 
 
-def _preprocessed(study: Study, config):  # noqa: ANN001, ANN202
-    from monai.data import MetaTensor
-    from monai.transforms import Compose
-
-    from petflare.constants import Keys
-    from petflare.data import preprocessing_transforms
-
-    affine = torch.from_numpy(study.affine)
-    pet = MetaTensor(torch.from_numpy(study.pet[None].copy()), affine=affine)
-    return Compose(preprocessing_transforms(config, with_label=False))({Keys.PET: pet})[Keys.IMAGE]
-
-
-@pytest.mark.parametrize("calibration", [0.75, 1.2])
-def test_liver_referenced_suv_brings_the_liver_to_one_level(calibration: float) -> None:
-    """The same patient seen with a different SUV calibration gives the same network input.
-
-    (Not beyond 1.2 here: this torso's soft tissue, SUV 0.8, would then enter the PET route's
-    liver window of 1-4 SUV as one huge homogeneous region.)
-    """
+def test_model_folders_of_the_liver_referenced_suv_era_read_back() -> None:
+    """Folders written while liver-referenced SUV existed still load; a liver-referenced one not."""
     from petflare.data import PreprocessingConfig
 
-    study, _, _ = _torso()
-    study.ct = None
-    scaled = Study(study.pet * calibration, study.affine)
-    config = PreprocessingConfig(spacing_mm=(5.0, 5.0, 5.0), suv_reference="liver", liver_level=2.4)
-    plain = PreprocessingConfig(spacing_mm=(5.0, 5.0, 5.0))
-    ref_in, ref_out = _preprocessed(study, config), _preprocessed(scaled, config)
-    assert ref_out.meta["suv_scale"] == pytest.approx(2.4 / (LIVER_SUV * calibration), rel=0.05)
-    # referenced: identical inputs up to the liver search's own noise; as measured: not
-    np.testing.assert_allclose(ref_out.numpy(), ref_in.numpy(), atol=0.03)
-    raw_in, raw_out = _preprocessed(study, plain), _preprocessed(scaled, plain)
-    assert float(np.abs(raw_out.numpy() - raw_in.numpy()).max()) > 0.1
-
-
-def test_liver_referenced_suv_without_a_liver_keeps_the_scan(caplog) -> None:  # noqa: ANN001
-    """A crop around a tumour has no liver: factor 1, with a warning naming the scan."""
-    from petflare.data import PreprocessingConfig, liver_suv_scale
-
-    rng = np.random.default_rng(0)
-    pet = (1.0 + 0.1 * rng.standard_normal((20, 20, 20))).astype(np.float32)
-    pet[8:12, 8:12, 8:12] = 9.0
-    config = PreprocessingConfig(suv_reference="liver")
-    with caplog.at_level("WARNING", logger="petflare.data.transforms"):
-        assert liver_suv_scale(pet, np.diag([4.0, 4.0, 4.0, 1.0]), config, "crop.nii.gz") == 1.0
-    assert "crop.nii.gz" in caplog.text and "no liver reference" in caplog.text
-    assert liver_suv_scale(pet, np.eye(4), PreprocessingConfig(), "x") == 1.0  # no reference
-
-
-def test_liver_reference_preprocessing_config_round_trip() -> None:
-    from petflare.data import PreprocessingConfig
-
-    config = PreprocessingConfig(
-        suv_reference="liver", liver_level=2.0, liver_scale_range=(0.6, 1.8)
-    )
-    assert PreprocessingConfig.from_dict(config.to_dict()) == config
-    # model folders written before the option read back as SUV as measured
-    old = {k: v for k, v in config.to_dict().items() if not k.startswith(("suv_ref", "liver"))}
-    assert PreprocessingConfig.from_dict(old).suv_reference == "none"
-    with pytest.raises(ValueError, match="suv_reference"):
-        PreprocessingConfig(suv_reference="blood_pool")
-    with pytest.raises(ValueError, match="liver_scale_range"):
-        PreprocessingConfig(liver_scale_range=(1.2, 2.0))
+    config = PreprocessingConfig(spacing_mm=(5.0, 5.0, 5.0))
+    legacy = {
+        **config.to_dict(),
+        "suv_reference": "none",
+        "liver_level": 2.4,
+        "liver_scale_range": [0.5, 2.0],
+    }
+    assert PreprocessingConfig.from_dict(legacy) == config
+    with pytest.raises(ValueError, match="liver-referenced SUV was removed"):
+        PreprocessingConfig.from_dict({**legacy, "suv_reference": "liver"})
+    with pytest.raises(ValueError, match="unknown preprocessing keys"):
+        PreprocessingConfig.from_dict({**config.to_dict(), "liver_levl": 2.4})

@@ -21,12 +21,10 @@ from petflare.data.sources import (
 )
 from petflare.data.transforms import (
     AugmentationConfig,
-    LiverReferencedSuvd,
     PreprocessingConfig,
     ScaleSuv,
     ScaleSuvd,
     augmentation_transforms,
-    liver_suv_scale,
     load_transforms,
     preprocessing_transforms,
     training_transforms,
@@ -58,7 +56,6 @@ __all__ = [
     "BlobSource",
     "ConcatSource",
     "DataSource",
-    "LiverReferencedSuvd",
     "ManifestSource",
     "NnunetRawSource",
     "PreprocessingConfig",
@@ -67,7 +64,6 @@ __all__ = [
     "SegmentationDataModule",
     "SyntheticSource",
     "augmentation_transforms",
-    "liver_suv_scale",
     "load_transforms",
     "preprocessing_transforms",
     "to_monai_items",

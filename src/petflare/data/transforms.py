@@ -3,17 +3,13 @@
 The deterministic part (orientation, spacing, intensity scaling, body crop) is identical for
 training, validation and the Predictor, so a model sees the same inputs everywhere. SUV is not
 z-scored like CT: it is a calibrated physical quantity, so it is clipped and compressed (log1p)
-with fixed constants that do not depend on the scan. Optionally (``suv_reference="liver"``) each
-scan's SUV is first rescaled so that its PERCIST liver reference reads one standard level: what
-counts as FDG-avid is judged against the liver (PERCIST, and the phantom's lesion masks), and the
-liver's own SUVmean varies between patients and scanners by a factor of about 1.8. (Measured on
-the phantoms with the liver found on the PET alone, it does worse than SUV as measured:
-docs/experiments.md, "Liver-referenced SUV".)
+with fixed constants that do not depend on the scan. (Liver-referenced SUV, each scan's SUV
+rescaled to its PERCIST liver reference first, was measured worse than SUV as measured and
+removed: docs/experiments.md, "Liver-referenced SUV".)
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +49,9 @@ CHANNEL_NAMES = (Keys.PET, Keys.CT)
 #: Canonical orientation every volume is brought to before resampling (NIfTI RAS+).
 CANONICAL_AXCODES = "RAS"
 
-#: Ways a scan's SUV may be referenced before scaling: as measured, or to its liver reference.
-SUV_REFERENCES = ("none", "liver")
-
-_log = logging.getLogger(__name__)
+#: Keys of model folders written while liver-referenced SUV existed (2026-11-29 to 2026-12-07):
+#: read back and dropped when they say SUV as measured (``suv_reference: none``).
+_LEGACY_LIVER_KEYS = ("suv_reference", "liver_level", "liver_scale_range")
 
 
 @dataclass(frozen=True)
@@ -71,14 +66,6 @@ class PreprocessingConfig:
         ct_window_hu: CT window mapped to [-1, 1] (clipped).
         body_suv_threshold: voxels with SUV above this define the body for cropping.
         crop_margin_vox: margin kept around the body bounding box, in voxels.
-        suv_reference: ``"none"`` (SUV as measured) or ``"liver"``: each scan's SUV is
-            multiplied by ``liver_level / liver SUVmean`` (PERCIST 3 cm sphere, found on the PET
-            alone by :func:`petflare.quant.reference.liver_reference`) before clipping and
-            compression, so that uptake is seen relative to the liver, as avidity is judged.
-            A scan without a findable liver (a crop, a limb) keeps factor 1, with a warning.
-        liver_level: the liver SUVmean every scan is brought to (``suv_reference="liver"``).
-        liver_scale_range: the factor is clipped to this range (a grossly wrong liver search
-            cannot turn the scan into something else).
     """
 
     channels: tuple[str, ...] = (Keys.PET,)
@@ -88,9 +75,6 @@ class PreprocessingConfig:
     ct_window_hu: tuple[float, float] = (-1000.0, 1000.0)
     body_suv_threshold: float = 0.05
     crop_margin_vox: int = 4
-    suv_reference: str = "none"
-    liver_level: float = 2.4
-    liver_scale_range: tuple[float, float] = (0.5, 2.0)
 
     def __post_init__(self) -> None:
         channels = tuple(str(c) for c in self.channels)
@@ -106,16 +90,6 @@ class PreprocessingConfig:
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "spacing_mm", spacing)
         object.__setattr__(self, "ct_window_hu", tuple(float(v) for v in self.ct_window_hu))
-        if self.suv_reference not in SUV_REFERENCES:
-            raise ValueError(
-                f"suv_reference must be one of {SUV_REFERENCES}, got {self.suv_reference!r}"
-            )
-        if not self.liver_level > 0:
-            raise ValueError(f"liver_level must be positive, got {self.liver_level}")
-        low, high = (float(v) for v in self.liver_scale_range)
-        if not 0 < low <= 1.0 <= high:
-            raise ValueError(f"liver_scale_range needs 0 < low <= 1 <= high, got {(low, high)}")
-        object.__setattr__(self, "liver_scale_range", (low, high))
 
     @property
     def in_channels(self) -> int:
@@ -132,14 +106,23 @@ class PreprocessingConfig:
             "ct_window_hu": list(self.ct_window_hu),
             "body_suv_threshold": self.body_suv_threshold,
             "crop_margin_vox": self.crop_margin_vox,
-            "suv_reference": self.suv_reference,
-            "liver_level": self.liver_level,
-            "liver_scale_range": list(self.liver_scale_range),
         }
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PreprocessingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are rejected so a typo is not ignored."""
+        """Inverse of :meth:`to_dict`; unknown keys are rejected so a typo is not ignored.
+
+        A folder written with liver-referenced SUV (``suv_reference: liver``) is refused: its
+        network expects inputs petflare no longer makes.
+        """
+        values = dict(values)
+        if values.get("suv_reference", "none") != "none":
+            raise ValueError(
+                f"suv_reference={values['suv_reference']!r}: liver-referenced SUV was removed "
+                "(measured worse; docs/experiments.md), so this model's inputs cannot be made"
+            )
+        for key in _LEGACY_LIVER_KEYS:
+            values.pop(key, None)
         known = {
             "channels",
             "spacing_mm",
@@ -148,78 +131,16 @@ class PreprocessingConfig:
             "ct_window_hu",
             "body_suv_threshold",
             "crop_margin_vox",
-            "suv_reference",
-            "liver_level",
-            "liver_scale_range",
         }
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
-        return cls(**dict(values))
+        return cls(**values)
 
     def scaled_suv(self, suv: float) -> float:
         """The network-input value of a given SUV (used for thresholds on scaled images)."""
         clipped = min(max(suv, 0.0), self.suv_max)
         return float(np.log1p(clipped)) if self.suv_log else clipped / self.suv_max
-
-
-def liver_suv_scale(
-    pet: np.ndarray, affine: np.ndarray, config: PreprocessingConfig, source: str = "scan"
-) -> float:
-    """The factor ``config`` multiplies this scan's SUV by before scaling (1 without reference).
-
-    With ``suv_reference="liver"`` the liver reference is searched on the PET alone (CT, when
-    there is one, is not an input of every model), and the factor ``liver_level / SUVmean`` is
-    clipped to ``liver_scale_range``; without a liver in the field of view the factor is 1 and
-    a warning names ``source``.
-
-    Args:
-        pet: SUV volume (3D).
-        affine: its voxel-to-world matrix (NIfTI RAS+), which tells the patient's right and head.
-        config: the model's preprocessing.
-        source: how the scan is named in the warning.
-    """
-    if config.suv_reference == "none":
-        return 1.0
-    from petflare.io.study import Study  # noqa: PLC0415 (the quantification imports this module)
-    from petflare.quant.reference import liver_reference  # noqa: PLC0415
-
-    ref = liver_reference(Study(np.asarray(pet, dtype=np.float32), np.asarray(affine)))
-    if not ref.found or ref.suv_mean is None or not ref.suv_mean > 0:
-        _log.warning(
-            "%s: no liver reference (%s); SUV is used as measured (factor 1)", source, ref.reason
-        )
-        return 1.0
-    low, high = config.liver_scale_range
-    return float(np.clip(config.liver_level / ref.suv_mean, low, high))
-
-
-class LiverReferencedSuvd(MapTransform):
-    """Multiply SUV by :func:`liver_suv_scale` (the scan's own liver brought to one level).
-
-    Runs on the channel-first MetaTensor in RAS at the scan's own spacing; the factor is kept in
-    the image's ``meta["suv_scale"]``.
-    """
-
-    def __init__(
-        self, keys: KeysCollection, config: PreprocessingConfig, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.config = config
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            img = d[key]
-            meta = isinstance(img, MetaTensor)
-            affine = img.affine.numpy() if meta else np.eye(4)
-            source = str(img.meta.get("filename_or_obj", key)) if meta else str(key)
-            factor = liver_suv_scale(np.asarray(img[0]), affine, self.config, source)
-            out = img * factor
-            if isinstance(out, MetaTensor):
-                out.meta["suv_scale"] = factor
-            d[key] = out
-        return d
 
 
 class ScaleSuv(Transform):
@@ -339,9 +260,6 @@ def preprocessing_transforms(
         # Axis labels given explicitly: NIfTI/RAS+ world axes (MONAI's default is changing).
         Orientationd(keys=keys, axcodes=CANONICAL_AXCODES, labels=RAS_LABELS),
     ]
-    if config.suv_reference != "none":
-        # on the scan's own voxels: the 3 cm liver sphere is read best before resampling
-        steps.append(LiverReferencedSuvd(keys=Keys.PET, config=config))
     steps += [
         Spacingd(
             keys=keys,

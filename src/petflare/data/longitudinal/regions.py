@@ -16,7 +16,7 @@ from petflare.data.longitudinal.features import (
     SHELL_MM,
     LesionUnit,
 )
-from petflare.data.transforms import PreprocessingConfig, ScaleSuv, liver_suv_scale
+from petflare.data.transforms import PreprocessingConfig, ScaleSuv
 from petflare.io.loading import resample_to_grid
 from petflare.io.study import Study
 from petflare.quant.metrics import SUV_PEAK_RADIUS_MM, ball_kernel, ball_mean_map
@@ -83,15 +83,10 @@ def scale_channels(
     pet: np.ndarray,
     ct: np.ndarray | None,
     preprocessing: PreprocessingConfig,
-    suv_scale: float = 1.0,
 ) -> np.ndarray:
-    """Stack and scale the network input channels exactly as the segmentation model does.
-
-    ``suv_scale`` is the scan's :func:`~petflare.data.transforms.liver_suv_scale` (1 for a model
-    that takes SUV as measured), computed on the whole scan: ``pet`` may be a crop.
-    """
+    """Stack and scale the network input channels exactly as the segmentation model does."""
     scaler = ScaleSuv(preprocessing.suv_max, preprocessing.suv_log)
-    chans = [scaler(torch.from_numpy(pet * np.float32(suv_scale))).numpy()]
+    chans = [scaler(torch.from_numpy(np.ascontiguousarray(pet))).numpy()]
     if Keys.CT in preprocessing.channels:
         if ct is None:
             raise ValueError("this segmentation model needs CT, but a scan has none")
@@ -142,10 +137,8 @@ def pair_images(
 
     b_ct = on_grid_b(baseline.ct, 1) if baseline.ct is not None else None
     f_ct = on_grid_f(followup.ct, 1) if followup.ct is not None else None
-    b_scale = liver_suv_scale(baseline.pet, baseline.affine, preprocessing, "baseline scan")
-    f_scale = liver_suv_scale(followup.pet, followup.affine, preprocessing, "follow-up scan")
-    base_img = scale_channels(on_grid_b(baseline.pet, 1), b_ct, preprocessing, b_scale)
-    fol_img = scale_channels(on_grid_f(followup.pet, 1), f_ct, preprocessing, f_scale)
+    base_img = scale_channels(on_grid_b(baseline.pet, 1), b_ct, preprocessing)
+    fol_img = scale_channels(on_grid_f(followup.pet, 1), f_ct, preprocessing)
     b_lab = on_grid_b(baseline_labels.astype(np.float32), 0).astype(np.int64)
     f_lab = on_grid_f(followup_labels.astype(np.float32), 0).astype(np.int64)
     masks = np.zeros((len(units), *shape), dtype=np.uint8)
