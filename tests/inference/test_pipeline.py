@@ -330,3 +330,44 @@ def test_pair_report_carries_ct_contrast_and_criteria_evidence(studies: dict[str
 
     lines = criteria_vs_pattern(result.pair_report, "controlled")
     assert any(line.startswith("PERCIST PMD") and "follow-up lesion" in line for line in lines)
+
+
+class OrganAwarePredictor(ThresholdPredictor):
+    """SUV >= 4 plus an organ map: the lower half of the first axis is "liver", the upper
+    "brain"; one lesion found in the brain was removed by the (pretend) physiology filter."""
+
+    organ_classes = 9
+    physiology_filter = True
+
+    def segment(self, study: Study) -> Any:
+        from petflare.constants import ORGAN_TO_INDEX
+        from petflare.inference.predictor import Segmentation
+
+        organs = np.zeros(study.shape, dtype=np.uint8)
+        half = study.shape[0] // 2
+        organs[:half] = ORGAN_TO_INDEX["liver"]
+        organs[half:] = ORGAN_TO_INDEX["brain"]
+        return Segmentation(self.predict(study), organs, {"brain": 1})
+
+
+def test_lesion_sites_and_filtered_counts_reach_the_report(studies: dict[str, Study]) -> None:
+    result = run_pair(
+        studies["baseline"], studies["followup"], OrganAwarePredictor(), registration=SAME_FRAME
+    )
+    assert result.pair_report is not None
+    for name, scan in (
+        ("baseline", result.pair_report.baseline),
+        ("followup", result.pair_report.followup),
+    ):
+        tp = result.timepoints[name]
+        half = tp.study.shape[0] // 2
+        for lesion in scan.lesions:
+            rows = np.nonzero(tp.instances == lesion.lesion_id)[0]
+            expected = "liver" if (rows < half).mean() >= 0.5 else "brain"
+            assert lesion.site == expected
+        assert scan.dropped_physiological == {"brain": 1}
+    report = json.loads(result.pair_report.to_json())
+    assert {les["site"] for les in report["baseline"]["lesions"]} <= {"liver", "brain"}
+    # a lesion-only predictor reports no site
+    plain = run_single(studies["baseline"], ThresholdPredictor())
+    assert all(les.site is None for les in plain.timepoints["scan"].scan_report.lesions)

@@ -14,14 +14,15 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from petflare.constants import Keys
 from petflare.errors import PetflareInputError
+from petflare.inference.postprocess import component_sites
 from petflare.inference.results import (
     INFERENCE_SCHEMA_VERSION,
     RESEARCH_NOTICE,
@@ -40,6 +41,9 @@ from petflare.inference.results import (
     report_json,
 )
 from petflare.io.study import Study, StudyMeta
+
+if TYPE_CHECKING:
+    from petflare.quant.report import ScanReport
 
 #: Re-exported: the result types live in petflare.inference.results; callers may import them
 #: from here as before.
@@ -164,28 +168,63 @@ def model_info(predictor: Any) -> dict[str, Any]:
             "threshold": inference.threshold,
             "min_component_ml": getattr(predictor, "min_component_ml", None),
             "tta": getattr(predictor, "tta", None),
+            "physiology_filter": getattr(predictor, "physiology_filter", None),
+            "organ_classes": getattr(predictor, "organ_classes", None),
         }
     return jsonable(info)
 
 
+@dataclass
+class SegmentedScan:
+    """One study's lesions as the pipeline reports them.
+
+    Attributes:
+        instances: lesions labelled 1..N (26-connected components, uint32).
+        sites: each lesion's site from an anatomy-aware network's organ output (an organ of
+            ``petflare.constants.ORGANS`` or ``"other"``), None without one.
+        dropped_physiological: lesions the physiology filter removed, per site.
+    """
+
+    instances: np.ndarray
+    sites: dict[int, str] | None = None
+    dropped_physiological: dict[str, int] = field(default_factory=dict)
+
+    def annotate(self, report: ScanReport) -> None:
+        """Write the sites and the filter's removals into the scan's report."""
+        report.dropped_physiological = dict(self.dropped_physiological)
+        if self.sites is not None:
+            for lesion in report.lesions:
+                lesion.site = self.sites.get(lesion.lesion_id)
+
+
 def segment(
     study: Study, predictor: SegmentationPredictor, timer: StageTimer, name: str
-) -> np.ndarray:
+) -> SegmentedScan:
     """Segment one study and label its lesions 1..N (26-connected components, uint32).
 
     The ids are the ones petflare.quant reports (it keeps an instance labelling as given), so
-    the written mask and the report agree.
+    the written mask and the report agree. A predictor with ``segment(study)`` (the
+    :class:`~petflare.inference.predictor.Predictor`) also gives the organ map of an
+    anatomy-aware network, from which each lesion gets its site.
     """
     from petflare.quant import lesion_instances
 
     with timer.stage(f"segment_{name}"):
-        mask = np.asarray(predictor.predict(study))
+        run = getattr(predictor, "segment", None)
+        found = run(study) if callable(run) else None
+        mask = np.asarray(found.mask if found is not None else predictor.predict(study))
         if mask.shape != study.shape:
             raise RuntimeError(
                 f"predictor returned a mask of shape {mask.shape} for a study of shape "
                 f"{study.shape}"
             )
-        return np.asarray(lesion_instances(mask > 0))
+        instances = np.asarray(lesion_instances(mask > 0))
+        organs = None if found is None else found.organs
+        return SegmentedScan(
+            instances,
+            sites=None if organs is None else component_sites(instances, organs),
+            dropped_physiological={} if found is None else dict(found.dropped_physiological),
+        )
 
 
 def run_single(
@@ -205,9 +244,11 @@ def run_single(
     study, source = _as_study(scan, timer, SINGLE_TIMEPOINT)
     from petflare.quant import analyze_study
 
-    instances = segment(study, predictor, timer, SINGLE_TIMEPOINT)
+    segmented = segment(study, predictor, timer, SINGLE_TIMEPOINT)
+    instances = segmented.instances
     with timer.stage(f"quantify_{SINGLE_TIMEPOINT}"):
         scan_report = analyze_study(study, mask=instances)
+        segmented.annotate(scan_report)
     tp = TimepointResult(SINGLE_TIMEPOINT, study, instances, scan_report, source)
     return InferenceResult(
         timepoints={SINGLE_TIMEPOINT: tp},
@@ -281,8 +322,9 @@ def _compute_pair(
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import classify_pattern_rules, compare_studies
 
-    base_instances = segment(base_study, predictor, timer, "baseline")
-    follow_instances = segment(follow_study, predictor, timer, "followup")
+    base_segmented = segment(base_study, predictor, timer, "baseline")
+    follow_segmented = segment(follow_study, predictor, timer, "followup")
+    base_instances, follow_instances = base_segmented.instances, follow_segmented.instances
     with timer.stage("quantify_and_compare"):
         # measures both scans, aligns them, matches lesions, PERCIST / EORTC / Choi, rules
         pair_report = compare_studies(
@@ -293,6 +335,8 @@ def _compute_pair(
             registration=registration,
             ct_contrast=ct_contrast,
         )
+        base_segmented.annotate(pair_report.baseline)
+        follow_segmented.annotate(pair_report.followup)
     base = TimepointResult("baseline", base_study, base_instances, pair_report.baseline, base_src)
     follow = TimepointResult(
         "followup", follow_study, follow_instances, pair_report.followup, follow_src

@@ -58,6 +58,7 @@ class InferRequest:
     sw_batch_size: int | None = None
     min_component_ml: float | None = None
     threshold: float | None = None
+    physiology_filter: bool | None = None
     pattern_source: str = "auto"
     registration: str = "auto"
     ct_contrast: str = "unknown"
@@ -140,6 +141,9 @@ def request_from_config(cfg: Mapping[str, Any]) -> InferRequest:
         "sw_batch_size": _number(cfg, "sw_batch_size", int),
         "min_component_ml": _number(cfg, "min_component_ml", float),
         "threshold": threshold,
+        "physiology_filter": None
+        if get("physiology_filter") is None
+        else bool(get("physiology_filter")),
         "pattern_source": pattern_source,
         "registration": registration,
         "ct_contrast": ct_contrast,
@@ -237,6 +241,8 @@ def load_predictor(request: InferRequest) -> Any:
         kwargs["min_component_ml"] = request.min_component_ml
     if request.threshold is not None:
         kwargs["threshold"] = request.threshold
+    if request.physiology_filter is not None:
+        kwargs["physiology_filter"] = request.physiology_filter
     return Predictor.from_folder(request.model, **kwargs)
 
 

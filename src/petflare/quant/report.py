@@ -67,6 +67,9 @@ class LesionMetrics:
     sul_peak: float | None = None
     sul_mean: float | None = None
     focality: FocalHotspot | None = None
+    #: organ the lesion lies in, from an anatomy-aware network's organ output
+    #: (``petflare.constants.ORGANS`` or "other"); None when the network has none
+    site: str | None = None
 
 
 @dataclass
@@ -106,6 +109,8 @@ class ScanReport:
     liver: LiverReference
     lesions: list[LesionMetrics] = field(default_factory=list)
     uptake_time_min: float | None = None
+    #: predicted lesions removed by the physiology filter (brain, myocardium, kidney, bladder)
+    dropped_physiological: dict[str, int] = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
 
     def lesion(self, lesion_id: int) -> LesionMetrics:
@@ -495,6 +500,7 @@ LESION_CSV_COLUMNS = (
     "tlg_change_pct",
     "hu_change_pct",
     "hu_difference_hu",
+    "site",
 )
 
 
@@ -550,6 +556,7 @@ def lesion_csv_text(report: PairReport | ScanReport) -> str:
                 "tlg_change_pct": c.tlg_change_pct if c else None,
                 "hu_change_pct": c.hu_change_pct if c else None,
                 "hu_difference_hu": c.hu_difference_hu if c else None,
+                "site": les.site,
             }
             writer.writerow([_fmt(row[k]) for k in LESION_CSV_COLUMNS])
     return buf.getvalue()
