@@ -16,12 +16,25 @@ Scores a model folder (or any ``Study -> mask`` callable) on the real scans in
 The physiological regions and known disease of the whole-body scans are the label maps in
 ``annotations/real/<case>/regions.nii.gz`` (made by :func:`make_regions`, checked by eye; see
 ``annotations/real/README.md``). Metrics follow autoPET (18-connectivity, see DOMAIN.md).
+
+Command line (:func:`main`)::
+
+    python scripts/benchmark_real.py --overwrite                      # default model folder
+    python scripts/benchmark_real.py --model models/phantom-unet \\
+        --out docs/reports/bench_real_cpu.md --overwrite
+    python scripts/benchmark_real.py --make-annotations --overwrite   # rebuild annotations/real
+    python scripts/benchmark_real.py --render-only                    # markdown from the JSON
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import math
+import platform
+import shlex
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +48,11 @@ import scipy.ndimage as ndi
 from petflare.constants import ORGAN_TO_INDEX, ORGANS
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import fixed_threshold_mask, percent_suvmax_mask
+from petflare.inference.request import default_model_dir
 from petflare.io import atomic_write_text, load_nifti, save_nifti
 from petflare.io.dicom import read_dicom_pet, read_rtstruct_mask
 from petflare.io.study import Study, StudyMeta
+from petflare.paths import project_dir
 from petflare.training.metrics import scan_metrics
 
 #: Label of "known disease" (visible tumour and nodes, or the GTV) in the region maps; the
@@ -1048,3 +1063,99 @@ def rerender_report(markdown_path: str | Path) -> Path:
     bench = benchmark_from_dict(payload)
     text = report_markdown(bench, str(payload.get("command", "")), payload.get("context", []))
     return atomic_write_text(markdown_path, text, overwrite=True)
+
+
+# --------------------------------------------------------------------------- command line
+
+REPO = project_dir()
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "real"
+DEFAULT_OUT = REPO / "docs" / "reports" / "bench_real.md"
+#: Method name of the physiology-filtered variant (networks with an organ output only).
+FILTERED = "model+physiology filter"
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the repository when inside it (portable report), else absolute."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(resolved)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Real FDG-PET benchmark: a model folder on scans from outside the generator."
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=default_model_dir(),
+        help="model folder (default: the default folder)",
+    )
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real-data folder")
+    p.add_argument("--annotations", type=Path, default=REPO / ANNOTATIONS_DIR, help="region maps")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (+ .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for the network")
+    p.add_argument("--no-robustness", action="store_true", help="skip the perturbed scans")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite the markdown from the JSON beside --out (no scoring)",
+    )
+    p.add_argument(
+        "--make-annotations", action="store_true", help="rebuild the region maps and stop"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``scripts/benchmark_real.py``: run the benchmark (or rebuild annotations / re-render)."""
+    args = _parser().parse_args(argv)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        if args.make_annotations:
+            make_annotations(args.data, args.annotations, args.overwrite, say)
+            return 0
+        if args.render_only:
+            print(f"wrote {rerender_report(args.out)}")
+            return 0
+        import torch
+
+        from petflare.inference.predictor import Predictor
+
+        if not args.overwrite and args.out.exists():
+            raise PetflareInputError(args.out, "exists; pass --overwrite to replace it")
+        torch.set_num_threads(args.threads)
+        # The network's own mask, without the physiology filter even where the folder enables it.
+        predictor = Predictor.from_folder(args.model, device="cpu", physiology_filter=False)
+        segmenters = {"model": predictor.predict}
+        descriptions = {"model": f"model folder {_shown(args.model)}, physiology filter off"}
+        if predictor.organ_classes > 0:  # an anatomy-aware network: score its filter separately
+            filtered = Predictor.from_folder(args.model, device="cpu", physiology_filter=True)
+            segmenters[FILTERED] = filtered.predict
+            descriptions[FILTERED] = "the same network with its physiological-uptake filter"
+        bench = run_benchmark(
+            args.data,
+            args.annotations,
+            segmenters,
+            model_name=_shown(args.model),
+            metadata=predictor.metadata,
+            descriptions=descriptions,
+            perturbations={} if args.no_robustness else None,
+            progress=say,
+        )
+    except PetflareInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    command = "python scripts/benchmark_real.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    context = [
+        f"Run {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} CPU, "
+        f"{args.threads} threads, torch {torch.__version__}.",
+    ]
+    md, js = write_report(bench, args.out, command, args.overwrite, context)
+    print(f"wrote {md} and {js} ({bench.seconds:.0f} s)")
+    return 0
