@@ -8,6 +8,7 @@ without a trained network.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import threading
 import time
@@ -31,7 +32,7 @@ from petflare.inference.pipeline import (
     run_single,
 )
 from petflare.io.nifti import save_nifti
-from petflare.io.study import Study
+from petflare.io.study import Study, StudyMeta
 from petflare.quant import RegistrationConfig
 from petflare_testing import make_non_ras_affine
 
@@ -295,20 +296,81 @@ def test_manifest_reads_ahead_in_a_thread(
     assert {r["pattern_source"] for r in summary} == {"rules"}
 
 
-def test_manifest_bad_row_writes_nothing(tmp_path: Path, studies: dict[str, Study]) -> None:
-    root = tmp_path / "data"
-    rows = [write_pair_files(root, studies, p) for p in ("P1", "P2")]
+def _nan_manifest(root: Path, studies: dict[str, Study]) -> list[dict[str, str]]:
+    """Three rows, the middle one's follow-up with a NaN voxel (absolute paths)."""
+    rows = [write_pair_files(root, studies, p) for p in ("P1", "P2", "P3")]
     bad = root / rows[1]["followup_pet"]
     arr = np.asarray(nib.load(str(bad)).dataobj).copy()
     arr[0, 0, 0] = np.nan
     save_nifti(arr, studies["followup"].affine, bad, overwrite=True)
-    manifest_rows = [
+    return [
         {k: (str(root / v) if k.endswith("_pet") else v) for k, v in row.items()} for row in rows
     ]
+
+
+def test_manifest_bad_row_is_reported_and_the_batch_goes_on(
+    tmp_path: Path, studies: dict[str, Study]
+) -> None:
+    rows = _nan_manifest(tmp_path / "data", studies)
     out = tmp_path / "batch"
-    with pytest.raises(PetflareInputError, match="NaN"):
-        run_manifest(manifest_rows, ThresholdPredictor(), out, registration=SAME_FRAME)
-    assert not out.exists()
+    items = run_manifest(rows, ThresholdPredictor(), out, html=False, registration=SAME_FRAME)
+
+    assert [i.status for i in items] == ["done", "failed", "done"]
+    assert "NaN" in items[1].reason and rows[1]["followup_pet"] in items[1].reason
+    assert sorted(p.name for p in out.iterdir()) == ["P1", "P3", "batch_summary.csv"]
+    summary = list(csv.DictReader((out / "batch_summary.csv").open()))
+    assert [r["status"] for r in summary] == ["done", "failed", "done"]
+    assert summary[1]["pattern"] == "" and "NaN" in summary[1]["reason"]
+
+
+def test_manifest_rerun_keeps_finished_rows_unless_overwrite(
+    tmp_path: Path, studies: dict[str, Study]
+) -> None:
+    rows = _nan_manifest(tmp_path / "data", studies)
+    out = tmp_path / "batch"
+    run_manifest(rows, ThresholdPredictor(), out, html=False, registration=SAME_FRAME)
+    first_report = (out / "P1" / "report.json").stat().st_mtime_ns
+    # the user fixes P2's scan and reruns: only P2 is computed
+    save_nifti(studies["followup"].pet, studies["followup"].affine, rows[1]["followup_pet"],
+               overwrite=True)  # fmt: skip
+    predictor = ThresholdPredictor()
+    items = run_manifest(rows, predictor, out, html=False, registration=SAME_FRAME)
+    assert [i.status for i in items] == ["done_earlier", "done", "done_earlier"]
+    assert len(predictor.calls) == 2  # P2's baseline and follow-up, nothing else
+    assert (out / "P1" / "report.json").stat().st_mtime_ns == first_report
+    summary = list(csv.DictReader((out / "batch_summary.csv").open()))
+    assert [r["pattern"] for r in summary] == ["new_lesions"] * 3  # earlier rows from their report
+    # overwrite=True recomputes everything
+    predictor = ThresholdPredictor()
+    items = run_manifest(rows, predictor, out, overwrite=True, html=False, registration=SAME_FRAME)
+    assert [i.status for i in items] == ["done"] * 3 and len(predictor.calls) == 6
+
+
+def test_pair_checks_run_before_any_computation(studies: dict[str, Study]) -> None:
+    """Different patients are refused before the predictor is called; the override records it."""
+    base = dataclasses.replace(studies["baseline"], meta=StudyMeta(patient_id="P1"))
+    follow = dataclasses.replace(studies["followup"], meta=StudyMeta(patient_id="P2"))
+    predictor = ThresholdPredictor()
+    with pytest.raises(PetflareInputError, match="different patients"):
+        run_pair(base, follow, predictor, registration=SAME_FRAME)
+    assert predictor.calls == []
+    result = run_pair(base, follow, predictor, registration=SAME_FRAME, allow_patient_mismatch=True)
+    checks = result.report()["pair_checks"]
+    assert checks["same_patient"] is False and checks["patient_mismatch_allowed"] is True
+
+
+def test_reversed_pair_is_swapped_on_request(studies: dict[str, Study]) -> None:
+    early = StudyMeta(patient_id="P1", acquisition_datetime="2024-01-10T09:00:00")
+    late = StudyMeta(patient_id="P1", acquisition_datetime="2024-03-10T09:00:00")
+    base = dataclasses.replace(studies["baseline"], meta=late)  # given the wrong way round
+    follow = dataclasses.replace(studies["followup"], meta=early)
+    with pytest.raises(PetflareInputError, match="before the baseline"):
+        run_pair(base, follow, ThresholdPredictor(), registration=SAME_FRAME)
+    result = run_pair(
+        base, follow, ThresholdPredictor(), registration=SAME_FRAME, swap_reversed_pair=True
+    )
+    assert result.timepoints["baseline"].study is follow
+    assert result.report()["pair_checks"]["order"] == "swapped"
 
 
 def test_pair_report_carries_ct_contrast_and_criteria_evidence(studies: dict[str, Study]) -> None:

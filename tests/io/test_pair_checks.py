@@ -71,8 +71,8 @@ def test_name_spelling_and_unknown_fields_are_not_a_mismatch() -> None:
 
 def test_dicom_patient_id_is_compared_even_when_a_manifest_renames_both() -> None:
     """Batch mode sets the manifest's patient_id on both scans; the headers' own IDs count."""
-    base = dataclasses.replace(BASE, patient_id="row1", source={"dicom_patient_id": "P001"})
-    follow = dataclasses.replace(FOLLOW, patient_id="row1", source={"dicom_patient_id": "P999"})
+    base = dataclasses.replace(BASE, patient_id="row1", source={"header_patient_id": "P001"})
+    follow = dataclasses.replace(FOLLOW, patient_id="row1", source={"header_patient_id": "P999"})
     with pytest.raises(PetflareInputError, match="PatientID 'P001' vs 'P999'"):
         check_pair(base, follow)
 

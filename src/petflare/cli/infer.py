@@ -43,7 +43,7 @@ def _summary_line(request: InferRequest) -> str:
 def infer(cfg: DictConfig) -> None:
     """The command body: validate, load the model, run, write; map internal errors to a log."""
     request = request_from_config(cfg)
-    check_output_dir(request.out, request.overwrite)
+    check_output_dir(request.out, request.overwrite, request.mode)
     check_inputs_exist(request)
     try:
         run_request(request)

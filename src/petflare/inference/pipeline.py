@@ -40,6 +40,7 @@ from petflare.inference.results import (
     mask_filename,
     report_json,
 )
+from petflare.io.pair_checks import PairCheckResult, check_pair
 from petflare.io.study import Study, StudyMeta
 
 if TYPE_CHECKING:
@@ -99,18 +100,23 @@ def read_scan(scan: ScanInput, *, patient_id: str = "", study_id: str = "") -> S
         raise PetflareInputError(pet, "file or folder not found")
     if scan.ct is not None and not Path(scan.ct).exists():
         raise PetflareInputError(scan.ct, "CT file not found")
+    from petflare.io.pair_checks import apply_user_meta
+
     meta = StudyMeta(patient_id=patient_id, study_id=study_id)
     if pet.is_dir():
         return _read_dicom_scan(scan, meta)
     from petflare.io import load_study
 
-    return load_study(
+    study = load_study(
         pet,
         scan.ct,
         weight_kg=scan.weight_kg,
         injected_dose_bq=scan.injected_dose_bq,
         meta=meta,
+        allow_implausible_suv=scan.allow_implausible_suv,
     )
+    study.meta = apply_user_meta(study.meta, scan.meta, pet)
+    return study
 
 
 def load_scan(scan: ScanInput, *, patient_id: str = "", study_id: str = "") -> LoadedScan:
@@ -133,10 +139,17 @@ def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
             "weight_kg / injected_dose_bq apply to NIfTI in Bq/mL only; a DICOM series is "
             "converted to SUV from its own headers",
         )
+    from petflare.io.pair_checks import HEADER_PATIENT_ID, apply_user_meta
+    from petflare.io.validation import check_suv_plausibility
+
     study = read_dicom_pet(scan.pet)
+    if not scan.allow_implausible_suv:
+        check_suv_plausibility(study.pet, scan.pet)
     source = dict(study.meta.source)
     if study.meta.study_id:
         source["dicom_study_id"] = study.meta.study_id
+    if study.meta.patient_id:  # the pair checks compare it even when a manifest renames both
+        source[HEADER_PATIENT_ID] = study.meta.patient_id
     ct = None
     if scan.ct is not None:
         ct = load_ct_on_grid(scan.ct, study.shape, study.affine)
@@ -147,6 +160,7 @@ def _read_dicom_scan(scan: ScanInput, meta: StudyMeta) -> Study:
         study_id=meta.study_id or study.meta.study_id,
         source=source,
     )
+    study_meta = apply_user_meta(study_meta, scan.meta, scan.pet)
     return Study(pet=study.pet, affine=study.affine, ct=ct, meta=study_meta)
 
 
@@ -269,6 +283,9 @@ def run_pair(
     patient_id: str = "",
     registration: Any = None,
     ct_contrast: str = "unknown",
+    pair_checks: PairCheckResult | None = None,
+    allow_patient_mismatch: bool = False,
+    swap_reversed_pair: bool = False,
 ) -> InferenceResult:
     """Segment, quantify and compare a baseline and a follow-up scan, and call the pattern.
 
@@ -289,10 +306,33 @@ def run_pair(
             in one frame of reference).
         ct_contrast: what the CT is, for Choi's density: ``unknown``, ``none`` (non-contrast)
             or ``portal_venous`` (petflare.quant.criteria, docs/report.md).
+        pair_checks: the checks already made by the caller (scans already in the right order);
+            None makes them here (:func:`petflare.io.pair_checks.check_pair`), before any
+            computation.
+        allow_patient_mismatch: let scans of different patients through (recorded).
+        swap_reversed_pair: exchange the scans when the follow-up is the earlier one.
+
+    Raises:
+        PetflareInputError: a bad scan, or a pair that fails the pair checks.
     """
     timer = timer if timer is not None else StageTimer(progress)
     base_study, base_src = _as_study(baseline, timer, "baseline")
     follow_study, follow_src = _as_study(followup, timer, "followup")
+    if pair_checks is None:
+        pair_checks = check_pair(
+            base_study.meta,
+            follow_study.meta,
+            followup_path=None if follow_src is None else follow_src.pet,
+            allow_patient_mismatch=allow_patient_mismatch,
+            swap_reversed_pair=swap_reversed_pair,
+        )
+        if pair_checks.swapped:
+            base_study, base_src, follow_study, follow_src = (
+                follow_study,
+                follow_src,
+                base_study,
+                base_src,
+            )
     return _compute_pair(
         base_study,
         base_src,
@@ -304,6 +344,7 @@ def run_pair(
         patient_id,
         registration,
         ct_contrast,
+        pair_checks,
     )
 
 
@@ -318,6 +359,7 @@ def _compute_pair(
     patient_id: str,
     registration: Any = None,
     ct_contrast: str = "unknown",
+    pair_checks: PairCheckResult | None = None,
 ) -> InferenceResult:
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import classify_pattern_rules, compare_studies
@@ -360,6 +402,7 @@ def _compute_pair(
         pair_report=pair_report,
         pattern=pattern,
         patient_id=patient_id or base_study.meta.patient_id,
+        pair_checks=pair_checks,
     )
 
 
@@ -375,31 +418,49 @@ def run_manifest(
     registration: Any = None,
     dicom_seg: bool = True,
     ct_contrast: str = "unknown",
+    allow_implausible_suv: bool = False,
+    allow_patient_mismatch: bool = False,
+    swap_reversed_pair: bool = False,
+    memory_limit_gb: float | None = None,
 ) -> list[BatchItem]:
     """Run every pair of a longitudinal manifest into ``out_dir/<patient>/``.
 
     The model is used as given (loaded once by the caller). While pair *i* is computed, pair
     *i + 1* is read in a background thread (file decompression and DICOM parsing release the
-    GIL), so reading overlaps computation. The whole batch folder is written atomically: a bad
-    row aborts the batch with that row's file named and leaves no output.
+    GIL), so reading overlaps computation.
+
+    Each row is its own unit: its folder is written atomically, so a finished folder is always
+    complete. A row with bad input (any :class:`PetflareInputError`: a bad file, a failed pair
+    check, too little memory) is reported in ``batch_summary.csv`` as ``failed`` with its reason
+    and writes no folder; the batch goes on. On a rerun into the same ``out_dir``, rows whose
+    folder already holds ``report.json`` are kept (``done_earlier``), not recomputed, unless
+    ``overwrite``.
 
     Args:
         rows: manifest rows (``petflare.io.load_manifest``): ``patient_id``, ``baseline_pet``,
             ``baseline_ct``, ``followup_pet``, ``followup_ct``, optional ``pattern`` (truth).
         predictor: loaded segmentation model.
-        out_dir: batch output folder; an existing non-empty one needs ``overwrite``.
-        overwrite: replace an existing non-empty ``out_dir``.
+        out_dir: batch output folder (created; a previous batch's folder is continued).
+        overwrite: recompute and replace rows that finished in an earlier run.
         pattern_head: learned pattern classifier, or None for the rules.
         progress: called with one line per stage event.
         html: also write report.html per row.
         registration: ``petflare.quant.RegistrationConfig`` (None: quant's default).
         dicom_seg: also write a DICOM SEG per DICOM-series input.
         ct_contrast: what the CTs are, for Choi's density (as in :func:`run_pair`).
+        allow_implausible_suv: skip the SUV plausibility checks.
+        allow_patient_mismatch, swap_reversed_pair: pair-check overrides (as in :func:`run_pair`).
+        memory_limit_gb: memory guard limit per row (None: the memory available).
 
     Returns:
-        One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv).
+        One :class:`BatchItem` per row, in manifest order (also written as batch_summary.csv);
+        check ``status`` for failed rows.
     """
-    from petflare.inference.writers import write_batch_summary, write_outputs_into
+    from petflare.inference.writers import (
+        BATCH_SUMMARY_CSV,
+        write_batch_summary,
+        write_outputs_into,
+    )
     from petflare.io.atomic import atomic_directory, check_can_write
 
     if not rows:
@@ -408,51 +469,147 @@ def run_manifest(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         check_can_write(out_dir, overwrite)
-    items: list[BatchItem] = []
-    with (
-        atomic_directory(out_dir, overwrite) as tmp,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="petflare-read") as pool,
-    ):
-        pending: Future[_ReadPair] = pool.submit(_read_row, rows[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items: dict[int, BatchItem] = {}
+    todo: list[int] = []
+    for index, row in enumerate(rows):
+        earlier = None if overwrite else _finished_item(row, out_dir / folders[index])
+        if earlier is not None:
+            items[index] = earlier
+        else:
+            todo.append(index)
+    if progress is not None and len(todo) < len(rows):
+        kept = len(rows) - len(todo)
+        progress(f"{kept} row(s) finished earlier are kept (overwrite=true redoes them)")
+    settings = _RowReadSettings(
+        allow_implausible_suv=allow_implausible_suv,
+        memory_limit_gb=memory_limit_gb,
+        model_spacing_mm=_model_spacing(predictor),
+    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="petflare-read") as pool:
+        pending: Future[_ReadPair] | None = (
+            pool.submit(_read_row, rows[todo[0]], settings) if todo else None
+        )
         try:
-            for index, row in enumerate(rows):
+            for position, index in enumerate(todo):
+                row, folder = rows[index], folders[index]
                 started = time.perf_counter()
-                prefix = f"[{index + 1}/{len(rows)} {folders[index]}] "
-                timer = StageTimer(progress, prefix=prefix)
-                with timer.stage("wait_for_read"):
-                    read = pending.result()
-                if index + 1 < len(rows):
-                    pending = pool.submit(_read_row, rows[index + 1])
+                timer = StageTimer(progress, prefix=f"[{index + 1}/{len(rows)} {folder}] ")
+                try:
+                    with timer.stage("wait_for_read"):
+                        assert pending is not None
+                        read = pending.result()
+                except PetflareInputError as exc:
+                    items[index] = _failed_item(row, folder, exc, started, progress)
+                    continue
+                finally:
+                    if position + 1 < len(todo):
+                        pending = pool.submit(_read_row, rows[todo[position + 1]], settings)
                 for name, seconds in read.timings_s.items():
                     timer.add(name, seconds)
-                result = _compute_pair(
-                    read.baseline,
-                    read.baseline_src,
-                    read.followup,
-                    read.followup_src,
-                    predictor,
-                    timer,
-                    pattern_head,
-                    str(row.get(Keys.PATIENT_ID) or ""),
-                    registration,
-                    ct_contrast,
-                )
-                write_outputs_into(result, tmp / folders[index], html=html, dicom_seg=dicom_seg)
-                items.append(
-                    BatchItem(
-                        patient_id=result.patient_id,
-                        folder=folders[index],
-                        true_pattern=row.get(Keys.PATTERN) or None,
-                        pattern=result.pattern,
-                        n_lesions={k: len(v.lesion_ids) for k, v in result.timepoints.items()},
-                        seconds=time.perf_counter() - started,
-                        timings_s=result.timings_s,
+                try:
+                    result = run_pair(
+                        LoadedScan(read.baseline, read.baseline_src),
+                        LoadedScan(read.followup, read.followup_src),
+                        predictor,
+                        pattern_head=pattern_head,
+                        timer=timer,
+                        patient_id=str(row.get(Keys.PATIENT_ID) or ""),
+                        registration=registration,
+                        ct_contrast=ct_contrast,
+                        allow_patient_mismatch=allow_patient_mismatch,
+                        swap_reversed_pair=swap_reversed_pair,
                     )
+                    with atomic_directory(out_dir / folder, overwrite) as tmp:
+                        write_outputs_into(result, tmp, html=html, dicom_seg=dicom_seg)
+                except PetflareInputError as exc:
+                    items[index] = _failed_item(row, folder, exc, started, progress)
+                    continue
+                items[index] = BatchItem(
+                    patient_id=result.patient_id,
+                    folder=folder,
+                    true_pattern=row.get(Keys.PATTERN) or None,
+                    pattern=result.pattern,
+                    n_lesions={k: len(v.lesion_ids) for k, v in result.timepoints.items()},
+                    seconds=time.perf_counter() - started,
+                    timings_s=result.timings_s,
                 )
         finally:
-            pending.cancel()
-        write_batch_summary(items, tmp / "batch_summary.csv")
-    return items
+            if pending is not None:
+                pending.cancel()
+    ordered = [items[index] for index in range(len(rows))]
+    write_batch_summary(ordered, out_dir / BATCH_SUMMARY_CSV)
+    return ordered
+
+
+def _finished_item(row: Mapping[str, Any], folder: Path) -> BatchItem | None:
+    """The summary of a row finished by an earlier run (its report.json), or None."""
+    import json
+
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        call = report.get("pattern")
+        pattern = (
+            None
+            if not call
+            else PatternCall(
+                label=call["label"],
+                source=call["source"],
+                probabilities=call.get("probabilities"),
+                rule=call.get("rule"),
+            )
+        )
+        masks = report.get("masks") or {}
+        n_lesions = {k: len(v.get("lesion_ids", [])) for k, v in masks.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not a report petflare wrote: recompute (its folder is refused if full)
+    return BatchItem(
+        patient_id=str(report.get("patient_id") or row.get(Keys.PATIENT_ID) or ""),
+        folder=folder.name,
+        true_pattern=row.get(Keys.PATTERN) or None,
+        pattern=pattern,
+        n_lesions=n_lesions,
+        seconds=0.0,
+        status="done_earlier",
+    )
+
+
+def _failed_item(
+    row: Mapping[str, Any],
+    folder: str,
+    error: PetflareInputError,
+    started: float,
+    progress: ProgressFn | None,
+) -> BatchItem:
+    """A row refused for bad input: reported, not written."""
+    if progress is not None:
+        progress(f"[{folder}] failed: {error}")
+    return BatchItem(
+        patient_id=str(row.get(Keys.PATIENT_ID) or ""),
+        folder=folder,
+        true_pattern=row.get(Keys.PATTERN) or None,
+        pattern=None,
+        n_lesions={},
+        seconds=time.perf_counter() - started,
+        status="failed",
+        reason=str(error),
+    )
+
+
+def _model_spacing(predictor: Any) -> tuple[float, float, float] | None:
+    """The model grid's voxel size (for the memory guard), when the predictor has one."""
+    spacing = getattr(getattr(predictor, "preprocessing", None), "spacing_mm", None)
+    return None if spacing is None else tuple(float(s) for s in spacing)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class _RowReadSettings:
+    allow_implausible_suv: bool = False
+    memory_limit_gb: float | None = None
+    model_spacing_mm: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -464,12 +621,15 @@ class _ReadPair:
     timings_s: dict[str, float]
 
 
-def _read_row(row: Mapping[str, Any]) -> _ReadPair:
-    """Read both scans of one manifest row (runs in the read-ahead thread, so no printing)."""
+def _read_row(row: Mapping[str, Any], settings: _RowReadSettings | None = None) -> _ReadPair:
+    """Read both scans of one manifest row (runs in the read-ahead thread, so no printing),
+    after the memory guard has estimated the pair from its headers."""
+    from petflare.inference.memory import check_memory
+
+    settings = settings or _RowReadSettings()
     timer = StageTimer(progress=None)
     patient_id = str(row.get(Keys.PATIENT_ID) or "")
     sources = {}
-    studies = {}
     for name, pet_key, ct_key in (
         ("baseline", Keys.BASELINE_PET, Keys.BASELINE_CT),
         ("followup", Keys.FOLLOWUP_PET, Keys.FOLLOWUP_CT),
@@ -478,10 +638,20 @@ def _read_row(row: Mapping[str, Any]) -> _ReadPair:
         if not pet:
             raise PetflareInputError(None, f"manifest row {patient_id!r} has no {pet_key}")
         ct = row.get(ct_key)
-        src = ScanInput(pet=Path(pet), ct=Path(ct) if ct else None)
+        sources[name] = ScanInput(
+            pet=Path(pet),
+            ct=Path(ct) if ct else None,
+            allow_implausible_suv=settings.allow_implausible_suv,
+        )
+    check_memory(
+        [src.pet for src in sources.values()],
+        model_spacing_mm=settings.model_spacing_mm,
+        limit_gb=settings.memory_limit_gb,
+    )
+    studies = {}
+    for name, src in sources.items():
         with timer.stage(f"read_{name}"):
             studies[name] = read_scan(src, patient_id=patient_id, study_id=name)
-        sources[name] = src
     return _ReadPair(
         studies["baseline"],
         sources["baseline"],

@@ -30,12 +30,14 @@ _PAIR_KEYS = (
     "baseline_ct",
     "baseline_weight_kg",
     "baseline_injected_dose_bq",
+    "baseline_meta",
     "followup_pet",
     "followup_ct",
     "followup_weight_kg",
     "followup_injected_dose_bq",
+    "followup_meta",
 )
-_SINGLE_KEYS = ("pet", "ct", "weight_kg", "injected_dose_bq")
+_SINGLE_KEYS = ("pet", "ct", "weight_kg", "injected_dose_bq", "meta")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class InferRequest:
     physiology_filter: bool | None = None
     pattern_source: str = "auto"
     registration: str = "auto"
+    allow_implausible_suv: bool = False
+    allow_patient_mismatch: bool = False
+    swap_reversed_pair: bool = False
+    memory_limit_gb: float | None = None
     ct_contrast: str = "unknown"
 
 
@@ -129,6 +135,9 @@ def request_from_config(cfg: Mapping[str, Any]) -> InferRequest:
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise PetflareInputError(None, f"threshold={threshold} must lie between 0 and 1")
     model = Path(str(get("model_dir"))) if get("model_dir") else default_model_dir()
+    memory_limit_gb = _number(cfg, "memory_limit_gb", float)
+    if memory_limit_gb is not None and not memory_limit_gb > 0:
+        raise PetflareInputError(None, f"memory_limit_gb={memory_limit_gb} must be positive")
     common: dict[str, Any] = {
         "out": Path(str(get("out"))),
         "model": model,
@@ -147,6 +156,10 @@ def request_from_config(cfg: Mapping[str, Any]) -> InferRequest:
         "pattern_source": pattern_source,
         "registration": registration,
         "ct_contrast": ct_contrast,
+        "allow_implausible_suv": bool(get("allow_implausible_suv")),
+        "allow_patient_mismatch": bool(get("allow_patient_mismatch")),
+        "swap_reversed_pair": bool(get("swap_reversed_pair")),
+        "memory_limit_gb": memory_limit_gb,
     }
     mode = modes[0]
     if mode == "batch":
@@ -172,7 +185,30 @@ def _scan(cfg: Mapping[str, Any], prefix: str) -> ScanInput:
         ct=None if ct is None else Path(str(ct)),
         weight_kg=_number(cfg, f"{prefix}weight_kg", float),
         injected_dose_bq=_number(cfg, f"{prefix}injected_dose_bq", float),
+        meta=_meta(cfg, f"{prefix}meta"),
+        allow_implausible_suv=bool(cfg.get("allow_implausible_suv")),
     )
+
+
+def _meta(cfg: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """User-given scan metadata (a mapping, ``key={patient_id: P1, ...}`` on the command line)."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        try:  # an OmegaConf DictConfig
+            from omegaconf import OmegaConf
+
+            value = OmegaConf.to_container(value)  # type: ignore[arg-type]
+        except (ImportError, ValueError):
+            pass
+    if not isinstance(value, Mapping):
+        raise PetflareInputError(
+            None,
+            f"{key} must be a mapping, e.g. {key}='{{patient_id: P1, acquisition: "
+            '"2024-01-10T09:30", tracer: FDG, uptake_min: 62}\'',
+        )
+    return {str(k): v for k, v in value.items()}
 
 
 def _number(cfg: Mapping[str, Any], key: str, kind: type[int] | type[float]) -> Any:
@@ -219,12 +255,19 @@ def _check_model_dir(model: Path) -> None:
         raise PetflareInputError(model, f"model folder not found{hint}; pass model=DIR")
 
 
-def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``."""
+def check_output_dir(out: Path, overwrite: bool, mode: str = "single") -> None:
+    """Refuse an output path that is a file, or a non-empty folder without ``overwrite``.
+
+    In batch mode a previous batch's folder (it holds ``batch_summary.csv``) is continued: its
+    finished rows are kept and the rest computed (``overwrite=true`` recomputes all).
+    """
     from petflare.errors import OutputExistsError
+    from petflare.inference.writers import BATCH_SUMMARY_CSV
 
     if out.exists() and not out.is_dir():
         raise OutputExistsError(out, "exists and is not a folder")
+    if mode == "batch" and (out / BATCH_SUMMARY_CSV).is_file():
+        return
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(out, "exists and is not empty; pass overwrite=true to replace it")
 
@@ -291,17 +334,51 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             registration=_registration(request),
             dicom_seg=request.dicom_seg,
             ct_contrast=request.ct_contrast,
+            allow_implausible_suv=request.allow_implausible_suv,
+            allow_patient_mismatch=request.allow_patient_mismatch,
+            swap_reversed_pair=request.swap_reversed_pair,
+            memory_limit_gb=request.memory_limit_gb,
         )
+        failed = [item for item in items if item.status == "failed"]
+        if failed:
+            first = failed[0]
+            raise PetflareInputError(
+                request.manifest,
+                f"{len(failed)} of {len(items)} manifest rows failed (first: {first.folder}: "
+                f"{first.reason}); the others are in {request.out}, every row's status and "
+                "reason in batch_summary.csv. Fix the inputs and rerun: finished rows are kept",
+            )
         return [request.out / item.folder for item in items]
+    from petflare.inference.memory import check_memory
+
+    scans = [s for s in (request.scan, request.baseline, request.followup) if s is not None]
+    check_memory(  # from the headers, before any voxel is read
+        [s.pet for s in scans],
+        model_spacing_mm=model_spacing(request.model),
+        limit_gb=request.memory_limit_gb,
+    )
     if request.mode == "single":
         assert request.scan is not None
         scan = _read(request.scan, pipeline.SINGLE_TIMEPOINT, progress)
         predictor = predictor if predictor is not None else _load(request, progress)
         result = pipeline.run_single(scan, predictor, progress=progress)
     else:
+        from petflare.io.pair_checks import check_pair
+
         assert request.baseline is not None and request.followup is not None
         baseline = _read(request.baseline, "baseline", progress)
         followup = _read(request.followup, "followup", progress)
+        checks = check_pair(  # before the model loads: a wrong pair is refused in seconds
+            baseline.study.meta,
+            followup.study.meta,
+            followup_path=request.followup.pet,
+            allow_patient_mismatch=request.allow_patient_mismatch,
+            swap_reversed_pair=request.swap_reversed_pair,
+        )
+        if checks.swapped:
+            baseline, followup = followup, baseline
+        for line in checks.warnings:
+            print(f"petflare: warning: {line}", file=sys.stderr)
         predictor = predictor if predictor is not None else _load(request, progress)
         result = pipeline.run_pair(
             baseline,
@@ -311,6 +388,7 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
             progress=progress,
             registration=_registration(request),
             ct_contrast=request.ct_contrast,
+            pair_checks=checks,
         )
     written = writers.write_outputs(
         result,
@@ -324,6 +402,17 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
         how = f"p = {p.probability:.2f}" if p.probability is not None else f"rules, {p.rule}"
         print(f"petflare: pattern {p.label} ({how})", file=sys.stderr)
     return sorted(written.values())
+
+
+def model_spacing(model: Path) -> tuple[float, float, float] | None:
+    """The model grid's voxel size from the folder's metadata.json (None when unreadable)."""
+    import json
+
+    try:
+        spacing = json.loads((model / "metadata.json").read_text(encoding="utf-8"))["spacing_mm"]
+        return (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _registration(request: InferRequest) -> Any:

@@ -45,12 +45,17 @@ class ScanInput:
         ct: optional CT NIfTI (Hounsfield units), any grid overlapping the PET.
         weight_kg: body weight, only to convert a Bq/mL NIfTI to SUVbw.
         injected_dose_bq: injected activity decay-corrected to scan start, only with weight_kg.
+        meta: metadata the user gives for the pair checks (keys of
+            :data:`petflare.io.pair_checks.USER_META_KEYS`); a DICOM header's own values win.
+        allow_implausible_suv: skip the SUV plausibility checks (petflare.io.validation).
     """
 
     pet: Path
     ct: Path | None = None
     weight_kg: float | None = None
     injected_dose_bq: float | None = None
+    meta: Mapping[str, Any] | None = field(default=None, compare=False)
+    allow_implausible_suv: bool = False
 
     @property
     def is_dicom(self) -> bool:
@@ -65,6 +70,8 @@ class ScanInput:
             "format": "dicom" if self.is_dicom else "nifti",
             "weight_kg": self.weight_kg,
             "injected_dose_bq": self.injected_dose_bq,
+            "given_meta": None if self.meta is None else dict(self.meta),
+            "allow_implausible_suv": self.allow_implausible_suv,
         }
 
 
@@ -176,6 +183,8 @@ class InferenceResult:
     pair_report: Any = None
     pattern: PatternCall | None = None
     patient_id: str = ""
+    #: pair only: what petflare.io.pair_checks found (identity, order, tracer, uptake times)
+    pair_checks: Any = None
 
     @property
     def is_pair(self) -> bool:
@@ -229,6 +238,8 @@ class InferenceResult:
             name: None if tp.source is None else tp.source.to_dict()
             for name, tp in self.timepoints.items()
         }
+        if self.pair_checks is not None:
+            out["pair_checks"] = jsonable(self.pair_checks.to_dict())
         out["model"] = self.model
         out["software"] = {"petflare": petflare.__version__}
         out["timings_s"] = {k: round(v, 4) for k, v in self.timer.timings_s.items()}
@@ -251,6 +262,10 @@ class BatchItem:
     n_lesions: dict[str, int]
     seconds: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: ``done`` (computed now), ``done_earlier`` (a finished folder kept on a rerun) or
+    #: ``failed`` (bad input: ``reason`` says why; no folder written)
+    status: str = "done"
+    reason: str = ""
 
 
 def report_json(report: Any) -> dict[str, Any]:

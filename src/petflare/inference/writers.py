@@ -127,7 +127,10 @@ def dicom_seg_filename(timepoint: str, is_pair: bool) -> str:
 
 
 def write_batch_summary(items: Sequence[BatchItem], path: str | Path) -> Path:
-    """Write one row per manifest row: folder, true and predicted pattern, source, seconds."""
+    """Write one row per manifest row: folder, true and predicted pattern, source, seconds, and
+    ``status`` (``done``, ``done_earlier``, ``failed``) with the ``reason`` of a failure.
+
+    An earlier run's summary in the same place is replaced (a rerun lists every row again)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
@@ -141,6 +144,8 @@ def write_batch_summary(items: Sequence[BatchItem], path: str | Path) -> Path:
             "n_lesions_baseline",
             "n_lesions_followup",
             "seconds",
+            "status",
+            "reason",
         ]
     )
     for item in items:
@@ -156,9 +161,11 @@ def write_batch_summary(items: Sequence[BatchItem], path: str | Path) -> Path:
                 item.n_lesions.get("baseline", ""),
                 item.n_lesions.get("followup", ""),
                 f"{item.seconds:.3f}",
+                item.status,
+                item.reason,
             ]
         )
-    return atomic_write_text(path, buf.getvalue())
+    return atomic_write_text(path, buf.getvalue(), overwrite=True)
 
 
 def _label_array(instances: np.ndarray) -> np.ndarray:

@@ -15,8 +15,10 @@ records that it could not be made.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,70 @@ PERCIST_UPTAKE_TOLERANCE_S = 15 * 60
 
 #: The tracer petflare is built for (StudyMeta.tracer's normalised name).
 EXPECTED_TRACER = "FDG"
+
+#: Key of ``StudyMeta.source`` holding the patient ID of the scan itself (its DICOM header, or
+#: what the user gave), kept when a manifest's patient_id replaces ``StudyMeta.patient_id``.
+HEADER_PATIENT_ID = "header_patient_id"
+
+#: Metadata a user may give for a NIfTI scan (``baseline_meta={...}``), and the StudyMeta field
+#: each fills.
+USER_META_KEYS = {
+    "patient_id": "patient_id",
+    "patient_name": "patient_name",
+    "birth_date": "birth_date",
+    "acquisition": "acquisition_datetime",
+    "tracer": "tracer",
+    "uptake_min": "uptake_time_s",
+}
+
+
+def apply_user_meta(
+    meta: StudyMeta, given: Mapping[str, object] | None, path: str | Path | None
+) -> StudyMeta:
+    """Fill ``meta`` with what the user gave, where the scan itself has nothing.
+
+    Values the scan already carries (a DICOM header's) win; a NIfTI has none besides the
+    default tracer "FDG", which a given ``tracer`` replaces.
+
+    Raises:
+        PetflareInputError: an unknown key, or a date / number that cannot be read.
+    """
+    if not given:
+        return meta
+    unknown = sorted(set(given) - set(USER_META_KEYS))
+    if unknown:
+        raise PetflareInputError(
+            path,
+            f"unknown metadata key(s) {', '.join(unknown)}; expected " + ", ".join(USER_META_KEYS),
+        )
+    changes: dict[str, object] = {}
+    for key, value in given.items():
+        if value is None or str(value).strip() == "":
+            continue
+        name = USER_META_KEYS[key]
+        if key == "uptake_min":
+            try:
+                parsed: object = float(str(value)) * 60.0
+            except ValueError:
+                raise PetflareInputError(path, f"uptake_min={value} is not a number") from None
+        elif key in ("acquisition", "birth_date"):
+            try:
+                parsed = dt.datetime.fromisoformat(str(value).strip()).isoformat()
+            except ValueError:
+                raise PetflareInputError(
+                    path, f"{key}={value} is not an ISO date (YYYY-MM-DD[THH:MM[:SS]])"
+                ) from None
+            if key == "birth_date":
+                parsed = str(parsed)[:10]
+        else:
+            parsed = str(value).strip()
+        current = getattr(meta, name)
+        if current in ("", None) or (name == "tracer" and meta.source.get("format") != "DICOM"):
+            changes[name] = parsed
+    given_id = str(given.get("patient_id") or "").strip()
+    if given_id and HEADER_PATIENT_ID not in meta.source:  # compared by the pair checks
+        changes["source"] = {**meta.source, HEADER_PATIENT_ID: given_id}
+    return dataclasses.replace(meta, **changes)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -120,7 +186,7 @@ def check_pair(
 
 def _identity(meta: StudyMeta) -> dict[str, str]:
     """Identity fields, normalised: names compare case-, space- and caret-insensitively."""
-    patient_id = meta.source.get("dicom_patient_id", meta.patient_id) if meta.source else ""
+    patient_id = meta.source.get(HEADER_PATIENT_ID, "") if meta.source else ""
     name = re.sub(r"[\s^]+", " ", meta.patient_name).strip().upper()
     return {
         "PatientID": str(patient_id or meta.patient_id).strip(),
