@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _rss_mb() -> float:
+def _rss_mib() -> float:
     with open("/proc/self/status", encoding="ascii") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
@@ -44,7 +44,7 @@ def measure(
     pet[nx // 2 - 3 : nx // 2 + 3, ny // 2 - 3 : ny // 2 + 3, nz // 2 - 3 : nz // 2 + 3] = 10.0
     study = Study(pet=pet, affine=np.diag([*spacing_mm, 1.0]))
     del pet
-    before = _rss_mb()
+    before = _rss_mib()
     start = time.perf_counter()
     pipeline.run_single(study, predictor)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -53,9 +53,9 @@ def measure(
     return {
         "input_voxels_m": n_input / 1e6,
         "model_voxels_m": n_input * float(np.prod(np.asarray(spacing_mm) / model_spacing)) / 1e6,
-        "rss_before_mb": before,
-        "peak_mb": peak,
-        "increase_mb": peak - before,
+        "rss_before_mib": before,
+        "peak_mib": peak,
+        "increase_mib": peak - before,
         "seconds": time.perf_counter() - start,
     }
 

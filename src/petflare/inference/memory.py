@@ -19,7 +19,7 @@ import numpy as np
 
 from petflare.errors import PetflareInputError
 
-#: Peak bytes per voxel of the input grid, per scan: 9.5 measured in-process (the float32 PET,
+#: Peak bytes per voxel of the input grid, per scan: 9.6 measured in-process (the float32 PET,
 #: its copy, the instance mask, the quantification's maps) plus 12 for reading the file (a
 #: scaled NIfTI is read as float64, then copied to float32); rounded up.
 BYTES_PER_INPUT_VOXEL = 24.0
