@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -252,3 +253,37 @@ def test_help_lists_every_override() -> None:
         "overwrite=",
     ):
         assert option in result.stdout, option
+
+
+REAL = Path(
+    os.environ.get(
+        "PETFLARE_REAL_DATA", Path(__file__).parents[2] / ".." / "shared" / "data" / "real"
+    )
+)
+STS001 = REAL / "sts001_wholebody_fdg_dicom" / "image"
+ACRIN042 = REAL / "acrin_nsclc_042_fdg_dicom" / "image"
+needs_real = pytest.mark.skipif(
+    not (STS001.is_dir() and ACRIN042.is_dir()),
+    reason=f"real DICOM series not found under {REAL} (set PETFLARE_REAL_DATA)",
+)
+
+
+@needs_real
+def test_real_pair_of_two_patients_is_refused(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "out"
+    result = cli.run_infer(
+        f"baseline_pet={STS001}", f"followup_pet={ACRIN042}", f"out={out}", f"model={model_dir}"
+    )
+    cli.assert_one_line_naming(result, str(ACRIN042))
+    assert "PatientID 'STS_001' vs 'ACRIN-NSCLC-FDG-PET-042'" in result.stderr
+    cli.assert_nothing_written(out)
+
+
+@needs_real
+@pytest.mark.slow
+def test_real_whole_body_scan_still_runs(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "out"
+    result = cli.run_infer(f"pet={STS001}", f"out={out}", f"model={model_dir}", "html=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["scan"]["format"] == "dicom"
