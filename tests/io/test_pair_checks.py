@@ -116,3 +116,24 @@ def test_uptake_time_difference_beyond_percist_is_recorded(
     assert bool(result.warnings) is not within
     if not within:
         assert "PERCIST's 15 min" in result.warnings[0]
+
+
+def test_user_metadata_fills_a_nifti_and_never_overrides_a_header() -> None:
+    from petflare.io.pair_checks import apply_user_meta
+
+    given = {"patient_id": "A1", "acquisition": "2024-01-10", "tracer": "18F-fdg", "uptake_min": 62}
+    meta = apply_user_meta(StudyMeta(), given, "pet.nii.gz")
+    assert (meta.patient_id, meta.acquisition_datetime, meta.tracer) == (
+        "A1",
+        "2024-01-10T00:00:00",
+        "FDG",
+    )
+    assert meta.uptake_time_s == pytest.approx(3720.0)
+    assert meta.source["header_patient_id"] == "A1"
+    dicom = StudyMeta(patient_id="P001", tracer="FDG", source={"format": "DICOM"})
+    kept = apply_user_meta(dicom, {"patient_id": "A1", "tracer": "FLT"}, "dcm")
+    assert (kept.patient_id, kept.tracer) == ("P001", "FDG")
+    with pytest.raises(PetflareInputError, match="unknown metadata key"):
+        apply_user_meta(StudyMeta(), {"weight": 70}, "pet.nii.gz")
+    with pytest.raises(PetflareInputError, match="not an ISO date"):
+        apply_user_meta(StudyMeta(), {"acquisition": "10/01/2024"}, "pet.nii.gz")

@@ -86,6 +86,8 @@ def apply_user_meta(
                 ) from None
             if key == "birth_date":
                 parsed = str(parsed)[:10]
+        elif key == "tracer":
+            parsed = _normalised_tracer(str(value))
         else:
             parsed = str(value).strip()
         current = getattr(meta, name)
@@ -182,6 +184,14 @@ def check_pair(
     _check_tracers(baseline, followup, result)
     _check_uptake(baseline, followup, result)
     return result
+
+
+def _normalised_tracer(name: str) -> str:
+    """``FDG`` for any spelling of fluorodeoxyglucose (as the DICOM reader does), else as is."""
+    upper = name.upper().replace("-", "").replace(" ", "")
+    if "FDG" in upper or "FLUORODEOXYGLUCOSE" in upper:
+        return EXPECTED_TRACER
+    return name.strip() or "unknown"
 
 
 def _identity(meta: StudyMeta) -> dict[str, str]:
