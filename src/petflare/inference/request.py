@@ -318,12 +318,13 @@ def run_request(request: InferRequest, predictor: Any | None = None) -> list[Pat
 
     progress = pipeline.stderr_progress if request.progress else None
     if request.mode == "batch":
+        from petflare.inference.batch import run_manifest
         from petflare.io import load_manifest
 
         assert request.manifest is not None
         rows = load_manifest(request.manifest)
         predictor = predictor if predictor is not None else _load(request, progress)
-        items = pipeline.run_manifest(
+        items = run_manifest(
             rows,
             predictor,
             request.out,
