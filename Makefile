@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 
 # The whole suite, and the quick loop without the tests marked slow (each over ~1.5 s of CPU):
 # `make test-fast` while working, `make test` before integrating. Measured 2026-12-07 on the
-# 2-core development machine, shared with other jobs, as each test's CPU time (own process and
-# its children) summed (`make test PYTEST_ARGS="-p cpu_time_plugin -p no:randomly"`, see
-# tests/cpu_time_plugin.py): make test about 10.5 min of CPU (678 tests: 618 s, plus 11 s
-# collecting), make test-fast about 1.5 min (77 s, plus 11 s). Wall time on the shared machine
-# was 4-10 times the CPU time.
+# 2-core development machine, shared with other jobs, so as CPU time (the process and its
+# children): make test about 10.5 min (the 678 tests of then, each timed with
+# `PYTEST_ARGS="-p cpu_time_plugin -p no:randomly"`, tests/cpu_time_plugin.py: 618 s, plus 11 s
+# collecting); make test-fast 2.3 min (690 tests, `/usr/bin/time` on the whole run: 141 s; its
+# wall time was 9.3 min at a load average of 10-13).
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
