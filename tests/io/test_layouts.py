@@ -285,7 +285,7 @@ def test_manifest_lists_every_offending_row_in_one_error(tmp_path, write_study):
     assert message.startswith(str(csv_path))
     expected = [
         "row 1 (line 2), baseline_pet: ../autopet/P1/baseline/SUV.nii.gz: escapes the dataset root",
-        "row 1 (line 2), followup_pet: missing/SUV.nii.gz: file not found",
+        "row 1 (line 2), followup_pet: missing/SUV.nii.gz: file or DICOM folder not found",
         "row 2 (line 3), baseline_pet: /etc/passwd: escapes the dataset root",
         "row 2 (line 3), followup_pet: ../outside.nii.gz: escapes the dataset root",
         "row 2 (line 3), followup_ct: nope.nii.gz: file not found",

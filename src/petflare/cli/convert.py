@@ -186,6 +186,85 @@ def convert_dicom(
     )
 
 
+def convert_manifest(
+    manifest: str | Path, out: str | Path, *, overwrite: bool = False
+) -> tuple[Path, list[str]]:
+    """Turn a manifest listing DICOM studies into a NIfTI dataset that training can read.
+
+    Every PET that is a DICOM series folder is converted (SUV NIfTI, provenance JSON) and its
+    RTSTRUCT / SEG mask (``file#ROI,...`` selects ROIs) written as a label map on its grid;
+    NIfTI files are copied. The result is ``out/<patient>/<timepoint>/`` plus
+    ``out/manifest.csv`` with the same patients, patterns and splits. Everything is written
+    into a temporary folder that replaces ``out`` only when every study converted.
+
+    Returns:
+        The new manifest and one summary line per converted study.
+
+    Raises:
+        PetflareInputError: a bad manifest row or study (nothing is written), or ``out``
+            exists and is not empty without ``overwrite``.
+    """
+    import shutil
+
+    from petflare.constants import TIMEPOINTS
+    from petflare.io import load_manifest, write_manifest
+    from petflare.io.atomic import atomic_directory
+    from petflare.io.dicom_labels import is_dicom_input, split_roi_selection
+
+    rows = load_manifest(manifest)
+    out = Path(out)
+    lines: list[str] = []
+    new_rows: list[dict[str, object]] = []
+    with atomic_directory(out, overwrite) as tmp:
+        done: dict[str, dict[str, str | None]] = {}  # PET path -> its new cells
+        for row in rows:
+            new_row: dict[str, object] = dict(row)
+            for timepoint in TIMEPOINTS:
+                pet = row.get(f"{timepoint}_pet")
+                if pet is None:
+                    continue
+                key = f"{pet}|{row.get(f'{timepoint}_mask')}|{row.get(f'{timepoint}_ct')}"
+                if key not in done:
+                    folder = Path(str(row["patient_id"])) / timepoint
+                    while (tmp / folder).exists():
+                        folder = folder.with_name(folder.name + "_")
+                    (tmp / folder).mkdir(parents=True)
+                    cells: dict[str, str | None] = {"pet": None, "ct": None, "mask": None}
+                    mask = row.get(f"{timepoint}_mask")
+                    if Path(str(pet)).is_dir():
+                        cells["pet"] = (folder / "suv.nii.gz").as_posix()
+                        label_path, rois = (None, None)
+                        if mask is not None and is_dicom_input(mask):
+                            label_path, rois = split_roi_selection(mask)
+                            cells["mask"] = (folder / "labels.nii.gz").as_posix()
+                        result = convert_dicom(
+                            pet,
+                            tmp / str(cells["pet"]),
+                            labels=label_path,
+                            roi=rois,
+                            mask_out=None if label_path is None else tmp / str(cells["mask"]),
+                        )
+                        lines.append(f"{folder}: {result.series_selection}")
+                    else:
+                        cells["pet"] = (folder / Path(str(pet)).name).as_posix()
+                        shutil.copy2(str(pet), tmp / folder / Path(str(pet)).name)
+                    if mask is not None and cells["mask"] is None:
+                        copied = folder / ("mask_" + Path(str(mask)).name)
+                        cells["mask"] = copied.as_posix()
+                        shutil.copy2(str(mask), tmp / copied)
+                    ct = row.get(f"{timepoint}_ct")
+                    if ct is not None:
+                        copied = folder / ("ct_" + Path(str(ct)).name)
+                        cells["ct"] = copied.as_posix()
+                        shutil.copy2(str(ct), tmp / copied)
+                    done[key] = cells
+                for part in ("pet", "ct", "mask"):
+                    new_row[f"{timepoint}_{part}"] = done[key][part]
+            new_rows.append(new_row)
+        write_manifest(new_rows, tmp / "manifest.csv")
+    return out / "manifest.csv", lines
+
+
 def _roi_option(value: object) -> str | list[str] | None:
     """``roi=NAME`` or ``roi=[A,B]`` from the command line."""
     if value is None:
@@ -202,6 +281,17 @@ def _optional_str(value: object) -> str | None:
 @hydra_command("convert")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``petflare-convert`` / ``scripts/convert.py``."""
+    if cfg.manifest is not None:
+        if cfg.out is None or cfg.dicom is not None:
+            raise PetflareInputError(
+                cfg.manifest, "manifest= needs out=DIR (and no dicom=); see --help"
+            )
+        written, lines = convert_manifest(
+            str(cfg.manifest), str(cfg.out), overwrite=bool(cfg.overwrite)
+        )
+        print("\n".join(lines))
+        print(f"wrote {written}: the NIfTI copy of the dataset, for training or evaluate")
+        return
     if cfg.dicom is None or cfg.out is None:
         raise PetflareInputError(None, "dicom=DIR and out=FILE.nii.gz are required (see --help)")
     result = convert_dicom(

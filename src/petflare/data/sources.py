@@ -145,22 +145,70 @@ class NnunetRawSource:
 
 
 class ManifestSource:
-    """Longitudinal manifest CSV; both timepoints become training scans, ``split`` is kept."""
+    """Longitudinal manifest CSV; both timepoints become training scans, ``split`` is kept.
+
+    A manifest may list DICOM studies directly (a PET series folder, an RTSTRUCT ``file#ROI``
+    or DICOM SEG mask): they are converted once into ``cache_dir`` (SUV and label NIfTI, as
+    ``petflare-convert`` writes them) and the NIfTI copies are trained on.
+    """
 
     def __init__(
         self,
         csv_path: str | Path,
         fractions: Mapping[str, float] | None = None,
         split_seed: int = 0,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.csv_path = Path(csv_path)
         self.fractions = None if fractions is None else dict(fractions)
         self.split_seed = int(split_seed)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
 
     def datalists(self) -> dict[str, Datalist]:
         """Train/val datalists; rows without a split are assigned by patient."""
         entries = manifest_to_studies(load_manifest(self.csv_path))
+        if any(_is_dicom_entry(e) for e in entries):
+            if self.cache_dir is None:
+                raise PetflareInputError(
+                    self.csv_path,
+                    "lists DICOM studies; give the source a cache_dir for their NIfTI copies, "
+                    f"or convert the set with petflare-convert manifest={self.csv_path} out=DIR",
+                )
+            entries = [
+                _nifti_entry(e, self.cache_dir) if _is_dicom_entry(e) else e for e in entries
+            ]
         return _split(entries, self.fractions, self.split_seed, str(self.csv_path))
+
+
+def _is_dicom_entry(entry: Mapping[str, Any]) -> bool:
+    """True when a datalist entry's PET is a DICOM folder or its label an RTSTRUCT / SEG."""
+    from petflare.io.dicom_labels import is_dicom_input
+
+    label = entry.get(Keys.LABEL)
+    return Path(str(entry[Keys.PET])).is_dir() or (label is not None and is_dicom_input(label))
+
+
+def _nifti_entry(entry: Mapping[str, Any], cache_dir: Path) -> dict[str, Any]:
+    """The entry with its DICOM PET / labels replaced by NIfTI copies in ``cache_dir``.
+
+    The copy is keyed by the PET and label paths and reused while it exists.
+    """
+    import hashlib
+
+    from petflare.io import save_nifti
+    from petflare.io.dicom_labels import load_labelled_study
+
+    label = entry.get(Keys.LABEL)
+    key = hashlib.sha1(f"{entry[Keys.PET]}|{label}".encode()).hexdigest()[:16]
+    folder = cache_dir / "dicom" / key
+    pet_out, label_out = folder / "suv.nii.gz", folder / "labels.nii.gz"
+    if not pet_out.is_file() or (label is not None and not label_out.is_file()):
+        study = load_labelled_study(entry[Keys.PET], None, label)
+        if study.mask is not None:
+            save_nifti(study.mask.astype(np.uint16), study.affine, label_out, overwrite=True)
+        save_nifti(study.pet, study.affine, pet_out, overwrite=True, dtype=np.float32)
+        log.info("converted DICOM study %s into %s", entry[Keys.PET], folder)
+    return {**entry, Keys.PET: str(pet_out), Keys.LABEL: None if label is None else str(label_out)}
 
 
 class SyntheticSource:

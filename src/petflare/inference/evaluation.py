@@ -31,11 +31,11 @@ from petflare.io import (
     load_manifest,
     load_nifti,
     load_nnunet_raw,
-    load_study,
     manifest_to_studies,
     same_grid,
     validate_mask,
 )
+from petflare.io.dicom_labels import load_labelled_study
 from petflare.io.study import Study
 from petflare.quant import RuleThresholds, classify_pattern_rules, compare_studies
 from petflare.training.metrics import (
@@ -274,7 +274,7 @@ def evaluate_entries(
     for entry in bar:
         case = str(entry["case"])
         bar.set_postfix_str(case, refresh=False)
-        study = load_study(
+        study = load_labelled_study(
             entry[Keys.PET],
             entry.get(Keys.CT) if load_ct else None,
             entry[Keys.LABEL],
@@ -367,10 +367,10 @@ def evaluate_patterns(
     pairs: list[dict[str, Any]] = []
     bar = tqdm(labelled, desc="patterns", unit="pair", disable=not progress, file=sys.stderr)
     for row in bar:
-        baseline = load_study(
+        baseline = load_labelled_study(
             row[Keys.BASELINE_PET], row.get(Keys.BASELINE_CT), row[Keys.BASELINE_MASK]
         )
-        followup = load_study(
+        followup = load_labelled_study(
             row[Keys.FOLLOWUP_PET], row.get(Keys.FOLLOWUP_CT), row[Keys.FOLLOWUP_MASK]
         )
         report = compare_studies(baseline, followup, rule_thresholds=rule_thresholds)

@@ -184,12 +184,12 @@ def read_seg_labels(path: str | Path, study: Study) -> LabelMap:
     world_to_voxel = np.linalg.inv(LPS_TO_RAS @ study.affine)
     labels = np.zeros(study.shape, dtype=np.uint16)
     overlap = 0
-    for index in np.argsort([_segment_number(f, path) for f in per_frame], kind="stable"):
+    for index in np.argsort([_segment_number(f, shared, path) for f in per_frame], kind="stable"):
         frame = per_frame[int(index)]
         rows, cols = np.nonzero(pixels[index])
         if rows.size == 0:
             continue
-        number = _segment_number(frame, path)
+        number = _segment_number(frame, shared, path)
         iop = np.array(
             [
                 float(v)
@@ -233,10 +233,13 @@ def read_seg_labels(path: str | Path, study: Study) -> LabelMap:
     return LabelMap(labels, names, path, "SEG", overlap)
 
 
-def _segment_number(frame: Dataset, path: Path) -> int:
+def _segment_number(frame: Dataset, shared: Dataset, path: Path) -> int:
+    """A frame's segment (per frame, or shared when the SEG holds one segment)."""
     try:
-        return int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-    except (AttributeError, IndexError) as exc:
+        return int(
+            _group(frame, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber", path)
+        )
+    except (TypeError, ValueError) as exc:
         raise PetflareInputError(path, "a SEG frame does not name its segment") from exc
 
 
@@ -247,3 +250,82 @@ def _group(frame: Dataset, shared: Dataset, sequence: str, keyword: str, path: P
         if items and keyword in items[0]:
             return items[0].get(keyword)
     raise PetflareInputError(path, f"SEG frames lack {sequence} / {keyword}")
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled studies from DICOM or NIfTI (evaluate, manifests)
+# --------------------------------------------------------------------------------------------
+
+#: In a manifest, ``mask/rt.dcm#GTV_Mass,GTV_Node`` selects RTSTRUCT ROIs (default: every ROI).
+ROI_SEPARATOR = "#"
+
+
+def split_roi_selection(value: str | Path) -> tuple[Path, list[str] | None]:
+    """``path#ROI1,ROI2`` -> (path, [ROI1, ROI2]); a plain path -> (path, None)."""
+    text = str(value)
+    path, sep, rois = text.partition(ROI_SEPARATOR)
+    if not sep or Path(text).exists():
+        return Path(text), None
+    names = [r.strip() for r in rois.split(",") if r.strip()]
+    return Path(path), names or None
+
+
+def is_dicom_input(path: str | Path) -> bool:
+    """True for a DICOM PET folder or a DICOM label file (not a NIfTI file)."""
+    text = str(split_roi_selection(path)[0])
+    return Path(text).is_dir() or not text.endswith((".nii.gz", ".nii"))
+
+
+def load_labelled_study(
+    pet: str | Path, ct: str | Path | None = None, mask: str | Path | None = None
+) -> Study:
+    """A study from NIfTI files or from a DICOM PET folder with RTSTRUCT / SEG labels.
+
+    NIfTI PET: :func:`petflare.io.load_study` (the mask must be NIfTI on its grid). DICOM PET
+    folder: :func:`petflare.io.dicom.read_dicom_pet` (series picked as ``convert`` does), the
+    CT (NIfTI) resampled onto its grid, and the mask either a NIfTI on the PET grid or an
+    RTSTRUCT (``file#ROI1,ROI2`` selects ROIs) / DICOM SEG read as an instance label map.
+
+    Raises:
+        PetflareInputError: any invalid input; the message names the file.
+    """
+    import dataclasses
+
+    from petflare.io.dicom import read_dicom_pet
+    from petflare.io.loading import load_ct_on_grid, load_study, same_grid, validate_mask
+    from petflare.io.nifti import load_nifti
+
+    pet_path = Path(pet)
+    if not pet_path.is_dir():
+        if mask is not None and is_dicom_input(mask):
+            raise PetflareInputError(
+                split_roi_selection(mask)[0],
+                f"RTSTRUCT / SEG labels need the DICOM PET series they were drawn on, not the "
+                f"NIfTI {pet_path.name}",
+            )
+        return load_study(pet_path, ct, mask)
+    study = read_dicom_pet(pet_path)
+    source = dict(study.meta.source)
+    ct_arr = None
+    if ct is not None:
+        ct_arr = load_ct_on_grid(ct, study.shape, study.affine)
+        source["ct"] = str(ct)
+    labels = None
+    if mask is not None:
+        mask_path, rois = split_roi_selection(mask)
+        if is_dicom_input(mask):
+            label_map = read_dicom_labels(mask_path, study, rois)
+            labels = label_map.labels
+            source["label_names"] = ", ".join(label_map.names)
+        else:
+            raw, affine = load_nifti(mask_path)
+            if not same_grid(raw.shape, affine, study.shape, study.affine):
+                raise PetflareInputError(
+                    mask_path,
+                    f"mask is not on the grid of the DICOM PET series {pet_path}; masks are "
+                    "never resampled",
+                )
+            labels = validate_mask(raw, mask_path)
+        source["mask"] = str(mask)
+    meta = dataclasses.replace(study.meta, source=source)
+    return Study(pet=study.pet, affine=study.affine, ct=ct_arr, mask=labels, meta=meta)

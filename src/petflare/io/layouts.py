@@ -387,7 +387,9 @@ def load_manifest(csv_path: str | Path) -> list[dict[str, Any]]:
             value = cells[column]
             if value is None:
                 continue
-            resolved, problem = _resolve_under(root, value)
+            # a PET cell may name a DICOM series folder; masks may be RTSTRUCT / SEG files
+            pet_column = column in (Keys.BASELINE_PET, Keys.FOLLOWUP_PET)
+            resolved, problem = _resolve_under(root, value, allow_dir=pet_column)
             if problem:
                 problems.append(f"{where}, {column}: {value}: {problem}")
             row[column] = resolved
@@ -517,18 +519,24 @@ def _clean(value: Any) -> str | None:
     return text or None
 
 
-def _resolve_under(root: Path, value: str) -> tuple[str, str | None]:
+def _resolve_under(root: Path, value: str, *, allow_dir: bool = False) -> tuple[str, str | None]:
     """Resolve ``value`` against ``root``; return (absolute path, problem or None).
 
     The containment check is lexical (``..`` may not climb out of the root); symlinks inside
     the root are followed when checking existence, so data may live on another disk.
+    ``allow_dir`` accepts a folder (a DICOM PET series); a ``#ROI,...`` suffix (RTSTRUCT ROI
+    selection) is kept on the returned path when the file before it exists.
     """
+    suffix = ""
+    if "#" in value and not (root / value).exists():
+        value, _, rois = value.partition("#")
+        suffix = "#" + rois
     absolute = Path(os.path.normpath(root / value))
     if not absolute.is_relative_to(root):
         return str(absolute), "escapes the dataset root"
-    if not absolute.is_file():
-        return str(absolute), "file not found"
-    return str(absolute), None
+    if not (absolute.is_file() or (allow_dir and absolute.is_dir())):
+        return str(absolute), "file or DICOM folder not found" if allow_dir else "file not found"
+    return str(absolute) + suffix, None
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:
