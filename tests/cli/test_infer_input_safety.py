@@ -269,6 +269,7 @@ needs_real = pytest.mark.skipif(
 
 
 @needs_real
+@pytest.mark.slow
 def test_real_pair_of_two_patients_is_refused(tmp_path: Path, model_dir: Path) -> None:
     out = tmp_path / "out"
     result = cli.run_infer(

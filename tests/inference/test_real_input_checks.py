@@ -40,6 +40,7 @@ def real_studies() -> dict[str, Study]:
 
 
 @needs_real
+@pytest.mark.slow
 def test_real_series_pass_memory_guard_and_reading(real_studies: dict[str, Study]) -> None:
     """Each series is accepted (plausibility included) and the guard's estimate is modest."""
     estimate = check_memory(list(SERIES.values()), model_spacing_mm=(4.0, 4.0, 4.0))
@@ -50,6 +51,7 @@ def test_real_series_pass_memory_guard_and_reading(real_studies: dict[str, Study
 
 
 @needs_real
+@pytest.mark.slow
 def test_real_headers_feed_the_pair_checks(real_studies: dict[str, Study]) -> None:
     sts, acrin = real_studies["sts001"].meta, real_studies["acrin042"].meta
     assert sts.uptake_time_s == pytest.approx(2711.0)  # 10:35:00 -> 11:20:11
