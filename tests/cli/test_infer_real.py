@@ -90,6 +90,9 @@ def test_single_scan_real_dicom(name: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["mode"] == "single" and report["inputs"]["scan"]["format"] == "dicom"
+    conversion = report["inputs"]["scan"]["conversion"]  # which series, which SUV route, why
+    assert conversion["series_selection"].startswith("picked")
+    assert conversion["suv_route"].startswith("Philips") == (name == "chus052")
     _check_timepoint(out, report, "scan", SERIES[name])
     assert (out / "report.html").is_file() and (out / "lesions.csv").is_file()
 

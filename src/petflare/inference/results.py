@@ -235,7 +235,7 @@ class InferenceResult:
             for name, tp in self.timepoints.items()
         }
         out["inputs"] = {
-            name: None if tp.source is None else tp.source.to_dict()
+            name: None if tp.source is None else {**tp.source.to_dict(), **_conversion(tp.study)}
             for name, tp in self.timepoints.items()
         }
         if self.pair_checks is not None:
@@ -302,3 +302,29 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple, set)):
         return [jsonable(v) for v in value]
     return str(value)
+
+
+#: Provenance of a DICOM conversion (and of the SUL factor) copied into report.json's inputs.
+CONVERSION_KEYS = (
+    "series_instance_uid",
+    "series_description",
+    "series_selection",
+    "manufacturer",
+    "units_in_file",
+    "suv_route",
+    "suv_conversion",
+    "suv_route_check",
+    "suv_scale_factor",
+    "suv_reference_time",
+    "scan_start_rule",
+    "scan_start_note",
+    "sul",
+    "sul_factor",
+)
+
+
+def _conversion(study: Study) -> dict[str, Any]:
+    """``{"conversion": {...}}`` with the study's conversion provenance, or {} when it has none."""
+    source = study.meta.source or {}
+    found = {key: source[key] for key in CONVERSION_KEYS if key in source}
+    return {"conversion": found} if found else {}
