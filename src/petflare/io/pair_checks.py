@@ -45,7 +45,14 @@ USER_META_KEYS = {
     "acquisition": "acquisition_datetime",
     "tracer": "tracer",
     "uptake_min": "uptake_time_s",
+    # for SUL (lean body mass, Janmahasatian), which PERCIST uses
+    "sex": "sex",
+    "height_m": "height_m",
+    "weight_kg": "weight_kg",
 }
+
+#: Plausible ranges of the body measures given for SUL.
+_BODY_RANGES = {"height_m": (0.5, 2.6), "weight_kg": (1.0, 400.0)}
 
 
 def apply_user_meta(
@@ -88,6 +95,18 @@ def apply_user_meta(
                 parsed = str(parsed)[:10]
         elif key == "tracer":
             parsed = _normalised_tracer(str(value))
+        elif key == "sex":
+            parsed = str(value).strip().upper()[:1]
+            if str(value).strip().upper() not in ("M", "F", "MALE", "FEMALE"):
+                raise PetflareInputError(path, f"sex={value} must be M or F (for SUL)")
+        elif key in _BODY_RANGES:
+            low, high = _BODY_RANGES[key]
+            try:
+                parsed = float(str(value))
+            except ValueError:
+                raise PetflareInputError(path, f"{key}={value} is not a number") from None
+            if not low <= float(parsed) <= high:  # type: ignore[arg-type]
+                raise PetflareInputError(path, f"{key}={value} is outside {low:g}-{high:g}")
         else:
             parsed = str(value).strip()
         current = getattr(meta, name)
