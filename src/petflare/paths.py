@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -29,3 +30,15 @@ def models_dir() -> Path:
 def project_dir() -> Path:
     """The folder holding ``configs/`` and ``models/`` (the repository root in a checkout)."""
     return Path(config_dir()).parent
+
+
+def real_data_dir() -> Path:
+    """The real FDG-PET folder the tests and benchmarks read in place (never copied in).
+
+    ``$PETFLARE_REAL_DATA`` when set, else ``shared/data/real`` beside the project folder (where
+    the development machines and CI keep it); callers skip with a reason when it is absent.
+    """
+    env = os.environ.get("PETFLARE_REAL_DATA")
+    if env:
+        return Path(env)
+    return project_dir().parent / "shared" / "data" / "real"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,10 @@ from petflare.benchmarks import real
 from petflare.constants import ORGAN_TO_INDEX
 from petflare.errors import PetflareInputError
 from petflare.io.study import Study
+from petflare.paths import real_data_dir
 from petflare_testing import REPO, make_non_ras_affine
 
-REAL = Path(os.environ.get("PETFLARE_REAL_DATA", REPO / ".." / "shared" / "data" / "real"))
+REAL = real_data_dir()
 VOXEL_ML = 0.008  # 2 mm cubes
 
 BRAIN, BLADDER, LIVER = ORGAN_TO_INDEX["brain"], ORGAN_TO_INDEX["bladder"], ORGAN_TO_INDEX["liver"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from types import ModuleType
 import nibabel as nib
 import numpy as np
 import pytest
+
+from petflare.paths import real_data_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "convert.py"
@@ -182,17 +183,12 @@ def test_convert_help_documents_options() -> None:
         assert option in result.stdout
 
 
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    return Path(env) if env else REPO / ".." / "shared" / "data" / "real"
-
-
-STS_DICOM = _real_data_root() / "sts001_wholebody_fdg_dicom"
+STS_DICOM = real_data_dir() / "sts001_wholebody_fdg_dicom"
 
 
 @pytest.mark.skipif(
     not (STS_DICOM / "image").is_dir(),
-    reason=f"real STS_001 DICOM not found under {_real_data_root()} (set PETFLARE_REAL_DATA)",
+    reason=f"real STS_001 DICOM not found under {real_data_dir()} (set PETFLARE_REAL_DATA)",
 )
 @pytest.mark.slow
 def test_convert_sts001_whole_body(tmp_path: Path) -> None:
@@ -214,13 +210,13 @@ def test_convert_sts001_whole_body(tmp_path: Path) -> None:
     assert seconds < 60.0
 
 
-ACRIN = _real_data_root() / "acrin_nsclc_042_fdg_dicom"
+ACRIN = real_data_dir() / "acrin_nsclc_042_fdg_dicom"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (ACRIN / "nac_image").is_dir(),
-    reason=f"real ACRIN-042 DICOM not found under {_real_data_root()} (set PETFLARE_REAL_DATA)",
+    reason=f"real ACRIN-042 DICOM not found under {real_data_dir()} (set PETFLARE_REAL_DATA)",
 )
 def test_convert_acrin042_study_folder_and_nac(tmp_path: Path) -> None:
     """The study folder converts image/ and says why; nac_image/ alone exits 2 naming units."""

@@ -9,7 +9,6 @@ voxel equal to the lesion mask it wrote. Skipped with a reason where ../shared/d
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,17 +17,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from petflare.paths import real_data_dir
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "infer.py"
 MODEL = REPO / "models" / "phantom-unet"
 
 
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    return Path(env) if env else REPO / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 #: Each real series as a user would point at it: a series folder or a whole study folder.
 SERIES = {
     "sts001": REAL / "sts001_wholebody_fdg_dicom" / "image",

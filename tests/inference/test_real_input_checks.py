@@ -3,9 +3,6 @@ guard, and the pair checks read their real headers (three patients, a delayed ac
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from petflare.errors import PetflareInputError
@@ -13,16 +10,9 @@ from petflare.inference.memory import check_memory
 from petflare.inference.pipeline import ScanInput, read_scan
 from petflare.io.pair_checks import check_pair
 from petflare.io.study import Study
+from petflare.paths import real_data_dir
 
-
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 SERIES = {
     "sts001": REAL / "sts001_wholebody_fdg_dicom" / "image",
     "acrin042": REAL / "acrin_nsclc_042_fdg_dicom" / "image",

@@ -6,7 +6,6 @@ the real STS_001 series is checked against the independent IBSI SUV crop of the 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from petflare.io.dicom import (
     suv_bw_conversion,
 )
 from petflare.io.study import Study
+from petflare.paths import real_data_dir
 from petflare.quant.metrics import lean_body_mass_kg
 
 
@@ -547,14 +547,7 @@ def test_rtstruct_not_a_structure_set(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 STS_DICOM = REAL / "sts001_wholebody_fdg_dicom"
 STS_CROP = REAL / "ibsi_sts_crops" / "STS_001"
 needs_real = pytest.mark.skipif(

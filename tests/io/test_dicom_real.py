@@ -4,7 +4,6 @@ RTSTRUCT and SEG labels (STS_001). Skipped with a reason where ../shared/data/re
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +14,9 @@ from petflare.errors import PetflareInputError
 from petflare.io.dicom import read_dicom_pet, select_pet_series
 from petflare.io.dicom_labels import read_dicom_labels, read_seg_labels
 from petflare.io.study import Study
+from petflare.paths import real_data_dir
 
-
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 CHUS = REAL / "chus052_fdg_dicom"
 ACRIN = REAL / "acrin_nsclc_042_fdg_dicom"
 STS = REAL / "sts001_wholebody_fdg_dicom"

@@ -3,7 +3,6 @@ every real scan in ../shared/data/real passes (the thresholds' margin is measure
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from petflare.io.validation import (
     MIN_PLAUSIBLE_SUV_MAX,
     check_suv_plausibility,
 )
+from petflare.paths import real_data_dir
 from petflare_testing import make_non_ras_affine
 
 SHAPE = (12, 10, 8)
@@ -182,14 +182,7 @@ def test_fbp_like_noise_in_air_is_accepted() -> None:
 # ------------------------------------------------------------------------------ real scans
 
 
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 IBSI_CROPS = sorted((REAL / "ibsi_sts_crops").glob("STS_*/PET_image.nii.gz"))
 REAL_DICOM = {
     "sts001": REAL / "sts001_wholebody_fdg_dicom" / "image",

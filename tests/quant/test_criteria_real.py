@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import cc3d
 import numpy as np
 import pytest
 
+from petflare.paths import real_data_dir
 from petflare.quant import RegistrationConfig, compare_studies, lean_body_mass_kg
 from petflare.quant.report import lesion_csv_text
 
-
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-ACRIN = _real_data_root() / "acrin_nsclc_042_fdg_dicom"
+ACRIN = real_data_dir() / "acrin_nsclc_042_fdg_dicom"
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,6 +16,7 @@ from petflare.constants import KNOWN_DISEASE_LABEL, ORGAN_IGNORE, ORGAN_TO_INDEX
 from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_autopet
 from petflare.io.nifti import load_nifti, save_nifti
+from petflare.paths import real_data_dir
 from petflare.synth.backgrounds import (
     REAL_BACKGROUNDS,
     Background,
@@ -304,14 +304,7 @@ def test_annotation_known_disease_and_organs_are_read(tmp_path: Path, monkeypatc
 # ------------------------------------------------------------------------------------------
 
 
-def _real_data_root() -> Path:
-    env = os.environ.get("PETFLARE_REAL_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-
-
-REAL = _real_data_root()
+REAL = real_data_dir()
 needs_sts001 = pytest.mark.skipif(
     not (REAL / REAL_BACKGROUNDS["sts001"].series).is_dir(),
     reason=f"real STS_001 DICOM not found under {REAL} (set PETFLARE_REAL_DATA)",
