@@ -243,6 +243,12 @@ def test_real_sts001_pairs_hold_their_truth() -> None:
     assert sum(r > 1.2 for r in ratios) >= 0.7 * len(ratios)
     controlled = generate_real_pair(bg, "controlled", RealPairConfig(), 4, analysis)
     assert all(_liver_ratio(controlled, v) < 1.1 for v in _baseline_labels(controlled))
+    nodule = generate_real_pair(bg, "nodule_within_mass", RealPairConfig(), 2, analysis)
+    host = next(les["label"] for les in nodule.truth["lesions"] if les["role"] == "nodule_host")
+    scale = nodule.truth["nuisance"]["global_scale"]
+    assert _liver_ratio(nodule, host) < 1.05
+    base_max = nodule.baseline_suv[nodule.baseline_seg == host].max()
+    assert nodule.followup_suv[nodule.followup_seg == host].max() / scale > base_max
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -75,8 +75,8 @@ class RealPairConfig:
         flare_factor: ``diffuse_flare``: factor of the rising lesions ...
         flare_fraction: ... which are at least this share of the lesions.
         nodule_diameter_mm: ``nodule_within_mass``: nodule diameter.
-        nodule_peak_ratio: nodule's added peak (blurred) / the host's baseline peak uptake above
-            background.
+        nodule_peak_ratio: nodule's added peak (blurred) / the host's baseline maximum above
+            background (the image's, noise included).
         host_hold: host's mean uptake above background at follow-up / baseline (<= 1).
         host_min_diameter_mm: a mass of this diameter is inserted when no lesion can host one.
         n_new: ``new_lesions``: inclusive range of new lesions ...
@@ -101,7 +101,7 @@ class RealPairConfig:
     flare_factor: tuple[float, float] = (1.6, 3.0)
     flare_fraction: float = 0.7
     nodule_diameter_mm: tuple[float, float] = (6.0, 16.0)
-    nodule_peak_ratio: tuple[float, float] = (1.0, 2.0)
+    nodule_peak_ratio: tuple[float, float] = (1.1, 1.6)
     host_hold: tuple[float, float] = (0.6, 1.0)
     host_min_diameter_mm: tuple[float, float] = (35.0, 55.0)
     n_new: tuple[int, int] = (1, 3)
@@ -305,7 +305,12 @@ def _rigid(
 
 
 def reposition(image: np.ndarray, affine: np.ndarray, move: np.ndarray, order: int) -> np.ndarray:
-    """The image of a patient moved by the world matrix ``move``, on the same grid."""
+    """The image of a patient moved by the world matrix ``move``, on the same grid.
+
+    ``order`` 0 for labels; 3 (cubic spline, clipped at 0) for the PET, which keeps a small
+    lesion's peak where trilinear interpolation would blur it (a ~30 % loss for a 7 mm focus at
+    4.7 mm voxels, measured on STS_001).
+    """
     voxel = np.linalg.inv(affine) @ np.linalg.inv(move) @ affine  # output voxel -> input voxel
     out = ndimage.affine_transform(
         image.astype(np.float32 if order else image.dtype),
@@ -527,7 +532,7 @@ def generate_real_pair(
     rotation = Rotation.from_rotvec(np.deg2rad(angle) * axis).as_matrix()
     centre = _world(affine, np.argwhere(analysis.body).mean(axis=0))
     move = _rigid(centre, shift, rotation)
-    follow = reposition(follow, affine, move, order=1)
+    follow = reposition(follow, affine, move, order=3)
     follow_seg = reposition(follow_seg, affine, move, order=0)
     follow_organs = reposition(follow_organs, affine, move, order=0)
     nuisance["reposition"] = {
@@ -591,9 +596,9 @@ def _nodule(
     centre_vox = inside[int(rng.integers(len(inside)))]
     centre = _world(affine, centre_vox)
     blurred = _blur(_sphere_occupancy(mask.shape, affine, centre, radius_mm), psf, spacing)
-    excess = np.clip(smooth[mask] - background_suv, 0, None)
-    host_excess = float(excess.mean())
-    host_peak = float(excess.max())
+    host_excess = float(np.clip(smooth[mask] - background_suv, 0, None).mean())
+    # the nodule must outshine the host's hottest voxel as the image shows it (noise included)
+    host_peak = float(np.clip(image[mask] - background_suv, 0, None).max())
     ratio = float(rng.uniform(*config.nodule_peak_ratio))
     amplitude = ratio * max(host_peak, 0.5) / max(float(blurred.max()), 1e-6)
     hold = float(rng.uniform(*config.host_hold))
@@ -616,7 +621,7 @@ def _nodule(
             "centre_voxel": [int(v) for v in centre_vox],
             "centre_world_mm": [round(float(v), 1) for v in centre],
             "added_peak_suv": round(float(amplitude * blurred.max()), 3),
-            "host_baseline_peak_above_background": round(host_peak, 3),
+            "host_baseline_max_above_background": round(host_peak, 3),
         },
     }
 
