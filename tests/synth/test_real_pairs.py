@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from petflare.constants import ORGAN_TO_INDEX, PATTERNS
+from petflare.data.longitudinal.samples import load_row_studies
 from petflare.io.layouts import load_manifest
 from petflare.io.nifti import load_nifti
 from petflare.paths import real_data_dir
@@ -208,6 +209,10 @@ def test_dataset_manifest_truth_and_exclusion(tiny, tmp_path: Path) -> None:
         assert Path(row["baseline_mask"]).is_file() and Path(row["followup_organs"]).is_file()
         truth = json.loads((tmp_path / "pairs" / "truth" / f"{row['patient_id']}.json").read_text())
         assert truth["pattern"] == row["pattern"] and truth["background"] == "tiny"
+        # the head's data path reads the row (PET-only: no CT columns)
+        base, fol = load_row_studies(row)
+        assert base.ct is None and fol.mask is not None and fol.pet.shape == SHAPE
+        assert {les["label"] for les in truth["lesions"]} == set(np.unique(base.mask)) - {0}
     meta = json.loads((tmp_path / "pairs" / "real_pairs.json").read_text())
     assert meta["backgrounds_not_used"] == {"sts001": "excluded"}
     assert [b["name"] for b in meta["backgrounds_used"]] == ["tiny"]
