@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.petflare-installed
 
-.PHONY: setup demo test test-fast lint weights weights-gpu clean
+.PHONY: setup demo test test-fast lint weights weights-gpu weights-anatomy clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,18 @@ weights-gpu: setup
 		model_dir=models/phantom-unet-gpu overwrite=true
 	$(BIN)/python scripts/train_head.py experiment=head_calibrate_wide \
 		model_dir=models/phantom-unet-gpu overwrite=true
+
+# The anatomy-aware candidate folder models/anatomy-unet (issue 32): hybrid scans on the real
+# ACRIN-042 and CHUS-052 backgrounds (STS_001 left out), then the default network widened with
+# the organ output and fine-tuned on them plus phantom v2 on 2 CPU cores. It has no pattern head
+# yet (pair calls use the rules). Needs ../shared/data/real (or PETFLARE_REAL_DATA).
+weights-anatomy: setup
+	$(BIN)/python scripts/synthesize_hybrid.py out=data/hybrid_train n_variants=16 seed=11 \
+		'exclude=[sts001]' overwrite=true
+	$(BIN)/python scripts/train.py experiment=anatomy_cpu overwrite=true \
+		trainer.max_steps=1200 trainer.val_check_interval=200 +trainer.max_time=00:00:55:00
+	$(BIN)/python scripts/export_model.py run_dir=runs/anatomy_cpu out_dir=models/anatomy-unet \
+		overwrite=true 'training_command="make weights-anatomy"'
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

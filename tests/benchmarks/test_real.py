@@ -325,3 +325,17 @@ def test_philips_cnts_series_reads_as_suv() -> None:
         real.regions_path(REPO / real.ANNOTATIONS_DIR, "chus052_fdg_dicom"), study
     )
     assert (regions == ORGAN_TO_INDEX["brain"]).sum() * study.voxel_volume_ml > 1000.0
+
+
+def test_used_in_training_prefers_the_recorded_backgrounds() -> None:
+    """A folder whose export recorded its hybrid backgrounds is judged by that record alone
+    (a command line that names a left-out scan does not make it 'seen')."""
+    metadata = {
+        "training": {
+            "command": "petflare-hybrid exclude=[sts001]",
+            "real_backgrounds": {"used": ["acrin042", "chus052"], "not_used": ["sts001"]},
+        }
+    }
+    assert real.used_in_training(metadata, "acrin_nsclc_042_fdg_dicom")
+    assert real.used_in_training(metadata, "chus052_fdg_dicom")
+    assert not real.used_in_training(metadata, "sts001_wholebody_fdg_dicom")

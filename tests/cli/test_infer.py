@@ -418,6 +418,8 @@ def test_single_scan_end_to_end(
         "threshold": 0.3,
         "min_component_ml": 0.0,
         "tta": False,
+        "physiology_filter": False,  # a lesion-only network: no organ output, no filter
+        "organ_classes": 0,
     }
 
 

@@ -376,3 +376,15 @@ def test_physiology_filter_removes_lesions_the_organ_output_places_in_the_brain(
     assert stored.physiology_filter and not stored.predict(study).any()
     # a lesion-only network ignores the filter (it has no organ output)
     assert not threshold_predictor(physiology_filter=True).physiology_filter
+
+
+def test_anatomy_candidate_folder_loads_with_its_organ_output() -> None:
+    """models/anatomy-unet (issue 32's candidate) is a valid folder whose network has the organ
+    output: the mask and the organ map come back on a non-RAS input grid."""
+    predictor = Predictor.from_folder(MODELS / "anatomy-unet", device="cpu")
+    assert predictor.organ_classes == 9 and not predictor.physiology_filter
+    assert predictor.metadata["training"]["real_backgrounds"]["not_used"] == ["sts001"]
+    study = off_centre_study(make_non_ras_affine(spacing_mm=(4.0, 4.0, 4.0)))
+    found = predictor.segment(study)
+    assert found.mask.shape == study.shape and found.organs is not None
+    assert found.organs.shape == study.shape and int(found.organs.max()) < 9

@@ -113,3 +113,31 @@ def test_a_study_without_organ_map_trains_with_unknown_organs(tmp_path: Path) ->
         inside = patch[Keys.IMAGE][0] > 0  # padding outside the scan is background (0)
         assert organs.shape == patch[Keys.LABEL][0].shape
         assert bool((organs[inside] == ORGAN_IGNORE).all())
+
+
+def test_export_records_the_hybrid_backgrounds(tmp_path: Path) -> None:
+    """The model folder says which real scans its hybrid training set used and left out."""
+    import json
+
+    from petflare.inference.model_export import real_backgrounds
+
+    hybrid = tmp_path / "work" / "data" / "hybrid"
+    (hybrid / "autopet").mkdir(parents=True)
+    (hybrid / "hybrid.json").write_text(
+        json.dumps(
+            {
+                "backgrounds_used": [{"name": "acrin042"}, {"name": "chus052"}],
+                "backgrounds_not_used": {"sts001": "excluded"},
+            }
+        )
+    )
+    source = {
+        "sources": {"phantoms": {"cache_dir": "x"}, "hybrid": {"root": "data/hybrid/autopet"}}
+    }
+    run_dir = tmp_path / "work" / "runs" / "anatomy"
+    run_dir.mkdir(parents=True)
+    assert real_backgrounds(source, run_dir) == {
+        "used": ["acrin042", "chus052"],
+        "not_used": ["sts001"],
+    }
+    assert real_backgrounds({"cache_dir": "x"}, run_dir) is None

@@ -623,8 +623,14 @@ def used_in_training(metadata: Mapping[str, Any], case: str) -> bool:
     except lists of excluded / not-used backgrounds, so a model trained on a real background
     shows it here and its score on that scan is not out-of-sample.
     """
-    texts = _seen_strings(metadata.get("training", {}))
+    training = metadata.get("training", {})
     aliases = CASE_ALIASES.get(case, (case.lower(),))
+    recorded = training.get("real_backgrounds") if isinstance(training, Mapping) else None
+    if isinstance(recorded, Mapping):  # written by the export from the hybrid set's record
+        return any(
+            alias == str(name).lower() for name in recorded.get("used", []) for alias in aliases
+        )
+    texts = _seen_strings(training)
     return any(alias in text for text in texts for alias in aliases)
 
 

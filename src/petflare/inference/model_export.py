@@ -86,6 +86,43 @@ def model_card(
     }
 
 
+#: What a hybrid training set (petflare-hybrid) records about its real backgrounds.
+HYBRID_RECORD = "hybrid.json"
+
+
+def _roots(source: Any) -> list[str]:
+    """Every ``root`` folder named anywhere in a data-source config."""
+    if isinstance(source, dict):
+        own = [str(source["root"])] if isinstance(source.get("root"), str) else []
+        return own + [r for value in source.values() for r in _roots(value)]
+    if isinstance(source, list):
+        return [r for value in source for r in _roots(value)]
+    return []
+
+
+def real_backgrounds(source: Any, run_dir: Path) -> dict[str, list[str]] | None:
+    """The real scans a run trained on as hybrid backgrounds, and those it left out.
+
+    Read from the ``hybrid.json`` beside each hybrid set's ``autopet/`` root (a relative root is
+    taken from the run's working folder, two levels above ``runs/<name>``), so the real
+    benchmark can say exactly which real scans a model saw (leave-one-scan-out). None when the
+    run used no hybrid set.
+    """
+    used: list[str] = []
+    not_used: list[str] = []
+    found = False
+    for root in _roots(source):
+        for base in (Path(root), run_dir.resolve().parents[1] / root):
+            record = base.parent / HYBRID_RECORD
+            if record.is_file():
+                info = json.loads(record.read_text())
+                used += [str(b["name"]) for b in info.get("backgrounds_used", [])]
+                not_used += [str(name) for name in info.get("backgrounds_not_used", {})]
+                found = True
+                break
+    return {"used": sorted(set(used)), "not_used": sorted(set(not_used))} if found else None
+
+
 def export_training_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -160,6 +197,9 @@ def export_training_run(
         intended_use=intended_use,
         training_command=training_command,
     )
+    backgrounds = real_backgrounds(train_cfg["data"].get("source"), run_dir)
+    if backgrounds is not None:
+        metadata["training"]["real_backgrounds"] = backgrounds
     out = export_model_folder(
         out_dir,
         state,
