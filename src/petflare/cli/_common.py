@@ -70,3 +70,23 @@ def hydra_command(
         return main
 
     return decorate
+
+
+T = TypeVar("T")
+
+
+def instantiate_settings(node: Any, expected: type[T], group: str) -> T:
+    """Instantiate a config group's settings object; bad values are bad input (exit 2).
+
+    Hydra wraps the settings class's own ``ValueError``; its message is unwrapped into one line.
+    """
+    from hydra.utils import instantiate
+
+    try:
+        settings = instantiate(node, _convert_="all")
+    except Exception as exc:  # bad <group>.* values; Hydra wraps the ValueError
+        reason = " ".join(str(exc.__cause__ or exc).split())
+        raise PetflareInputError(None, f"invalid {group} parameters: {reason}") from exc
+    if not isinstance(settings, expected):
+        raise PetflareInputError(None, f"{group} must instantiate {expected.__name__}")
+    return settings

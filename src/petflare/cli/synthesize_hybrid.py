@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from petflare.cli._common import exit_on_bad_input, hydra_command
+from petflare.cli._common import exit_on_bad_input, hydra_command, instantiate_settings
 from petflare.errors import PetflareInputError
 from petflare.inference.figures import mip_row_figure
 from petflare.io.nifti import load_nifti
@@ -58,13 +57,7 @@ def run(cfg: DictConfig) -> Path:
     """Read the backgrounds, write the hybrid set and its example MIP, report."""
     if cfg.out is None:
         raise PetflareInputError(None, "out=DIR is required (the folder to write the scans to)")
-    try:
-        config = instantiate(cfg.hybrid, _convert_="all")
-    except Exception as exc:  # bad hybrid.* values; Hydra wraps the ValueError
-        reason = " ".join(str(exc.__cause__ or exc).split())
-        raise PetflareInputError(None, f"invalid hybrid parameters: {reason}") from exc
-    if not isinstance(config, HybridConfig):
-        raise PetflareInputError(None, "hybrid must instantiate petflare.synth.HybridConfig")
+    config = instantiate_settings(cfg.hybrid, HybridConfig, "hybrid")
     start = time.perf_counter()
     backgrounds, skipped = load_backgrounds(
         _names(cfg.backgrounds),

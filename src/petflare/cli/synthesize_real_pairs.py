@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from petflare.cli._common import exit_on_bad_input, hydra_command
+from petflare.cli._common import exit_on_bad_input, hydra_command, instantiate_settings
 from petflare.cli.synthesize_hybrid import _names
 from petflare.errors import PetflareInputError
 from petflare.synth.backgrounds import load_backgrounds
@@ -22,13 +21,7 @@ def run(cfg: DictConfig) -> Path:
     """Read the backgrounds, write the pairs and their manifest, report the timing."""
     if cfg.out is None:
         raise PetflareInputError(None, "out=DIR is required (the folder to write the pairs to)")
-    try:
-        config = instantiate(cfg.real_pairs, _convert_="all")
-    except Exception as exc:  # bad real_pairs.* values; Hydra wraps the ValueError
-        reason = " ".join(str(exc.__cause__ or exc).split())
-        raise PetflareInputError(None, f"invalid real_pairs parameters: {reason}") from exc
-    if not isinstance(config, RealPairConfig):
-        raise PetflareInputError(None, "real_pairs must instantiate RealPairConfig")
+    config = instantiate_settings(cfg.real_pairs, RealPairConfig, "real_pairs")
     start = time.perf_counter()
     backgrounds, skipped = load_backgrounds(
         _names(cfg.backgrounds), cfg.data_root, cfg.annotations_root, exclude=_names(cfg.exclude)
