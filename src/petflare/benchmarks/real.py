@@ -45,7 +45,7 @@ import cc3d
 import numpy as np
 import scipy.ndimage as ndi
 
-from petflare.constants import ORGAN_TO_INDEX, ORGANS
+from petflare.constants import KNOWN_DISEASE_LABEL, ORGAN_TO_INDEX, ORGANS
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import fixed_threshold_mask, percent_suvmax_mask
 from petflare.inference.request import default_model_dir
@@ -55,9 +55,6 @@ from petflare.io.study import Study, StudyMeta
 from petflare.paths import project_dir
 from petflare.training.metrics import scan_metrics
 
-#: Label of "known disease" (visible tumour and nodes, or the GTV) in the region maps; the
-#: physiological regions use :data:`petflare.constants.ORGAN_TO_INDEX`.
-KNOWN_DISEASE_LABEL = 100
 #: Name of the known-disease label in reports.
 KNOWN_DISEASE = "known_disease"
 #: Name of FPV voxels in no annotated region.
