@@ -425,11 +425,62 @@ def test_lesion_sites_and_filtered_counts_reach_the_report(studies: dict[str, St
         half = tp.study.shape[0] // 2
         for lesion in scan.lesions:
             rows = np.nonzero(tp.instances == lesion.lesion_id)[0]
-            expected = "liver" if (rows < half).mean() >= 0.5 else "brain"
-            assert lesion.site == expected
+            assert (rows < half).mean() >= 0.5
+            # in a pair, lesions in the brain are physiological uptake, not compared
+            assert lesion.site == "liver"
         assert scan.dropped_physiological == {"brain": 1}
     report = json.loads(result.pair_report.to_json())
-    assert {les["site"] for les in report["baseline"]["lesions"]} <= {"liver", "brain"}
+    assert {les["site"] for les in report["baseline"]["lesions"]} == {"liver"}
+    assert set(report["baseline"]["physiological_uptake"]) == {"brain"}
     # a lesion-only predictor reports no site
     plain = run_single(studies["baseline"], ThresholdPredictor())
     assert all(les.site is None for les in plain.timepoints["scan"].scan_report.lesions)
+
+
+class BandOrganPredictor(ThresholdPredictor):
+    """SUV >= 4 plus an organ map in bands along the first array axis: liver, myocardium,
+    brain (no physiology filter: every component reaches the pipeline)."""
+
+    organ_classes = 9
+
+    def segment(self, study: Study) -> Any:
+        from petflare.constants import ORGAN_TO_INDEX
+        from petflare.inference.predictor import Segmentation
+
+        organs = np.zeros(study.shape, dtype=np.uint8)
+        organs[:10] = ORGAN_TO_INDEX["liver"]
+        organs[10:20] = ORGAN_TO_INDEX["myocardium"]
+        organs[20:] = ORGAN_TO_INDEX["brain"]
+        return Segmentation(self.predict(study), organs)
+
+
+def test_physiological_changes_are_named_and_not_counted_as_disease() -> None:
+    """Disease stable in the liver; the heart's uptake halves and the brain cortex appears at
+    follow-up. A lesion-only reading calls new lesions; the physiology-aware one controlled."""
+    liver, heart, brain = (centre_at(BASE_AFFINE, (f, 0.5, 0.5)) for f in (0.15, 0.5, 0.85))
+    baseline = phantom(SHAPE, BASE_AFFINE, [(liver, 6.0, 8.0), (heart, 6.0, 12.0)])
+    followup = phantom(
+        SHAPE, BASE_AFFINE, [(liver, 6.0, 8.0), (heart, 6.0, 6.0), (brain, 6.0, 9.0)]
+    )
+    plain = run_pair(baseline, followup, ThresholdPredictor(), registration=SAME_FRAME)
+    assert plain.pattern.label == "new_lesions"
+    aware = run_pair(baseline, followup, BandOrganPredictor(), registration=SAME_FRAME)
+    assert aware.pattern.label == "controlled"
+    report = aware.pair_report
+    assert report is not None
+    for scan in (report.baseline, report.followup):
+        assert [les.site for les in scan.lesions] == ["liver"]
+        assert scan.n_lesions == 1
+    assert report.disease.n_new == 0
+    assert set(report.baseline.physiological_uptake) == {"myocardium"}
+    assert set(report.followup.physiological_uptake) == {"myocardium", "brain"}
+    assert report.baseline.physiological_uptake["myocardium"]["suv_max"] == pytest.approx(12.0)
+    assert report.followup.physiological_uptake["myocardium"]["suv_max"] == pytest.approx(6.0)
+    lines = [e for e in aware.pattern.evidence if "physiological uptake" in e]
+    assert len(lines) == 2
+    assert lines[0].startswith("brain: not segmented -> SUVmax 9.0")
+    assert lines[1].startswith("myocardium: SUVmax 12.0")
+    # the written follow-up mask holds the disease lesion only, with the report's id
+    follow = aware.timepoints["followup"]
+    assert follow.lesion_ids == [1]
+    assert (follow.instances > 0).sum() == follow.scan_report.lesions[0].n_voxels

@@ -55,3 +55,33 @@ def test_filter_drops_only_physiological_sites() -> None:
 def test_shapes_must_match() -> None:
     with pytest.raises(ValueError, match="differ"):
         component_sites(np.zeros((4, 4, 4), np.int32), np.zeros((4, 4, 5), np.uint8))
+
+
+def test_split_renumbers_disease_lesions_and_measures_physiology() -> None:
+    from petflare.inference.physiology import split_physiological, with_evidence
+    from petflare.io.study import Study
+
+    mask, organs = scene()
+    labels = np.zeros(mask.shape, dtype=np.uint32)
+    labels[2:6, 2:6, 2:6] = 1  # brain
+    labels[12:16, 2:6, 2:6] = 2  # liver
+    labels[24:28, 2:6, 2:6] = 3  # no organ
+    pet = np.where(labels > 0, 5.0, 1.0).astype(np.float32)
+    pet[3, 3, 3] = 11.0
+    study = Study(pet=pet, affine=np.diag([2.0, 2.0, 2.0, 1.0]))
+    split = split_physiological(study, labels, component_sites(labels, organs))
+    assert split.sites == {1: "liver", 2: NO_ORGAN_SITE}
+    np.testing.assert_array_equal(split.instances[12:16, 2:6, 2:6], 1)
+    np.testing.assert_array_equal(split.instances[24:28, 2:6, 2:6], 2)
+    assert not split.instances[:10].any()
+    assert split.physiological == {
+        "brain": {"components": 1.0, "volume_ml": 0.51, "suv_max": 11.0, "suv_mean": 5.09}
+    }
+    # no organ output: nothing is taken out
+    assert split_physiological(study, labels, None).instances is labels
+    assert with_evidence(["a"], ["b"]) == ["a", "b"]
+    assert with_evidence({"explanations": ["a"], "t": 1}, ["b"]) == {
+        "explanations": ["a", "b"],
+        "t": 1,
+    }
+    assert with_evidence(None, []) is None

@@ -146,6 +146,30 @@ def test_faint_lesions_are_labelled(tiny) -> None:
         assert observed > lesion.local_background_suv * (1 + 0.5 * config.min_contrast)
 
 
+def test_necrotic_core_is_labelled_only_under_the_gtv_convention(tiny) -> None:
+    bg, analysis = tiny
+    base = dict(
+        n_lesions=(2, 2),
+        diameter_mm=(26.0, 32.0),
+        necrosis_probability=1.0,
+        necrosis_min_diameter_mm=20.0,
+        noise_scale=0.0,
+        **NO_AUGMENTATION,
+    )
+    avid = insert_lesions(bg, analysis, HybridConfig(**base), np.random.default_rng(5))
+    gtv = insert_lesions(
+        bg, analysis, HybridConfig(label_necrotic_core=True, **base), np.random.default_rng(5)
+    )
+    assert [les.necrotic for les in gtv.lesions] == [True] * len(gtv.lesions) != []
+    np.testing.assert_array_equal(avid.suv, gtv.suv)  # same draws, same image
+    assert ((avid.seg > 0) <= (gtv.seg > 0)).all()
+    core = (gtv.seg > 0) & (avid.seg == 0)
+    assert core.sum() >= 5
+    # the newly labelled voxels are the necrotic centre, enclosed by the avid label
+    filled = ndimage.binary_fill_holes(ndimage.binary_closing(avid.seg > 0, iterations=2))
+    assert filled[core].mean() > 0.9
+
+
 def test_known_disease_is_labelled_and_avoided() -> None:
     bg = tiny_background()
     x, y, z = _world_mm()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from petflare.errors import PetflareInputError
+from petflare.inference.physiology import physiology_evidence, split_physiological, with_evidence
 from petflare.inference.postprocess import component_sites
 from petflare.inference.results import (
     INFERENCE_SCHEMA_VERSION,
@@ -360,8 +361,12 @@ def _compute_pair(
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import classify_pattern_rules, compare_studies
 
-    base_segmented = segment(base_study, predictor, timer, "baseline")
-    follow_segmented = segment(follow_study, predictor, timer, "followup")
+    base_segmented, base_physio = _disease_part(
+        base_study, segment(base_study, predictor, timer, "baseline")
+    )
+    follow_segmented, follow_physio = _disease_part(
+        follow_study, segment(follow_study, predictor, timer, "followup")
+    )
     base_instances, follow_instances = base_segmented.instances, follow_segmented.instances
     with timer.stage("quantify_and_compare"):
         # measures both scans, aligns them, matches lesions, PERCIST / EORTC / Choi, rules
@@ -375,6 +380,8 @@ def _compute_pair(
         )
         base_segmented.annotate(pair_report.baseline)
         follow_segmented.annotate(pair_report.followup)
+        pair_report.baseline.physiological_uptake = base_physio
+        pair_report.followup.physiological_uptake = follow_physio
     base = TimepointResult("baseline", base_study, base_instances, pair_report.baseline, base_src)
     follow = TimepointResult(
         "followup", follow_study, follow_instances, pair_report.followup, follow_src
@@ -391,6 +398,9 @@ def _compute_pair(
                 rule=str(decision.rule),
                 evidence=decision.evidence,
             )
+        pattern.evidence = with_evidence(
+            pattern.evidence, physiology_evidence(base_physio, follow_physio)
+        )
     return InferenceResult(
         timepoints={"baseline": base, "followup": follow},
         model=model_info(predictor),
@@ -400,6 +410,16 @@ def _compute_pair(
         patient_id=patient_id or base_study.meta.patient_id,
         pair_checks=pair_checks,
     )
+
+
+def _disease_part(
+    study: Study, segmented: SegmentedScan
+) -> tuple[SegmentedScan, dict[str, dict[str, float]]]:
+    """The scan's disease lesions (physiological-site components taken out, renumbered) and
+    what was taken out per site (:mod:`petflare.inference.physiology`)."""
+    split = split_physiological(study, segmented.instances, segmented.sites)
+    disease = SegmentedScan(split.instances, split.sites, dict(segmented.dropped_physiological))
+    return disease, split.physiological
 
 
 def run_manifest(*args: Any, **kwargs: Any) -> list[BatchItem]:

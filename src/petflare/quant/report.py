@@ -111,6 +111,9 @@ class ScanReport:
     uptake_time_min: float | None = None
     #: predicted lesions removed by the physiology filter (brain, myocardium, kidney, bladder)
     dropped_physiological: dict[str, int] = field(default_factory=dict)
+    #: in a pair: what was segmented at physiological sites and left out of the comparison,
+    #: per site (components, volume_ml, suv_max, suv_mean; petflare.inference.physiology)
+    physiological_uptake: dict[str, dict[str, float]] = field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
 
     def lesion(self, lesion_id: int) -> LesionMetrics:

@@ -92,6 +92,8 @@ class HybridConfig:
         necrosis_min_diameter_mm: smallest lesion that may have a necrotic core.
         label_fraction: a voxel is labelled when at least half inside and its true added uptake
             is at least this fraction of the lesion's peak.
+        label_necrotic_core: also label the necrotic core (the gross-tumour-volume convention
+            of the sarcoma crops, whose GTV contains necrosis), not only the avid part.
         noise_corr_mm: correlation length (Gaussian sigma) of the added noise.
         noise_scale: factor on the added noise (1: consistent with the scan; 0: none).
         avoid_margin_mm: distance kept from hot uptake, excluded organs and known disease.
@@ -121,6 +123,7 @@ class HybridConfig:
     necrosis_probability: float = 0.4
     necrosis_min_diameter_mm: float = 20.0
     label_fraction: float = 0.3
+    label_necrotic_core: bool = False
     noise_corr_mm: float = 3.0
     noise_scale: float = 1.0
     avoid_margin_mm: float = 10.0
@@ -295,15 +298,19 @@ def _render_template(
         )
         field_ /= max(float(field_.std()), 1e-6)
         texture = np.clip(1.0 + hetero * field_, 0.4, None)
+    core = np.zeros(tuple(n), dtype=bool)
     if necrotic:
         core_radius = float(rng.uniform(0.3, 0.6))
         core_uptake = float(rng.uniform(0.0, 0.2))
-        texture = np.where(rho_centre < core_radius, core_uptake, texture).astype(np.float32)
+        core = rho_centre < core_radius
+        texture = np.where(core, core_uptake, texture).astype(np.float32)
     uptake = occupancy * texture
     inner = occupancy >= 0.5
     peak = float(texture[inner].max()) if inner.any() else float(uptake.max())
     uptake = uptake / max(peak, 1e-6)
     label = inner & (texture / max(peak, 1e-6) >= config.label_fraction)
+    if config.label_necrotic_core:
+        label |= inner & core
     if not label.any():
         label = np.zeros_like(inner)
         label[np.unravel_index(int(np.argmax(uptake)), uptake.shape)] = True
