@@ -1,0 +1,119 @@
+"""The real-background pair benchmark: the product's path on manifest pairs, metrics, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from petflare.benchmarks.real_pairs import (
+    background_of,
+    controlled_rate,
+    evaluate_pairs,
+    format_report,
+    method_metrics,
+    read_pairs,
+)
+from petflare.errors import PetflareInputError
+from petflare.inference.baselines import fixed_threshold_mask
+from petflare.io.layouts import write_manifest
+from petflare.io.nifti import save_nifti
+from petflare.io.study import Study
+
+SHAPE = (40, 32, 24)
+AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
+
+
+class Threshold:
+    """SUV >= 4: finds every sphere of the pairs below."""
+
+    metadata: dict = {}
+
+    def predict(self, study: Study) -> np.ndarray:
+        return fixed_threshold_mask(study)
+
+
+class Blind(Threshold):
+    """A deliberately wrong segmentation: nothing found."""
+
+    def predict(self, study: Study) -> np.ndarray:
+        return np.zeros(study.shape, dtype=np.uint8)
+
+
+def _pet(spheres: list[tuple[tuple[int, int, int], float]]) -> np.ndarray:
+    idx = np.indices(SHAPE).transpose(1, 2, 3, 0)
+    pet = np.ones(SHAPE, dtype=np.float32)
+    for centre, suv in spheres:
+        pet[np.linalg.norm(idx - np.array(centre), axis=-1) <= 2.5] = suv
+    return pet
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two backgrounds, two pairs each: one stable (controlled), one with two new lesions."""
+    root = tmp_path_factory.mktemp("real_pairs")
+    a, b, c = (10, 16, 12), (28, 10, 12), (28, 24, 12)
+    rows = []
+    for bg in ("bgone", "bgtwo"):
+        for index, (pattern, follow) in enumerate(
+            (("controlled", [(a, 8.0)]), ("new_lesions", [(a, 8.0), (b, 7.0), (c, 9.0)]))
+        ):
+            pair_id = f"{bg}_p{index:04d}"
+            row = {"patient_id": pair_id, "pattern": pattern}
+            for visit, spheres in (("baseline", [(a, 8.0)]), ("followup", follow)):
+                path = root / "autopet" / pair_id / visit / "SUV.nii.gz"
+                save_nifti(_pet(spheres), AFFINE, path)
+                row[f"{visit}_pet"] = str(path)
+            rows.append(row)
+    write_manifest(rows, root / "manifest.csv")
+    return root
+
+
+def test_background_of_pair_ids() -> None:
+    assert background_of("acrin042_p0003") == "acrin042"
+    assert background_of("my_scan_p0010") == "my_scan"
+
+
+def test_missing_manifest_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PetflareInputError, match="manifest.csv"):
+        read_pairs(tmp_path)
+
+
+def test_right_masks_score_better_than_a_blind_segmentation(pairs: Path) -> None:
+    rows = read_pairs(pairs)
+    lines: list[str] = []
+    good = evaluate_pairs(rows, Threshold(), progress=lines.append)
+    blind = evaluate_pairs(rows, Blind())
+    assert len(lines) == 4 and "truth new_lesions" in lines[1]
+    assert [r["rules"] for r in good] == ["controlled", "new_lesions"] * 2
+    assert [r["background"] for r in good] == ["bgone", "bgone", "bgtwo", "bgtwo"]
+    assert all("head" not in r for r in good)  # no head: rules only
+    assert method_metrics(good, "rules")["balanced_accuracy"] == 1.0
+    assert method_metrics(blind, "rules")["balanced_accuracy"] == 0.5
+    assert method_metrics(good, "head") is None
+    assert controlled_rate(good, "rules") == (2, 4)
+    text = format_report("tiny", good, good[:1], {"bgone": True, "bgtwo": False}, "cmd")
+    assert "bgone (seen by the segmentation network)" in text
+    assert "bgtwo (not seen" in text
+    assert "rules: 1 of 1 `controlled` (100 %)" in text
+    assert "| bgtwo_p0001 | pattern | new_lesions | - | new_lesions |" in text
+
+
+def test_cli_help_and_missing_pairs_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_real_pairs.py"
+    shown = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0 and "--physiology" in shown.stdout
+    bad = subprocess.run(
+        [sys.executable, str(script), "--pairs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "manifest.csv" in bad.stderr
