@@ -597,3 +597,21 @@ def test_a_bad_file_in_a_worker_process_is_named_in_the_main_one(tmp_path: Path)
     with pytest.raises(PetflareInputError, match="ptrain1/followup/SUV.nii.gz") as info:
         dm.warm_cache(dm._setup_tasks(rows["train"], rows["val"]))
     assert info.value.path is not None and info.value.path.name == "SUV.nii.gz"
+
+
+def test_several_manifests_are_read_together_and_ids_must_be_unique(tmp_path: Path) -> None:
+    first = write_manifest(tmp_path / "a", ["controlled", "diffuse_flare"], ["train", "val"])
+    second = write_manifest(tmp_path / "b", ["new_lesions", "nodule_within_mass"], ["val", "train"])
+    rows = manifest_dm(tmp_path / "cache", [first, second]).rows()  # type: ignore[arg-type]
+    got = {
+        split: sorted((str(r[Keys.PATIENT_ID]), str(r[Keys.PATTERN])) for r in rows[split])
+        for split in ("train", "val")
+    }
+    assert got == {
+        "train": [("ptrain0", "controlled"), ("ptrain1", "nodule_within_mass")],
+        "val": [("pval0", "new_lesions"), ("pval1", "diffuse_flare")],
+    }
+    # the same patient id in two manifests is refused, naming the second manifest
+    clash = write_manifest(tmp_path / "c", ["new_lesions"], ["train"])
+    with pytest.raises(PetflareInputError, match="ptrain0 is also in"):
+        manifest_dm(tmp_path / "cache", [first, clash]).rows()  # type: ignore[arg-type]

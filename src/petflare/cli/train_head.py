@@ -34,8 +34,11 @@ def training_data_record(cfg: DictConfig) -> dict[str, Any]:
         value = pairs.get(key)
         return OmegaConf.to_container(value, resolve=True) if value else empty
 
+    manifest: Any = cfg.data.manifest  # one CSV, or a list of them
+    if manifest is not None and not isinstance(manifest, str):
+        manifest = [str(m) for m in OmegaConf.to_container(manifest, resolve=True)]  # type: ignore[union-attr]
     return {
-        "manifest": None if cfg.data.manifest is None else str(cfg.data.manifest),
+        "manifest": manifest,
         "phantom_pairs": None
         if cfg.data.manifest is not None
         else {

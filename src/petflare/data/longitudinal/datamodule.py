@@ -149,7 +149,8 @@ class LongitudinalDataModule(pl.LightningDataModule):
         segmentation_net: the (frozen) segmentation network whose encoder is used.
         preprocessing: the segmentation model's preprocessing (spacing, SUV scaling, channels).
         cache_dir: folder for the per-pair feature cache.
-        manifest: manifest CSV; None generates phantom pairs.
+        manifest: manifest CSV, or several (their rows are read together, e.g. phantom pairs
+            and real-background pairs); None generates phantom pairs.
         phantom_pairs: the phantom pairs (when ``manifest`` is None).
         masks: the masks each pair is seen with.
         features: how the pair features are computed.
@@ -161,7 +162,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
         segmentation_net: nn.Module,
         preprocessing: PreprocessingConfig,
         cache_dir: str | Path,
-        manifest: str | Path | None = None,
+        manifest: str | Path | Sequence[str | Path] | None = None,
         phantom_pairs: PhantomPairs | None = None,
         masks: MaskVariants | None = None,
         features: PairFeatures | None = None,
@@ -184,7 +185,15 @@ class LongitudinalDataModule(pl.LightningDataModule):
         self.encoder = EncoderFeatures(segmentation_net, features.encoder_scales).eval()
         self.preprocessing = preprocessing
         self.cache_dir = Path(cache_dir)
-        self.manifest = None if manifest is None else Path(manifest)
+        if manifest is None:
+            self.manifests: list[Path] = []
+        elif isinstance(manifest, (str, Path)):
+            self.manifests = [Path(manifest)]
+        else:
+            self.manifests = [Path(m) for m in manifest]
+            if not self.manifests:
+                raise ValueError("manifest: an empty list (give null for phantom pairs)")
+        self.manifest = self.manifests[0] if self.manifests else None
         self.data_dir = Path(pairs.data_dir)
         self.n_train_pairs = int(pairs.n_train_pairs)
         self.n_val_pairs = int(pairs.n_val_pairs)
@@ -277,12 +286,19 @@ class LongitudinalDataModule(pl.LightningDataModule):
             return self._phantom_rows()
         from petflare.io import load_manifest, split_by_patient
 
-        rows = load_manifest(self.manifest)
-        for row in rows:
-            if row.get(Keys.PATTERN) is None:
-                raise PetflareInputError(
-                    self.manifest, f"patient {row[Keys.PATIENT_ID]}: no pattern label"
-                )
+        rows = []
+        seen: dict[str, Path] = {}
+        for manifest in self.manifests:
+            for row in load_manifest(manifest):
+                pid = str(row[Keys.PATIENT_ID])
+                if row.get(Keys.PATTERN) is None:
+                    raise PetflareInputError(manifest, f"patient {pid}: no pattern label")
+                if pid in seen and seen[pid] != manifest:
+                    raise PetflareInputError(
+                        manifest, f"patient {pid} is also in {seen[pid]}: ids must be unique"
+                    )
+                seen[pid] = manifest
+                rows.append(row)
         return split_by_patient(rows, {"train": 0.8, "val": 0.2, "test": 0.0}, seed=self.seed)
 
     # -- features
