@@ -60,17 +60,30 @@ weights-gpu: setup
 	$(BIN)/python scripts/train_head.py experiment=head_calibrate_wide \
 		model_dir=models/phantom-unet-gpu overwrite=true
 
-# The anatomy-aware candidate folder models/anatomy-unet (issue 32): hybrid scans on the real
-# ACRIN-042 and CHUS-052 backgrounds (STS_001 left out), then the default network widened with
-# the organ output and fine-tuned on them plus phantom v2 on 2 CPU cores. It has no pattern head
-# yet (pair calls use the rules). Needs ../shared/data/real (or PETFLARE_REAL_DATA).
+# The anatomy-aware folder models/anatomy-unet (issues 32 / 34). Stage 1: hybrid scans on the
+# real ACRIN-042 and CHUS-052 backgrounds (STS_001 left out), the default network widened with
+# the organ output and fine-tuned on them plus phantom v2. Stage 2: fine-tuned further on hybrid
+# scans with sarcoma-like masses labelled by the GTV convention (hybrid=masses) and more
+# lesion-centred patches, exported over stage 1. Then its pattern head, on phantom-v2 pairs and
+# pairs on the same two real backgrounds. All on 2 CPU cores (about 2.5 h). Needs
+# ../shared/data/real (or PETFLARE_REAL_DATA).
 weights-anatomy: setup
 	$(BIN)/python scripts/synthesize_hybrid.py out=data/hybrid_train n_variants=16 seed=11 \
 		'exclude=[sts001]' overwrite=true
 	$(BIN)/python scripts/train.py experiment=anatomy_cpu overwrite=true \
 		trainer.max_steps=1200 trainer.val_check_interval=200 +trainer.max_time=00:00:55:00
 	$(BIN)/python scripts/export_model.py run_dir=runs/anatomy_cpu out_dir=models/anatomy-unet \
-		overwrite=true 'training_command="make weights-anatomy"'
+		overwrite=true 'training_command="make weights-anatomy (stage 1)"'
+	$(BIN)/python scripts/synthesize_hybrid.py hybrid=masses out=data/hybrid_masses n_variants=16 \
+		seed=12 'exclude=[sts001]' overwrite=true
+	$(BIN)/python scripts/train.py experiment=anatomy_masses_cpu overwrite=true
+	$(BIN)/python scripts/export_model.py run_dir=runs/anatomy_masses_cpu out_dir=models/anatomy-unet \
+		overwrite=true 'training_command="make weights-anatomy (stage 2)"'
+	$(BIN)/python scripts/synthesize.py synth=v2 out=data/head_mix/phantom n_pairs=64 seed=3500 \
+		figure=false overwrite=true
+	$(BIN)/python scripts/synthesize_real_pairs.py out=data/head_mix/real n_pairs=24 seed=700 \
+		'exclude=[sts001]' overwrite=true
+	$(BIN)/python scripts/train_head.py experiment=head_anatomy_cpu overwrite=true
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .mypy_cache .ruff_cache

@@ -376,6 +376,16 @@ def test_physiology_filter_removes_lesions_the_organ_output_places_in_the_brain(
     assert stored.physiology_filter and not stored.predict(study).any()
     # a lesion-only network ignores the filter (it has no organ output)
     assert not threshold_predictor(physiology_filter=True).physiology_filter
+    # the masks a pair compares (and the head trains on) leave the brain out, filter or not
+    assert not make().disease_mask(study).any()
+    lesion_only = threshold_predictor()
+    np.testing.assert_array_equal(lesion_only.disease_mask(study), lesion_only.predict(study))
+    from petflare.data.longitudinal import PredictedMasks
+
+    source = PredictedMasks(make(), "sha")
+    assert source.cache_tag.endswith(":disease") and not source(study).any()
+    assert not PredictedMasks(lesion_only, "sha").cache_tag.endswith(":disease")
+    assert PredictedMasks(lesion_only, "sha")(study).any()
 
 
 def test_anatomy_candidate_folder_loads_with_its_organ_output() -> None:

@@ -270,6 +270,17 @@ class Predictor:
             mask, dropped = remove_physiological_components(mask, organs)
         return Segmentation(mask, organs, dropped)
 
+    def disease_mask(self, study: Study) -> np.ndarray:
+        """The lesion mask a pair compares: without the components at physiological sites
+        (26-connected, as :mod:`petflare.inference.physiology` splits them in a pair). The
+        pattern head's training reads its predicted masks through this, so that it learns on
+        what it meets at inference. Equal to :meth:`predict` for a lesion-only network."""
+        found = self.segment(study)
+        if found.organs is None or not found.mask.any():
+            return found.mask
+        mask, _ = remove_physiological_components(found.mask, found.organs, connectivity=26)
+        return mask
+
     def predict_organs(self, study: Study) -> np.ndarray | None:
         """The organ label map (uint8, :data:`petflare.constants.ORGANS` indices) on the
         study's grid from the network's organ output, or None for a lesion-only network.

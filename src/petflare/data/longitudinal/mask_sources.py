@@ -76,9 +76,15 @@ class PredictedMasks:
         self.predictor = predictor
         settings = getattr(predictor, "mask_settings", None) or {}
         suffix = "".join(f":{k}={settings[k]}" for k in sorted(settings))
-        self.cache_tag = f"predicted:{cache_tag}{suffix}"
+        # an anatomy-aware predictor's masks as a pair compares them (physiological sites out)
+        self.disease = callable(getattr(predictor, "disease_mask", None)) and bool(
+            getattr(predictor, "organ_classes", 0)
+        )
+        self.cache_tag = f"predicted:{cache_tag}{suffix}" + (":disease" if self.disease else "")
 
     def __call__(self, study: Study) -> np.ndarray:
+        if self.disease:
+            return np.asarray(self.predictor.disease_mask(study))
         return np.asarray(self.predictor.predict(study))
 
 
