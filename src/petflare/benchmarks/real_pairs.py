@@ -19,7 +19,7 @@ Example (pairs first, then the benchmark)::
 
     python scripts/synthesize_real_pairs.py out=data/real_pairs_bench n_pairs=8 seed=500
     python scripts/synthesize_real_pairs.py out=data/real_pairs_physio n_pairs=4 seed=600 \\
-        'real_pairs.patterns=[controlled]' 'real_pairs.response_factor=[0.95,1.05]'
+        'real_pairs.patterns=[controlled]' 'real_pairs.response_factor=[0.9,1.0]'
     python scripts/benchmark_real_pairs.py --model models/anatomy-unet \\
         --pairs data/real_pairs_bench --physiology data/real_pairs_physio \\
         --out docs/reports/bench_real_pairs.md --overwrite
