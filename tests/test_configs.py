@@ -111,6 +111,13 @@ def test_head_training_record_is_plain_json(experiment: str) -> None:
         cfg = compose(config_name="train_head", overrides=[f"experiment={experiment}"])
     record = training_data_record(cfg)
     json.dumps(record)
+    if cfg.data.manifest is not None:  # manifest pairs (one CSV or several): no phantom record
+        assert record["phantom_pairs"] is None
+        manifests = record["manifest"]
+        listed = manifests if isinstance(manifests, list) else [manifests]
+        assert listed and all(isinstance(m, str) and m.endswith(".csv") for m in listed)
+        assert not any("${" in m for m in listed)  # resolved paths, not interpolations
+        return
     pairs = record["phantom_pairs"]
     assert isinstance(pairs["extra_train_sets"], list)
     assert isinstance(pairs["extra_val_sets"], list)
