@@ -81,7 +81,7 @@ weights-anatomy: setup
 		overwrite=true 'training_command="make weights-anatomy (stage 2)"'
 	$(BIN)/python scripts/synthesize.py synth=v2 out=data/head_mix/phantom n_pairs=64 seed=3500 \
 		figure=false overwrite=true
-	$(BIN)/python scripts/synthesize_real_pairs.py out=data/head_mix/real n_pairs=24 seed=700 \
+	$(BIN)/python scripts/synthesize_real_pairs.py out=data/head_mix/real n_pairs=48 seed=700 \
 		'exclude=[sts001]' overwrite=true
 	$(BIN)/python scripts/train_head.py experiment=head_anatomy_cpu overwrite=true
 
