@@ -58,11 +58,14 @@ def split_physiological(
     instances = np.asarray(instances)
     if sites is None:
         return DiseaseSplit(instances, None)
+    if not any(site in physiological_sites for site in sites.values()):
+        return DiseaseSplit(instances, dict(sites))  # the usual case: no pass over the volume
     present = [int(i) for i in np.unique(instances) if i > 0]
     removed = [i for i in present if sites.get(i) in physiological_sites]
-    kept = [i for i in present if i not in removed]
     if not removed:
         return DiseaseSplit(instances, dict(sites))
+    out = set(removed)
+    kept = [i for i in present if i not in out]
     lookup = np.zeros(int(instances.max(initial=0)) + 1, dtype=instances.dtype)
     for new, old in enumerate(kept, start=1):
         lookup[old] = new

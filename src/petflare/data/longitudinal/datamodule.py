@@ -193,7 +193,6 @@ class LongitudinalDataModule(pl.LightningDataModule):
             self.manifests = [Path(m) for m in manifest]
             if not self.manifests:
                 raise ValueError("manifest: an empty list (give null for phantom pairs)")
-        self.manifest = self.manifests[0] if self.manifests else None
         self.data_dir = Path(pairs.data_dir)
         self.n_train_pairs = int(pairs.n_train_pairs)
         self.n_val_pairs = int(pairs.n_val_pairs)
@@ -282,7 +281,7 @@ class LongitudinalDataModule(pl.LightningDataModule):
 
     def rows(self) -> dict[str, list[dict[str, Any]]]:
         """Manifest rows per split (``train``, ``val``; ``test`` rows are not used here)."""
-        if self.manifest is None:
+        if not self.manifests:
             return self._phantom_rows()
         from petflare.io import load_manifest, split_by_patient
 
