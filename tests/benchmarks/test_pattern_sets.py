@@ -138,3 +138,37 @@ def test_seeds_seen_include_a_recalibrated_heads_calibration_sets() -> None:
     }
     assert bench.seeds_seen(meta) == {3100, 3200, 3300, 3210}
     assert bench.seeds_seen({"training": {"manifest": "pairs.csv", "phantom_pairs": None}}) == set()
+
+
+def test_phantom_v2_set_is_the_training_preset_and_says_whether_the_head_saw_it() -> None:
+    import yaml
+
+    from petflare.synth import PhantomConfig
+
+    preset = yaml.safe_load((bench.project_dir() / "configs" / "synth" / "v2.yaml").read_text())
+    v2 = bench.SETS["v2"]
+    assert v2["brain_suv"] == tuple(preset["brain_suv"]) and "defaults" not in v2
+    assert (
+        PhantomConfig(**v2).myocardium_patchy_probability == preset["myocardium_patchy_probability"]
+    )
+    default_head = bench.training_phantom({"training": {"phantom_pairs": {"phantom": {}}}})
+    assert "(wider than the head's recorded phantom training" in bench.set_title("v2", default_head)
+    v2_head = bench.training_phantom(
+        {
+            "training": {
+                "phantom_pairs": {
+                    "phantom": {k: list(v) if isinstance(v, tuple) else v for k, v in v2.items()}
+                }
+            }
+        }
+    )
+    assert "(within the recorded phantom training range)" in bench.set_title("v2", v2_head)
+
+
+def test_a_missing_preset_is_named(tmp_path: Path) -> None:
+    import pytest
+
+    from petflare.errors import PetflareInputError
+
+    with pytest.raises(PetflareInputError, match="no_such_preset"):
+        bench.preset_overrides("no_such_preset")

@@ -339,3 +339,37 @@ def test_used_in_training_prefers_the_recorded_backgrounds() -> None:
     assert real.used_in_training(metadata, "acrin_nsclc_042_fdg_dicom")
     assert real.used_in_training(metadata, "chus052_fdg_dicom")
     assert not real.used_in_training(metadata, "sts001_wholebody_fdg_dicom")
+
+
+def test_organ_agreement_scores_a_misplaced_organ_lower() -> None:
+    regions = _regions()
+    right = np.where(regions == real.KNOWN_DISEASE_LABEL, 0, regions).astype(np.uint8)
+    wrong = right.copy()
+    wrong[regions == BRAIN] = 0
+    wrong[5:12, 5:12, 5:12] = BRAIN  # the "brain" is on the tumour
+    wrong[30:33, 30:33, 30:33] = BRAIN  # and a second piece elsewhere
+    good = {o.organ: o for o in real.organ_agreement("c", right, regions, VOXEL_ML)}
+    bad = {o.organ: o for o in real.organ_agreement("c", wrong, regions, VOXEL_ML)}
+    assert set(good) == {"brain", "bladder", "liver"}  # organs neither side has are left out
+    assert good["brain"].dice == pytest.approx(1.0) and good["brain"].largest_inside == 1.0
+    assert good["brain"].predicted_components == 1
+    assert bad["brain"].dice == pytest.approx(0.0) and bad["brain"].largest_inside == 0.0
+    assert bad["brain"].predicted_components == 2
+    assert bad["brain"].annotated_ml == pytest.approx(1000 * VOXEL_ML)
+    assert bad["bladder"].dice == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="shapes differ"):
+        real.organ_agreement("c", right[:-1], regions, VOXEL_ML)
+
+
+def test_report_shows_the_organ_table_and_rerenders_it(tmp_path: Path) -> None:
+    bench = _bench()
+    bench.organs = real.organ_agreement(
+        "sts001_wholebody_fdg_dicom", _regions() % 100, _regions(), VOXEL_ML
+    )
+    md, _ = real.write_report(bench, tmp_path / "r.md", "cmd")
+    text = md.read_text()
+    assert "## Organ output against the annotated regions" in text
+    assert "| sts001_wholebody_fdg_dicom | no | brain | 8 | 8 | 1.00 | 1 | 1.00 |" in text
+    md.write_text("stale")
+    real.rerender_report(md)
+    assert md.read_text() == text

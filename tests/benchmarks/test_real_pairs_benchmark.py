@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from petflare.benchmarks.real_pairs import (
     format_report,
     method_metrics,
     read_pairs,
+    truth_foci,
 )
 from petflare.errors import PetflareInputError
 from petflare.inference.baselines import fixed_threshold_mask
@@ -66,6 +68,18 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 save_nifti(_pet(spheres), AFFINE, path)
                 row[f"{visit}_pet"] = str(path)
             rows.append(row)
+            if pattern == "new_lesions":  # the generator's truth: points in the baseline world
+                shift = np.eye(4)
+                shift[:3, 3] = (0.0, 0.0, 0.0) if bg == "bgone" else (-40.0, 0.0, 0.0)
+                truth = {
+                    "new_lesions": [
+                        {"center_world_mm": [4.0 * v for v in b]},
+                        {"center_world_mm": [4.0 * v for v in c]},
+                    ],
+                    "nuisance": {"reposition": {"followup_from_baseline_world": shift.tolist()}},
+                }
+                (root / "truth").mkdir(exist_ok=True)
+                (root / "truth" / f"{pair_id}.json").write_text(json.dumps(truth))
     write_manifest(rows, root / "manifest.csv")
     return root
 
@@ -98,6 +112,27 @@ def test_right_masks_score_better_than_a_blind_segmentation(pairs: Path) -> None
     assert "bgtwo (not seen" in text
     assert "rules: 1 of 1 `controlled` (100 %)" in text
     assert "| bgtwo_p0001 | pattern | new_lesions | - | new_lesions |" in text
+
+
+def test_focal_truths_are_looked_up_in_the_followup_lesions(pairs: Path) -> None:
+    rows = read_pairs(pairs)
+    good = evaluate_pairs(rows, Threshold(), truth_dir=pairs / "truth")
+    blind = evaluate_pairs(rows, Blind(), truth_dir=pairs / "truth")
+    assert "foci" not in good[0]  # a controlled pair has no truth file here
+    # bgone: the new lesions are where the truth says; bgtwo's truth is moved 40 mm (10 voxels)
+    # by its recorded repositioning, off both spheres: not in the mask
+    assert good[1]["foci"] == [{"kind": "new_lesion", "in_mask": True}] * 2
+    assert good[3]["foci"] == [{"kind": "new_lesion", "in_mask": False}] * 2
+    assert blind[1]["foci"] == [{"kind": "new_lesion", "in_mask": False}] * 2
+    text = format_report("tiny", good, [], {"bgone": True, "bgtwo": False}, "cmd")
+    assert "- new lesions: 2 of 4 lie in a predicted follow-up lesion" in text
+    assert "| new lesion 2/2 |" in text and "| new lesion 0/2 |" in text
+    truth = {
+        "lesions": [{"nodule": {"centre_world_mm": [1.0, 2.0, 3.0]}}, {"label": 2}],
+        "nuisance": {"reposition": {"followup_from_baseline_world": np.eye(4).tolist()}},
+    }
+    ((kind, point),) = truth_foci(truth)
+    assert kind == "nodule" and np.allclose(point, [1.0, 2.0, 3.0])
 
 
 def test_cli_help_and_missing_pairs_exit_2(tmp_path: Path) -> None:

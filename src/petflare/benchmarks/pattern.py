@@ -31,6 +31,7 @@ import numpy as np
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.io.atomic import atomic_write_text, check_can_write
+from petflare.paths import project_dir
 from petflare.training.pattern_metrics import (
     format_confusion_matrix,
     format_metrics_table,
@@ -68,6 +69,25 @@ SETS: dict[str, dict[str, Any]] = {
     # changes: a heart cold at baseline and hot at follow-up is physiological, not new disease
     "heart": {"myocardium_suv": (9.0, 18.0)},
 }
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The PhantomConfig overrides of a phantom preset in ``configs/synth/<name>.yaml`` (its
+    keys beside the defaults it inherits; lists as tuples)."""
+    from omegaconf import OmegaConf
+
+    path = project_dir() / "configs" / "synth" / f"{name}.yaml"
+    if not path.is_file():
+        raise PetflareInputError(path, "phantom preset not found")
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(raw, dict)
+    raw.pop("defaults", None)
+    return {str(k): tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+
+
+#: Phantom v2 (configs/synth/v2.yaml, docs/phantom.md): physiology, organ shapes and scanners
+#: randomised as widely as real scans show; issue 34's own-phantom target set.
+SETS["v2"] = preset_overrides("v2")
 #: Sets whose rows drop the CT columns.
 PET_ONLY_SETS = frozenset({"pet_only"})
 
@@ -156,6 +176,25 @@ def set_title(name: str, train: Any) -> str:
             f"non-fasted myocardium SUV {lo:.0f}-{hi:.0f} (training: {tlo:.0f}-{thi:.0f})"
             + _outside(lo, hi, train.myocardium_suv)
         )
+    if name == "v2":
+        st = SETS[name]
+        ranges = {k: v for k, v in st.items() if k in names_of(train) and isinstance(v, tuple)}
+        inside = all(
+            getattr(train, k)[0] <= lo and getattr(train, k)[1] >= hi
+            for k, (lo, hi) in ranges.items()
+        )
+        return (
+            "phantom v2 (configs/synth/v2.yaml): brain SUV {0[0]:.1f}-{0[1]:.1f}, myocardium "
+            "{1[0]:.0f}-{1[1]:.0f} (fasted or patchy in part), bladder {2[0]:.0f}-{2[1]:.0f}, "
+            "brown fat, bowel, injection sites, deformed organs, voxels {3[0]:.1f}-{3[1]:.1f} mm"
+        ).format(
+            st["brain_suv"], st["myocardium_suv"], st["bladder_suv"], st["spacing_inplane_mm"]
+        ) + (
+            " **(within the recorded phantom training range)**"
+            if inside
+            else " (wider than the head's recorded phantom training; a head trained from "
+            "manifests records no phantom range: see its head.json)"
+        )
     if name == "scanners":
         st = SETS[name]
         (slo, shi), (plo, phi), (nlo, nhi) = (
@@ -180,6 +219,13 @@ def set_title(name: str, train: Any) -> str:
             + (" **(within the training range)**" if inside else " (wider than training)")
         )
     raise KeyError(name)
+
+
+def names_of(config: Any) -> set[str]:
+    """Field names of a dataclass instance (a PhantomConfig)."""
+    from dataclasses import fields
+
+    return {f.name for f in fields(config)}
 
 
 def seeds_seen(meta: dict[str, Any]) -> set[int]:

@@ -11,7 +11,10 @@ Scores a model folder (or any ``Study -> mask`` callable) on the real scans in
 - ``ibsi_sts_crops/STS_001..005``: Dice beside the classical baselines SUV >= 2.5 and 41 % of
   SUVmax;
 - a robustness battery on the whole-body scans (SUV x0.7 / x1.3, 2 / 3 / 5 mm voxels, extra blur,
-  extra noise), each relative to the unperturbed scan.
+  extra noise), each relative to the unperturbed scan;
+- for an anatomy-aware network, its organ output against the annotated regions (Dice per organ,
+  in how many pieces, whether the largest piece is in the organ): the sites the physiology-aware
+  logic relies on, judged on real scans.
 
 The physiological regions and known disease of the whole-body scans are the label maps in
 ``annotations/real/<case>/regions.nii.gz`` (made by :func:`make_regions`, checked by eye; see
@@ -461,6 +464,92 @@ def real_scan_metrics(
     return fpv_ml, by_region, forbidden, dice, found, float(pred_b.sum()) * voxel_volume_ml
 
 
+@dataclass
+class OrganAgreement:
+    """An anatomy-aware network's organ output against one annotated region of a real scan.
+
+    Attributes:
+        case: the whole-body case.
+        organ: the organ (:data:`petflare.constants.ORGANS` name).
+        annotated_ml: volume of the annotated region (0 when the scan has none).
+        predicted_ml: volume the network labels as this organ.
+        dice: Dice of the two (None when neither has a voxel).
+        predicted_components: connected pieces (26-connectivity) of the predicted organ; one
+            brain, one heart or one bladder predicted in dozens of places is not anatomy.
+        largest_inside: share of the largest predicted piece that lies in the annotated region
+            (None without either); low when the biggest "organ" is somewhere else.
+    """
+
+    case: str
+    organ: str
+    annotated_ml: float
+    predicted_ml: float
+    dice: float | None
+    predicted_components: int
+    largest_inside: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return {
+            "case": self.case,
+            "organ": self.organ,
+            "annotated_ml": self.annotated_ml,
+            "predicted_ml": self.predicted_ml,
+            "dice": self.dice,
+            "predicted_components": self.predicted_components,
+            "largest_inside": self.largest_inside,
+        }
+
+
+def organ_agreement(
+    case: str, organs: np.ndarray, regions: np.ndarray, voxel_volume_ml: float
+) -> list[OrganAgreement]:
+    """Per organ, how the predicted organ map agrees with the annotated regions.
+
+    Only the organs the annotations can judge are scored (every :data:`ORGANS` entry but
+    ``background``); an organ neither annotated nor predicted is left out.
+
+    Args:
+        case: the case name (carried into the rows).
+        organs: predicted organ labels (values index :data:`ORGANS`) on the regions' grid.
+        regions: the annotated region map (organ indices, known disease, 0 unannotated).
+        voxel_volume_ml: volume of one voxel.
+    """
+    organs = np.asarray(organs)
+    if organs.shape != regions.shape:
+        raise ValueError(f"shapes differ: organs {organs.shape}, regions {regions.shape}")
+    rows = []
+    for name in ORGANS[1:]:
+        index = ORGAN_TO_INDEX[name]
+        annotated = regions == index
+        predicted = organs == index
+        n_ann, n_pred = int(annotated.sum()), int(predicted.sum())
+        if not n_ann and not n_pred:
+            continue
+        dice = 2.0 * float((annotated & predicted).sum()) / (n_ann + n_pred)
+        labels, n = cc3d.connected_components(  # type: ignore[call-overload]
+            np.ascontiguousarray(predicted, dtype=np.uint8), connectivity=26, return_N=True
+        )
+        inside = None
+        if n and n_ann:
+            sizes = np.bincount(labels.ravel())
+            sizes[0] = 0
+            largest = labels == int(np.argmax(sizes))
+            inside = float((largest & annotated).sum()) / float(largest.sum())
+        rows.append(
+            OrganAgreement(
+                case,
+                name,
+                n_ann * voxel_volume_ml,
+                n_pred * voxel_volume_ml,
+                dice,
+                int(n),
+                inside,
+            )
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------- perturbations
 
 #: A perturbation: the perturbed study, and a function taking a mask on the perturbed grid back
@@ -655,6 +744,7 @@ class RealBenchmark:
     methods: list[str]
     wholebody: list[RealScanResult] = field(default_factory=list)
     crops: list[CropResult] = field(default_factory=list)
+    organs: list[OrganAgreement] = field(default_factory=list)
     used_in_training: dict[str, bool] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -671,6 +761,7 @@ class RealBenchmark:
                 "descriptions": self.descriptions,
                 "wholebody": [r.to_dict() for r in self.wholebody],
                 "crops": [c.to_dict() for c in self.crops],
+                "organs": [o.to_dict() for o in self.organs],
                 "notes": self.notes,
                 "seconds": self.seconds,
             }
@@ -705,6 +796,18 @@ def benchmark_from_dict(payload: Mapping[str, Any]) -> RealBenchmark:
     for row in payload.get("crops", []):
         dice = {k: (math.nan if v is None else float(v)) for k, v in row["dice"].items()}
         bench.crops.append(CropResult(row["case"], float(row["gtv_ml"]), dice))
+    for row in payload.get("organs", []):
+        bench.organs.append(
+            OrganAgreement(
+                case=row["case"],
+                organ=row["organ"],
+                annotated_ml=float(row["annotated_ml"]),
+                predicted_ml=float(row["predicted_ml"]),
+                dice=None if row["dice"] is None else float(row["dice"]),
+                predicted_components=int(row["predicted_components"]),
+                largest_inside=row["largest_inside"],
+            )
+        )
     return bench
 
 
@@ -828,6 +931,7 @@ def run_benchmark(
     perturbations: Mapping[str, Perturbation] | None = None,
     cases: Sequence[WholeBodyCase] = WHOLEBODY_CASES,
     crops: Sequence[str] = CROP_CASES,
+    organ_map: Callable[[Study], np.ndarray | None] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> RealBenchmark:
     """Run the whole benchmark.
@@ -843,6 +947,9 @@ def run_benchmark(
         perturbations: the robustness battery (default :data:`ROBUSTNESS_BATTERY`).
         cases: whole-body cases to score (those whose folder is missing are skipped, noted).
         crops: IBSI crop names under ``ibsi_sts_crops``.
+        organ_map: an anatomy-aware network's organ output (``Study -> organ labels``); each
+            whole-body scan's map is scored against its annotated regions
+            (:func:`organ_agreement`).
         progress: called with a line per step.
 
     Raises:
@@ -871,6 +978,9 @@ def run_benchmark(
         bench.wholebody += score_wholebody(
             case.name, study, regions, segmenters, gt, battery, BASELINES, progress
         )
+        organs = organ_map(study) if organ_map is not None else None
+        if organs is not None:
+            bench.organs += organ_agreement(case.name, organs, regions, study.voxel_volume_ml)
     crop_root = data_root / "ibsi_sts_crops"
     for name in crops:
         if not (crop_root / name).is_dir():
@@ -1035,6 +1145,27 @@ def report_markdown(bench: RealBenchmark, command: str, context: Sequence[str] =
                 f"{_relative(r.dice, ref.dice)} | {'yes' if ok else 'NO'} |"
             )
         lines += ["", f"Within 20 %: {n_ok} of {n_all} perturbed scans."]
+    if bench.organs:
+        lines += [
+            "",
+            "## Organ output against the annotated regions",
+            "",
+            "The anatomy-aware network's organ map (its most probable organ per voxel) beside "
+            "the regions annotated in `annotations/real/` (semi-automatic, checked by eye; they "
+            "mark the physiological uptake, so a low Dice for liver or bowel partly reflects "
+            "what was annotated). Pieces: 26-connected components of the predicted organ; "
+            "largest inside: share of the largest predicted piece in the annotated region.",
+            "",
+            "| scan | used in training | organ | annotated (ml) | predicted (ml) | Dice | "
+            "pieces | largest inside |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for o in bench.organs:
+            lines.append(
+                f"| {o.case} | {_yes(bench.used_in_training.get(o.case))} | {o.organ} | "
+                f"{o.annotated_ml:.0f} | {o.predicted_ml:.0f} | {_fmt(o.dice)} | "
+                f"{o.predicted_components} | {_fmt(o.largest_inside)} |"
+            )
     if bench.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in bench.notes)]
     return "\n".join(lines) + "\n"
@@ -1147,6 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
             metadata=predictor.metadata,
             descriptions=descriptions,
             perturbations={} if args.no_robustness else None,
+            organ_map=predictor.predict_organs if predictor.organ_classes > 0 else None,
             progress=say,
         )
     except PetflareInputError as exc:

@@ -68,11 +68,56 @@ def read_pairs(folder: str | Path) -> list[dict[str, str]]:
     return [dict(row) for row in load_manifest(manifest)]
 
 
+def truth_foci(truth: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
+    """The focal findings of a pair's truth that the follow-up's lesions should hold.
+
+    The nodule of a ``nodule_within_mass`` pair and every new lesion of a ``new_lesions`` pair,
+    each as ``(kind, point)`` with ``kind`` ``nodule`` or ``new_lesion`` and the point in the
+    follow-up's world (mm): the generator records them in the baseline's world and moves the
+    follow-up by ``nuisance.reposition.followup_from_baseline_world``.
+    """
+    reposition = truth.get("nuisance", {}).get("reposition") or {}
+    move = np.asarray(reposition.get("followup_from_baseline_world", np.eye(4)), dtype=float)
+    points: list[tuple[str, Sequence[float]]] = []
+    for lesion in truth.get("lesions", []):
+        if lesion.get("nodule"):
+            points.append(("nodule", lesion["nodule"]["centre_world_mm"]))
+    for new in truth.get("new_lesions", []):
+        points.append(("new_lesion", new["center_world_mm"]))
+    return [(kind, (move @ np.r_[np.asarray(p, dtype=float), 1.0])[:3]) for kind, p in points]
+
+
+def in_mask(mask: np.ndarray, affine: np.ndarray, point_mm: np.ndarray, reach: int = 1) -> bool:
+    """Whether a predicted lesion voxel lies within ``reach`` voxels of a world point."""
+    voxel = np.linalg.solve(np.asarray(affine, dtype=float), np.r_[point_mm, 1.0])[:3]
+    centre = np.round(voxel).astype(int)
+    lo = np.maximum(centre - reach, 0)
+    hi = np.minimum(centre + reach + 1, mask.shape)
+    if np.any(hi <= lo):
+        return False
+    return bool(np.any(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] > 0))
+
+
+def read_truth(truth_dir: Path | None, pair_id: str) -> dict[str, Any] | None:
+    """A pair's truth JSON (``<truth_dir>/<pair_id>.json``), or None without one."""
+    if truth_dir is None:
+        return None
+    path = Path(truth_dir) / f"{pair_id}.json"
+    if not path.is_file():
+        return None
+    try:
+        payload: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PetflareInputError(path, f"not valid JSON ({exc})") from exc
+    return payload
+
+
 def evaluate_pairs(
     rows: Sequence[Mapping[str, Any]],
     predictor: Any,
     head: Any = None,
     progress: Callable[[str], None] | None = None,
+    truth_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run every pair through :func:`~petflare.inference.pipeline.run_pair`.
 
@@ -81,10 +126,14 @@ def evaluate_pairs(
         predictor: the segmentation model (predicted masks).
         head: the folder's pattern head, or None (rules only).
         progress: called with one line per pair.
+        truth_dir: the pairs' truth JSONs (``truth/`` of a real-pairs folder); with it each
+            record says whether the follow-up's disease lesions hold the nodule and the new
+            lesions (:func:`truth_foci`), telling segmentation misses from wrong calls.
 
     Returns:
         One record per pair: pair id, background, truth, each method's label (and the head's
-        probabilities), the physiological sites left out at each visit, seconds.
+        probabilities), the physiological sites left out at each visit, the focal truths
+        found in the follow-up's lesions (``foci``, with ``truth_dir``), seconds.
     """
     from petflare.data.longitudinal import load_row_studies
     from petflare.inference.pipeline import run_pair
@@ -112,6 +161,13 @@ def evaluate_pairs(
             "n_lesions": [report.baseline.n_lesions, report.followup.n_lesions],
             "seconds": round(time.perf_counter() - start, 1),
         }
+        truth = read_truth(truth_dir, pair_id)
+        if truth is not None:
+            follow = result.timepoints["followup"]
+            record["foci"] = [
+                {"kind": kind, "in_mask": in_mask(follow.instances, follow.study.affine, point)}
+                for kind, point in truth_foci(truth)
+            ]
         pattern = result.pattern
         if pattern is not None and pattern.source == "learned_head":
             record["head"] = pattern.label
@@ -143,6 +199,18 @@ def controlled_rate(records: Sequence[Mapping[str, Any]], method: str) -> tuple[
     """How many of ``records`` the method called ``controlled``, of how many it labelled."""
     have = [r for r in records if method in r]
     return sum(r[method] == "controlled" for r in have), len(have)
+
+
+def _foci_text(record: Mapping[str, Any]) -> str:
+    foci = record.get("foci") or []
+    if not foci:
+        return "-"
+    parts = []
+    for kind in ("nodule", "new_lesion"):
+        got = [f["in_mask"] for f in foci if f["kind"] == kind]
+        if got:
+            parts.append(f"{kind.replace('_', ' ')} {sum(got)}/{len(got)}")
+    return ", ".join(parts)
 
 
 def format_report(
@@ -183,12 +251,23 @@ def format_report(
             if n:
                 lines.append(f"- {method}: {called} of {n} `controlled` ({100 * called / n:.0f} %)")
         lines.append("")
+    foci = [f for r in records for f in r.get("foci", [])]
+    if foci:
+        lines += ["## Focal truths in the follow-up's predicted lesions", ""]
+        for kind, label in (("nodule", "nodules within a mass"), ("new_lesion", "new lesions")):
+            got = [f["in_mask"] for f in foci if f["kind"] == kind]
+            if got:
+                lines.append(
+                    f"- {label}: {sum(got)} of {len(got)} lie in a predicted follow-up lesion "
+                    "(a call can only rest on what the masks hold)"
+                )
+        lines.append("")
     lines += [
         "## Pairs",
         "",
         "| pair | set | truth | head | rules | lesions b/f | physiological sites left out "
-        "(b / f) | s |",
-        "|---|---|---|---|---|---|---|---|",
+        "(b / f) | focal truths in mask | s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, group in (("pattern", records), ("physiology", physiology)):
         for r in group:
@@ -197,7 +276,7 @@ def format_report(
                 f"| {r['pair_id']} | {name} | {r['truth']} | {r.get('head', '-')} | "
                 f"{r['rules']} | {r['n_lesions'][0]}/{r['n_lesions'][1]} | "
                 f"{', '.join(sites['baseline']) or '-'} / "
-                f"{', '.join(sites['followup']) or '-'} | {r['seconds']} |"
+                f"{', '.join(sites['followup']) or '-'} | {_foci_text(r)} | {r['seconds']} |"
             )
     raw = {"records": list(records), "physiology": list(physiology)}
     lines += ["", "```json", json.dumps(raw, indent=1, default=str), "```", ""]
@@ -247,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         def say(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
 
-        records = evaluate_pairs(rows, predictor, head, say)
+        def truth_dir(folder: Path) -> Path | None:
+            return folder / "truth" if (folder / "truth").is_dir() else None
+
+        records = evaluate_pairs(rows, predictor, head, say, truth_dir(args.pairs))
         physiology = evaluate_pairs(physio_rows, predictor, head, say)
         backgrounds = {r["background"] for r in [*records, *physiology]}
         seen = {bg: used_in_training(metadata, bg) for bg in backgrounds}
