@@ -121,12 +121,19 @@ def test_focal_truths_are_looked_up_in_the_followup_lesions(pairs: Path) -> None
     assert "foci" not in good[0]  # a controlled pair has no truth file here
     # bgone: the new lesions are where the truth says; bgtwo's truth is moved 40 mm (10 voxels)
     # by its recorded repositioning, off both spheres: not in the mask
-    assert good[1]["foci"] == [{"kind": "new_lesion", "in_mask": True}] * 2
-    assert good[3]["foci"] == [{"kind": "new_lesion", "in_mask": False}] * 2
-    assert blind[1]["foci"] == [{"kind": "new_lesion", "in_mask": False}] * 2
+    # segmented, a new lesion is no rising focus outside the masks; missed, it is flagged
+    assert good[1]["foci"] == [{"kind": "new_lesion", "in_mask": True, "flagged": False}] * 2
+    assert good[3]["foci"] == [{"kind": "new_lesion", "in_mask": False, "flagged": False}] * 2
+    assert blind[1]["foci"] == [{"kind": "new_lesion", "in_mask": False, "flagged": True}] * 2
+    assert [r["unsegmented_foci"] for r in good] == [0, 0, 0, 0]
+    assert [r["unsegmented_foci"] for r in blind] == [0, 2, 0, 2]  # stable lesion: no rise
     text = format_report("tiny", good, [], {"bgone": True, "bgtwo": False}, "cmd")
     assert "- new lesions: 2 of 4 lie in a predicted follow-up lesion" in text
-    assert "| new lesion 2/2 |" in text and "| new lesion 0/2 |" in text
+    assert "| new lesion 2/2 (flagged 0) |" in text and "| new lesion 0/2 (flagged 0) |" in text
+    text = format_report("tiny", blind, blind[:1], {"bgone": True, "bgtwo": False}, "cmd")
+    assert "2 of 4 flagged as rising focal uptake outside the masks" in text
+    assert "| pattern: new_lesions | 2 | 2 | 4 |" in text
+    assert "| physiology: controlled | 1 | 0 | 0 |" in text
     truth = {
         "lesions": [{"nodule": {"centre_world_mm": [1.0, 2.0, 3.0]}}, {"label": 2}],
         "nuisance": {"reposition": {"followup_from_baseline_world": np.eye(4).tolist()}},

@@ -472,6 +472,7 @@ def test_physiological_changes_are_named_and_not_counted_as_disease() -> None:
         assert [les.site for les in scan.lesions] == ["liver"]
         assert scan.n_lesions == 1
     assert report.disease.n_new == 0
+    assert report.new_focal_uptake == []  # the brain appearing is a physiological site
     assert set(report.baseline.physiological_uptake) == {"myocardium"}
     assert set(report.followup.physiological_uptake) == {"myocardium", "brain"}
     assert report.baseline.physiological_uptake["myocardium"]["suv_max"] == pytest.approx(12.0)
@@ -484,3 +485,30 @@ def test_physiological_changes_are_named_and_not_counted_as_disease() -> None:
     follow = aware.timepoints["followup"]
     assert follow.lesion_ids == [1]
     assert (follow.instances > 0).sum() == follow.scan_report.lesions[0].n_voxels
+
+
+class HighThresholdPredictor(ThresholdPredictor):
+    """SUV >= 12: finds the hot mass, misses a focus of SUV 8."""
+
+    def predict(self, study: Study) -> np.ndarray:
+        return (study.pet >= 12.0).astype(np.uint8)
+
+
+def test_a_rising_focus_the_masks_miss_is_named_and_marked(tmp_path: Path) -> None:
+    from petflare.inference.status_figures import status_mip_figure, unsegmented_focus_centres
+
+    baseline = phantom(SHAPE, BASE_AFFINE, [(A, 9.0, 15.0)])
+    followup = phantom(SHAPE, BASE_AFFINE, [(A, 9.0, 15.0), (C, 6.0, 8.0)])
+    missed = run_pair(baseline, followup, HighThresholdPredictor(), registration=SAME_FRAME)
+    report = missed.pair_report
+    assert report is not None and report.disease.n_new == 0
+    (focus,) = report.new_focal_uptake
+    assert np.linalg.norm(np.asarray(focus.centre_mm) - C) <= 6.0
+    assert any("rising outside the segmented lesions" in line for line in missed.pattern.evidence)
+    (centre,) = unsegmented_focus_centres(missed)["followup"]
+    assert np.allclose(centre, focus.centre_mm)
+    assert status_mip_figure(missed, tmp_path / "mip.png").stat().st_size > 0
+    # segmented (SUV >= 4), it is a new lesion and no longer an unsegmented focus
+    seen = run_pair(baseline, followup, ThresholdPredictor(), registration=SAME_FRAME)
+    assert seen.pair_report is not None and seen.pair_report.new_focal_uptake == []
+    assert seen.pair_report.disease.n_new == 1

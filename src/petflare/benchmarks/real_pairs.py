@@ -49,6 +49,9 @@ from petflare.training.pattern_metrics import (
 
 #: Which methods a record may carry.
 METHODS = ("head", "rules")
+#: A truth focus counts as flagged when a reported rising focus (``PairReport.new_focal_uptake``)
+#: lies within this distance of it (mm; about two voxels of the real scans).
+FLAG_DISTANCE_MM = 12.0
 
 
 def background_of(pair_id: str) -> str:
@@ -132,8 +135,10 @@ def evaluate_pairs(
 
     Returns:
         One record per pair: pair id, background, truth, each method's label (and the head's
-        probabilities), the physiological sites left out at each visit, the focal truths
-        found in the follow-up's lesions (``foci``, with ``truth_dir``), seconds.
+        probabilities), the physiological sites left out at each visit, how many rising foci
+        outside the masks the pair reported (``unsegmented_foci``), the focal truths found in
+        the follow-up's lesions or flagged among those foci (``foci``, with ``truth_dir``),
+        seconds.
     """
     from petflare.data.longitudinal import load_row_studies
     from petflare.inference.pipeline import run_pair
@@ -159,13 +164,21 @@ def evaluate_pairs(
                 "followup": sorted(report.followup.physiological_uptake),
             },
             "n_lesions": [report.baseline.n_lesions, report.followup.n_lesions],
+            "unsegmented_foci": len(report.new_focal_uptake),
             "seconds": round(time.perf_counter() - start, 1),
         }
         truth = read_truth(truth_dir, pair_id)
         if truth is not None:
             follow = result.timepoints["followup"]
             record["foci"] = [
-                {"kind": kind, "in_mask": in_mask(follow.instances, follow.study.affine, point)}
+                {
+                    "kind": kind,
+                    "in_mask": in_mask(follow.instances, follow.study.affine, point),
+                    "flagged": any(
+                        np.linalg.norm(np.asarray(f.centre_mm) - point) <= FLAG_DISTANCE_MM
+                        for f in report.new_focal_uptake
+                    ),
+                }
                 for kind, point in truth_foci(truth)
             ]
         pattern = result.pattern
@@ -208,8 +221,9 @@ def _foci_text(record: Mapping[str, Any]) -> str:
     parts = []
     for kind in ("nodule", "new_lesion"):
         got = [f["in_mask"] for f in foci if f["kind"] == kind]
+        flagged = [bool(f.get("flagged")) for f in foci if f["kind"] == kind]
         if got:
-            parts.append(f"{kind.replace('_', ' ')} {sum(got)}/{len(got)}")
+            parts.append(f"{kind.replace('_', ' ')} {sum(got)}/{len(got)} (flagged {sum(flagged)})")
     return ", ".join(parts)
 
 
@@ -256,18 +270,35 @@ def format_report(
         lines += ["## Focal truths in the follow-up's predicted lesions", ""]
         for kind, label in (("nodule", "nodules within a mass"), ("new_lesion", "new lesions")):
             got = [f["in_mask"] for f in foci if f["kind"] == kind]
+            flagged = [bool(f.get("flagged")) for f in foci if f["kind"] == kind]
             if got:
                 lines.append(
                     f"- {label}: {sum(got)} of {len(got)} lie in a predicted follow-up lesion "
-                    "(a call can only rest on what the masks hold)"
+                    "(a call can only rest on what the masks hold); "
+                    f"{sum(flagged)} of {len(got)} flagged as rising focal uptake outside the "
+                    f"masks (within {FLAG_DISTANCE_MM:g} mm)"
                 )
+        lines.append("")
+    counted = [*records, *physiology]
+    if any("unsegmented_foci" in r for r in counted):
+        lines += ["## Rising foci reported outside the masks, per set and truth", ""]
+        groups_f: dict[str, list[int]] = {}
+        for name, group in (("pattern", records), ("physiology", physiology)):
+            for r in group:
+                key = f"{name}: {r['truth']}"
+                groups_f.setdefault(key, []).append(int(r.get("unsegmented_foci", 0)))
+        lines += ["| set: truth | pairs | pairs with any | foci |", "|---|---|---|---|"]
+        for key, counts in groups_f.items():
+            lines.append(
+                f"| {key} | {len(counts)} | {sum(c > 0 for c in counts)} | {sum(counts)} |"
+            )
         lines.append("")
     lines += [
         "## Pairs",
         "",
         "| pair | set | truth | head | rules | lesions b/f | physiological sites left out "
-        "(b / f) | focal truths in mask | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(b / f) | focal truths in mask | rising foci outside masks | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, group in (("pattern", records), ("physiology", physiology)):
         for r in group:
@@ -276,7 +307,8 @@ def format_report(
                 f"| {r['pair_id']} | {name} | {r['truth']} | {r.get('head', '-')} | "
                 f"{r['rules']} | {r['n_lesions'][0]}/{r['n_lesions'][1]} | "
                 f"{', '.join(sites['baseline']) or '-'} / "
-                f"{', '.join(sites['followup']) or '-'} | {_foci_text(r)} | {r['seconds']} |"
+                f"{', '.join(sites['followup']) or '-'} | {_foci_text(r)} | "
+                f"{r.get('unsegmented_foci', '-')} | {r['seconds']} |"
             )
     raw = {"records": list(records), "physiology": list(physiology)}
     lines += ["", "```json", json.dumps(raw, indent=1, default=str), "```", ""]

@@ -359,14 +359,15 @@ def _compute_pair(
     pair_checks: PairCheckResult | None = None,
 ) -> InferenceResult:
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
-    from petflare.quant import classify_pattern_rules, compare_studies
+    from petflare.quant import FocalUptakeCriteria, classify_pattern_rules, compare_studies
 
     base_segmented, base_physio = _disease_part(
         base_study, segment(base_study, predictor, timer, "baseline")
     )
-    follow_segmented, follow_physio = _disease_part(
-        follow_study, segment(follow_study, predictor, timer, "followup")
-    )
+    follow_all = segment(follow_study, predictor, timer, "followup")
+    follow_segmented, follow_physio = _disease_part(follow_study, follow_all)
+    # what the follow-up segmented at physiological sites is never reported as new focal uptake
+    physiological = (follow_all.instances > 0) & (follow_segmented.instances == 0)
     base_instances, follow_instances = base_segmented.instances, follow_segmented.instances
     with timer.stage("quantify_and_compare"):
         # measures both scans, aligns them, matches lesions, PERCIST / EORTC / Choi, rules
@@ -377,6 +378,8 @@ def _compute_pair(
             followup_mask=follow_instances,
             registration=registration,
             ct_contrast=ct_contrast,
+            focal_uptake=FocalUptakeCriteria(),
+            focal_uptake_exclude=physiological if physiological.any() else None,
         )
         base_segmented.annotate(pair_report.baseline)
         follow_segmented.annotate(pair_report.followup)
@@ -399,7 +402,11 @@ def _compute_pair(
                 evidence=decision.evidence,
             )
         pattern.evidence = with_evidence(
-            pattern.evidence, physiology_evidence(base_physio, follow_physio)
+            pattern.evidence,
+            [
+                *physiology_evidence(base_physio, follow_physio),
+                *(focus.describe() for focus in pair_report.new_focal_uptake),
+            ],
         )
     return InferenceResult(
         timepoints={"baseline": base, "followup": follow},

@@ -4,8 +4,9 @@ Panels, left to right: baseline coronal, baseline sagittal, follow-up coronal, f
 (one scan: its coronal and sagittal). The projections are petflare.inference.figures' ``mip``
 (radiological orientation, millimetre aspect); inverted grey scale, SUV 0 white to ``vmax_suv``
 black. Contours: persisting orange, new red, resolved blue; ``+`` marks the hottest
-lesion of each scan and ``x`` a focal nodule within a mass. The title gives the pattern and its
-probability, or says "rules" when no calibrated model made the call.
+lesion of each scan, ``x`` a focal nodule within a mass and a circle a focus of rising uptake
+that no segmented lesion holds (``PairReport.new_focal_uptake``: review it). The title gives the
+pattern and its probability, or says "rules" when no calibrated model made the call.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def status_mip_figure(
 
     statuses = lesion_statuses(result)
     nodules = focal_nodule_centres(result)
+    unsegmented = unsegmented_focus_centres(result)
     panels = []
     for name, tp in result.timepoints.items():
         hottest = _hottest_centre(tp)
         markers = [("+", hottest, "hottest lesion")] if hottest is not None else []
         markers += [("x", c, "focal nodule") for c in nodules.get(name, [])]
+        markers += [("o", c, "unsegmented focus") for c in unsegmented.get(name, [])]
         for view in ("coronal", "sagittal"):
             panels.append((name, view, tp, markers))
 
@@ -106,6 +109,14 @@ def focal_nodule_centres(result: InferenceResult) -> dict[str, list[np.ndarray]]
         if change.hotspot_centre_mm is not None and nodule_evidence(change, criteria) is not None
     ]
     return {"followup": centres}
+
+
+def unsegmented_focus_centres(result: InferenceResult) -> dict[str, list[np.ndarray]]:
+    """Follow-up world centres (RAS mm) of rising focal uptake outside the segmented lesions."""
+    if not result.is_pair:
+        return {}
+    foci = result.pair_report.new_focal_uptake
+    return {"followup": [np.asarray(f.centre_mm, dtype=float) for f in foci]}
 
 
 # --------------------------------------------------------------------------- drawing
@@ -165,7 +176,15 @@ def _draw_panel(
         if centre is None:
             continue
         x_mm, y_mm = _display_position(centre, tp.study.shape, tp.study.affine, view)
-        ax.plot([x_mm], [y_mm], marker=symbol, color="#009E73", markersize=11, markeredgewidth=2.2)
+        ax.plot(
+            [x_mm],
+            [y_mm],
+            marker=symbol,
+            color="#009E73",
+            markersize=11,
+            markeredgewidth=2.2,
+            fillstyle="none",
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_aspect("equal")
@@ -193,5 +212,17 @@ def _legend(fig: Any, is_pair: bool) -> None:
     if is_pair:
         handles.append(
             Line2D([], [], color="#009E73", marker="x", lw=0, markersize=9, label="focal nodule")
+        )
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="#009E73",
+                marker="o",
+                fillstyle="none",
+                lw=0,
+                markersize=9,
+                label="rising focus, not segmented",
+            )
         )
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)

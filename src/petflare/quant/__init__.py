@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from petflare.quant.analysis import analyze_study, compare_studies
 from petflare.quant.change import NoduleCriteria
+from petflare.quant.focal_uptake import FocalUptakeCriteria, find_new_focal_uptake
 from petflare.quant.instances import lesion_instances
 from petflare.quant.matching import MatchingConfig
 from petflare.quant.metrics import SUV_PEAK_RADIUS_MM, lean_body_mass_kg, suv_peak
@@ -18,6 +19,7 @@ from petflare.quant.report import (
     SCHEMA_VERSION,
     LesionMetrics,
     LiverReference,
+    NewFocalUptake,
     PairReport,
     RuleDecision,
     ScanReport,
@@ -30,10 +32,12 @@ from petflare.quant.rules import RuleThresholds, classify_pattern_rules
 __all__ = [
     "SCHEMA_VERSION",
     "SUV_PEAK_RADIUS_MM",
+    "FocalUptakeCriteria",
     "LesionMetrics",
     "LiverReference",
     "LiverSearchConfig",
     "MatchingConfig",
+    "NewFocalUptake",
     "NoduleCriteria",
     "PairReport",
     "RegistrationConfig",
@@ -43,6 +47,7 @@ __all__ = [
     "analyze_study",
     "classify_pattern_rules",
     "compare_studies",
+    "find_new_focal_uptake",
     "lean_body_mass_kg",
     "lesion_instances",
     "liver_reference",

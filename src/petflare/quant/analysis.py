@@ -16,6 +16,7 @@ from petflare.quant.change import (
     nodule_evidence,
 )
 from petflare.quant.criteria import CT_CONTRAST_CHOICES, choi, eortc, percist
+from petflare.quant.focal_uptake import FocalUptakeCriteria, find_new_focal_uptake
 from petflare.quant.instances import lesion_instances
 from petflare.quant.matching import NEW, MatchingConfig, match_lesions
 from petflare.quant.metrics import (
@@ -139,6 +140,8 @@ def compare_studies(
     rule_thresholds: RuleThresholds | None = None,
     alignment: RegistrationResult | None = None,
     ct_contrast: str = "unknown",
+    focal_uptake: FocalUptakeCriteria | None = None,
+    focal_uptake_exclude: np.ndarray | None = None,
 ) -> PairReport:
     """Compare a follow-up study with its baseline.
 
@@ -162,6 +165,11 @@ def compare_studies(
             ``registration`` is then ignored. The report is the one registering would give.
         ct_contrast: what the CT is, for Choi's density (``petflare.quant.criteria``'s
             ``CT_CONTRAST_CHOICES``): ``portal_venous``, ``none`` or ``unknown``.
+        focal_uptake: when given, new focal uptake outside the follow-up's lesions is searched
+            with these thresholds (:mod:`petflare.quant.focal_uptake`) into
+            ``new_focal_uptake``; None (default) leaves that list empty.
+        focal_uptake_exclude: follow-up voxels that search never reports (e.g. the
+            physiological-site components an anatomy-aware network segmented).
     """
     if ct_contrast not in CT_CONTRAST_CHOICES:
         raise ValueError(f"ct_contrast must be one of {CT_CONTRAST_CHOICES}, got {ct_contrast!r}")
@@ -216,5 +224,16 @@ def compare_studies(
             nodule_lesion_ids=nodule_ids,
         ),
     )
+    if focal_uptake is not None:
+        report.new_focal_uptake = find_new_focal_uptake(
+            baseline,
+            followup,
+            matrix,
+            f_labels,
+            exclude=focal_uptake_exclude,
+            liver_baseline=b_rep.liver.suv_mean if b_rep.liver.found else None,
+            liver_followup=f_rep.liver.suv_mean if f_rep.liver.found else None,
+            criteria=focal_uptake,
+        )
     report.pattern_rules = classify_pattern_rules(report, rules)
     return report

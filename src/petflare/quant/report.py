@@ -23,7 +23,7 @@ import numpy as np
 from petflare.io.atomic import atomic_write_text
 
 #: Version of the JSON layout; bump the major part on any incompatible change.
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 T = TypeVar("T")
 
@@ -356,6 +356,44 @@ class RuleDecision:
 
 
 @dataclass
+class NewFocalUptake:
+    """One focus of new uptake outside the segmented follow-up lesions.
+
+    Attributes:
+        centre_mm: its position in the follow-up's world (RAS mm).
+        suv_followup: follow-up SUV there (smoothed as searched).
+        suv_baseline: baseline SUV at the registered site (highest within the tolerance,
+            brought to the follow-up's level).
+        contrast: follow-up SUV / the follow-up's mean in the surrounding shell (None: the
+            shell is empty).
+        nearest_lesion_mm: distance to the nearest segmented follow-up lesion (None: none).
+        nearest_lesion_id: that lesion's id.
+    """
+
+    centre_mm: list[float]
+    suv_followup: float
+    suv_baseline: float
+    contrast: float | None
+    nearest_lesion_mm: float | None = None
+    nearest_lesion_id: int | None = None
+
+    def describe(self) -> str:
+        """One evidence line."""
+        where = ", ".join(f"{v:.0f}" for v in self.centre_mm)
+        near = (
+            f", {self.nearest_lesion_mm:.0f} mm from follow-up lesion {self.nearest_lesion_id}"
+            if self.nearest_lesion_mm is not None
+            else ""
+        )
+        return (
+            f"focal uptake rising outside the segmented lesions at ({where}) mm: SUV "
+            f"{self.suv_followup:.1f} (baseline {self.suv_baseline:.1f} at the same site"
+            + (f", {self.contrast:.1f}x its surroundings" if self.contrast else "")
+            + f"){near}; not counted by the criteria, review it"
+        )
+
+
+@dataclass
 class PairReport:
     """Baseline vs follow-up: registration, lesion matching, changes, criteria and pattern."""
 
@@ -369,6 +407,7 @@ class PairReport:
     eortc: EortcResult
     choi: ChoiResult
     pattern_rules: RuleDecision | None = None
+    new_focal_uptake: list[NewFocalUptake] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
