@@ -13,6 +13,7 @@ from petflare.quant import (
     compare_studies,
     find_new_focal_uptake,
 )
+from petflare.quant.focal_uptake import focal_uptake_evidence
 from petflare.quant.metrics import voxel_to_world
 
 SHAPE = (56, 56, 56)
@@ -112,3 +113,14 @@ def test_compare_studies_reports_the_foci_only_when_asked_and_round_trips() -> N
     assert again.new_focal_uptake == report.new_focal_uptake
     strict = FocalUptakeCriteria(min_suv=20.0)
     assert compare_studies(base, follow, focal_uptake=strict, **kwargs).new_focal_uptake == []
+
+
+def test_evidence_names_the_hottest_foci_and_counts_the_rest() -> None:
+    base = _study(_scan(1, []))
+    follow = _study(_scan(2, [(FOCUS, 10.0)]))
+    (focus,) = find_new_focal_uptake(base, follow, IDENTITY, MASS)
+    many = [focus] * 7
+    lines = focal_uptake_evidence(many, limit=5)
+    assert len(lines) == 6 and lines[0] == focus.describe()
+    assert lines[-1].startswith("2 more rising foci")
+    assert focal_uptake_evidence([]) == []

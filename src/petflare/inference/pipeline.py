@@ -360,6 +360,7 @@ def _compute_pair(
 ) -> InferenceResult:
     """Segmentation, quantification, comparison and pattern for two loaded studies."""
     from petflare.quant import FocalUptakeCriteria, classify_pattern_rules, compare_studies
+    from petflare.quant.focal_uptake import focal_uptake_evidence
 
     base_segmented, base_physio = _disease_part(
         base_study, segment(base_study, predictor, timer, "baseline")
@@ -405,7 +406,7 @@ def _compute_pair(
             pattern.evidence,
             [
                 *physiology_evidence(base_physio, follow_physio),
-                *(focus.describe() for focus in pair_report.new_focal_uptake),
+                *focal_uptake_evidence(pair_report.new_focal_uptake),
             ],
         )
     return InferenceResult(

@@ -10,8 +10,10 @@ when
 - it is a local maximum of the (lightly smoothed) follow-up SUV, at least ``min_suv`` and at
   least ``min_liver_ratio`` x the follow-up's liver SUVmean where the liver was found;
 - it rose: at least ``min_rise_suv`` above, and ``min_ratio`` x, the baseline's highest value
-  within ``site_tolerance_mm`` of the same site (registration tolerance), after both scans are
-  brought to one level by their liver SUVmeans (global uptake-time / calibration drift);
+  within ``site_tolerance_mm`` of the same site (registration tolerance). The ratio leaves room
+  for a global drift of the uptake level between visits (uptake time, calibration); the scans
+  are not rescaled by their liver SUVmeans, because the PET-only liver search errs by up to
+  ~20 % on the real-background pairs (a rescaled baseline then "rises" everywhere);
 - it is focal: ``min_contrast`` x the follow-up's mean in a shell ``shell_mm`` around it, and
   the *rise* itself is focal (``min_rise_contrast`` x the mean rise in the same shell), so a
   heart, bladder or the whole body taking up more is not a focus;
@@ -108,7 +110,6 @@ def find_new_focal_uptake(
     followup_labels: np.ndarray,
     *,
     exclude: np.ndarray | None = None,
-    liver_baseline: float | None = None,
     liver_followup: float | None = None,
     criteria: FocalUptakeCriteria | None = None,
 ) -> list[NewFocalUptake]:
@@ -120,8 +121,8 @@ def find_new_focal_uptake(
             :func:`petflare.quant.analysis.compare_studies` records it).
         followup_labels: the follow-up's segmented lesions (> 0), on its grid.
         exclude: follow-up voxels never to report (e.g. physiological-site components).
-        liver_baseline, liver_followup: liver SUVmeans (PERCIST reference) when found: they
-            bring both scans to one level and set the liver-relative floor.
+        liver_followup: the follow-up's liver SUVmean (PERCIST reference) when found: it sets
+            the liver-relative floor.
         criteria: thresholds (defaults: :class:`FocalUptakeCriteria`).
 
     Returns:
@@ -139,11 +140,8 @@ def find_new_focal_uptake(
         np.linalg.inv(np.asarray(matrix_ras, dtype=np.float64)),
     )
     base = ndimage.gaussian_filter(base_on_f.astype(np.float32), sigma)
-    level = 1.0
-    if liver_baseline and liver_followup and liver_baseline > 0:
-        level = float(np.clip(liver_followup / liver_baseline, 0.67, 1.5))
     tolerance = np.maximum(np.round(c.site_tolerance_mm / spacing).astype(int), 1)
-    base_site = ndimage.maximum_filter(base * np.float32(level), size=tuple(2 * tolerance + 1))
+    base_site = ndimage.maximum_filter(base, size=tuple(2 * tolerance + 1))
     floor = c.min_suv
     if liver_followup:
         floor = max(floor, c.min_liver_ratio * liver_followup)
@@ -202,3 +200,15 @@ def find_new_focal_uptake(
         if len(foci) >= c.max_foci:
             break
     return foci
+
+
+def focal_uptake_evidence(foci: list[NewFocalUptake], limit: int = 5) -> list[str]:
+    """Evidence lines for the hottest ``limit`` foci, and one line counting the rest (all of
+    them are in the report's ``new_focal_uptake``)."""
+    lines = [focus.describe() for focus in foci[:limit]]
+    if len(foci) > limit:
+        lines.append(
+            f"{len(foci) - limit} more rising foci outside the segmented lesions "
+            "(new_focal_uptake in report.json)"
+        )
+    return lines

@@ -362,8 +362,7 @@ class NewFocalUptake:
     Attributes:
         centre_mm: its position in the follow-up's world (RAS mm).
         suv_followup: follow-up SUV there (smoothed as searched).
-        suv_baseline: baseline SUV at the registered site (highest within the tolerance,
-            brought to the follow-up's level).
+        suv_baseline: baseline SUV at the registered site (highest within the tolerance).
         contrast: follow-up SUV / the follow-up's mean in the surrounding shell (None: the
             shell is empty).
         nearest_lesion_mm: distance to the nearest segmented follow-up lesion (None: none).
