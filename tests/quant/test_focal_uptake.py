@@ -13,7 +13,7 @@ from petflare.quant import (
     compare_studies,
     find_new_focal_uptake,
 )
-from petflare.quant.focal_uptake import focal_uptake_evidence
+from petflare.quant.focal_uptake import describe_focus, focal_uptake_evidence
 from petflare.quant.metrics import voxel_to_world
 
 SHAPE = (56, 56, 56)
@@ -55,7 +55,7 @@ def test_a_new_hot_focus_outside_the_masks_is_found_where_it_is() -> None:
     assert np.linalg.norm(np.array(focus.centre_mm) - expected) <= SPACING
     assert focus.suv_followup > 3.0 and focus.suv_baseline < 1.5
     assert focus.nearest_lesion_id == 1 and focus.nearest_lesion_mm == pytest.approx(52.0, abs=5)
-    assert "focal uptake rising outside the segmented lesions" in focus.describe()
+    assert "focal uptake rising outside the segmented lesions" in describe_focus(focus)
     # segmented, or excluded (a physiological site), it is not reported
     assert find_new_focal_uptake(base, follow, IDENTITY, MASS + FOCUS.astype(np.uint8)) == []
     assert find_new_focal_uptake(base, follow, IDENTITY, MASS, exclude=FOCUS) == []
@@ -121,6 +121,6 @@ def test_evidence_names_the_hottest_foci_and_counts_the_rest() -> None:
     (focus,) = find_new_focal_uptake(base, follow, IDENTITY, MASS)
     many = [focus] * 7
     lines = focal_uptake_evidence(many, limit=5)
-    assert len(lines) == 6 and lines[0] == focus.describe()
+    assert len(lines) == 6 and lines[0] == describe_focus(focus)
     assert lines[-1].startswith("2 more rising foci")
     assert focal_uptake_evidence([]) == []

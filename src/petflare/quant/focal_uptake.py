@@ -202,10 +202,26 @@ def find_new_focal_uptake(
     return foci
 
 
+def describe_focus(focus: NewFocalUptake) -> str:
+    """One evidence line for a focus."""
+    where = ", ".join(f"{v:.0f}" for v in focus.centre_mm)
+    near = (
+        f", {focus.nearest_lesion_mm:.0f} mm from follow-up lesion {focus.nearest_lesion_id}"
+        if focus.nearest_lesion_mm is not None
+        else ""
+    )
+    return (
+        f"focal uptake rising outside the segmented lesions at ({where}) mm: SUV "
+        f"{focus.suv_followup:.1f} (baseline {focus.suv_baseline:.1f} at the same site"
+        + (f", {focus.contrast:.1f}x its surroundings" if focus.contrast else "")
+        + f"){near}; not counted by the criteria, review it"
+    )
+
+
 def focal_uptake_evidence(foci: list[NewFocalUptake], limit: int = 5) -> list[str]:
     """Evidence lines for the hottest ``limit`` foci, and one line counting the rest (all of
     them are in the report's ``new_focal_uptake``)."""
-    lines = [focus.describe() for focus in foci[:limit]]
+    lines = [describe_focus(focus) for focus in foci[:limit]]
     if len(foci) > limit:
         lines.append(
             f"{len(foci) - limit} more rising foci outside the segmented lesions "

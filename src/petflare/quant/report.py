@@ -376,21 +376,6 @@ class NewFocalUptake:
     nearest_lesion_mm: float | None = None
     nearest_lesion_id: int | None = None
 
-    def describe(self) -> str:
-        """One evidence line."""
-        where = ", ".join(f"{v:.0f}" for v in self.centre_mm)
-        near = (
-            f", {self.nearest_lesion_mm:.0f} mm from follow-up lesion {self.nearest_lesion_id}"
-            if self.nearest_lesion_mm is not None
-            else ""
-        )
-        return (
-            f"focal uptake rising outside the segmented lesions at ({where}) mm: SUV "
-            f"{self.suv_followup:.1f} (baseline {self.suv_baseline:.1f} at the same site"
-            + (f", {self.contrast:.1f}x its surroundings" if self.contrast else "")
-            + f"){near}; not counted by the criteria, review it"
-        )
-
 
 @dataclass
 class PairReport:
