@@ -112,10 +112,13 @@ def focal_nodule_centres(result: InferenceResult) -> dict[str, list[np.ndarray]]
 
 
 def unsegmented_focus_centres(result: InferenceResult) -> dict[str, list[np.ndarray]]:
-    """Follow-up world centres (RAS mm) of rising focal uptake outside the segmented lesions."""
+    """Follow-up world centres (RAS mm) of the hottest rising foci outside the segmented lesions
+    (those the evidence names, :data:`petflare.quant.focal_uptake.SHOWN_FOCI`)."""
     if not result.is_pair:
         return {}
-    foci = result.pair_report.new_focal_uptake
+    from petflare.quant.focal_uptake import SHOWN_FOCI
+
+    foci = result.pair_report.new_focal_uptake[:SHOWN_FOCI]
     return {"followup": [np.asarray(f.centre_mm, dtype=float) for f in foci]}
 
 

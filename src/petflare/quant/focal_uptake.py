@@ -218,7 +218,11 @@ def describe_focus(focus: NewFocalUptake) -> str:
     )
 
 
-def focal_uptake_evidence(foci: list[NewFocalUptake], limit: int = 5) -> list[str]:
+#: How many foci, hottest first, the evidence names and mip.png circles (all are in the report).
+SHOWN_FOCI = 5
+
+
+def focal_uptake_evidence(foci: list[NewFocalUptake], limit: int = SHOWN_FOCI) -> list[str]:
     """Evidence lines for the hottest ``limit`` foci, and one line counting the rest (all of
     them are in the report's ``new_focal_uptake``)."""
     lines = [describe_focus(focus) for focus in foci[:limit]]
