@@ -56,6 +56,7 @@ def test_a_new_hot_focus_outside_the_masks_is_found_where_it_is() -> None:
     assert focus.suv_followup > 3.0 and focus.suv_baseline < 1.5
     assert focus.nearest_lesion_id == 1 and focus.nearest_lesion_mm == pytest.approx(52.0, abs=5)
     assert "focal uptake rising outside the segmented lesions" in describe_focus(focus)
+    assert focus.baseline_liver_ratio is None  # no liver given: no statement about the site
     # segmented, or excluded (a physiological site), it is not reported
     assert find_new_focal_uptake(base, follow, IDENTITY, MASS + FOCUS.astype(np.uint8)) == []
     assert find_new_focal_uptake(base, follow, IDENTITY, MASS, exclude=FOCUS) == []
@@ -124,3 +125,20 @@ def test_evidence_names_the_hottest_foci_and_counts_the_rest() -> None:
     assert len(lines) == 6 and lines[0] == describe_focus(focus)
     assert lines[-1].startswith("2 more rising foci")
     assert focal_uptake_evidence([]) == []
+
+
+def test_each_focus_says_whether_its_site_was_already_avid_at_baseline() -> None:
+    """A focus rising inside an unsegmented mass that took up 3x the liver at baseline, and one
+    at a quiet site: the evidence tells them apart (a nodule in a mass vs new uptake)."""
+    mass = _ball((40, 28, 28), 16.0)  # not in the masks
+    inside = _ball((40, 28, 28), 5.0)
+    quiet = _ball((40, 10, 10), 5.0)
+    base = _study(_scan(1, [(mass, 6.0)]))
+    follow = _study(_scan(2, [(mass, 6.0), (inside, 14.0), (quiet, 8.0)]))
+    foci = find_new_focal_uptake(base, follow, IDENTITY, MASS, liver_baseline=2.0)
+    by_site = {round(f.centre_mm[2] / SPACING): f for f in foci}
+    assert set(by_site) == {28, 10}
+    assert by_site[28].baseline_liver_ratio == pytest.approx(3.0, rel=0.1)
+    assert "already took up 3.0x the liver" in describe_focus(by_site[28])
+    assert by_site[10].baseline_liver_ratio < 1.0
+    assert "(new uptake)" in describe_focus(by_site[10])

@@ -101,6 +101,15 @@ def in_mask(mask: np.ndarray, affine: np.ndarray, point_mm: np.ndarray, reach: i
     return bool(np.any(mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] > 0))
 
 
+def _flag(foci: Sequence[Any], point: np.ndarray) -> dict[str, Any]:
+    """Whether a reported rising focus lies within :data:`FLAG_DISTANCE_MM` of a truth point,
+    and that focus's baseline site / liver ratio."""
+    near = [f for f in foci if np.linalg.norm(np.asarray(f.centre_mm) - point) <= FLAG_DISTANCE_MM]
+    if not near:
+        return {"flagged": False}
+    return {"flagged": True, "baseline_liver_ratio": near[0].baseline_liver_ratio}
+
+
 def read_truth(truth_dir: Path | None, pair_id: str) -> dict[str, Any] | None:
     """A pair's truth JSON (``<truth_dir>/<pair_id>.json``), or None without one."""
     if truth_dir is None:
@@ -174,10 +183,7 @@ def evaluate_pairs(
                 {
                     "kind": kind,
                     "in_mask": in_mask(follow.instances, follow.study.affine, point),
-                    "flagged": any(
-                        np.linalg.norm(np.asarray(f.centre_mm) - point) <= FLAG_DISTANCE_MM
-                        for f in report.new_focal_uptake
-                    ),
+                    **_flag(report.new_focal_uptake, point),
                 }
                 for kind, point in truth_foci(truth)
             ]
@@ -271,12 +277,22 @@ def format_report(
         for kind, label in (("nodule", "nodules within a mass"), ("new_lesion", "new lesions")):
             got = [f["in_mask"] for f in foci if f["kind"] == kind]
             flagged = [bool(f.get("flagged")) for f in foci if f["kind"] == kind]
+            ratios = sorted(
+                f["baseline_liver_ratio"]
+                for f in foci
+                if f["kind"] == kind and f.get("baseline_liver_ratio") is not None
+            )
             if got:
                 lines.append(
                     f"- {label}: {sum(got)} of {len(got)} lie in a predicted follow-up lesion "
                     "(a call can only rest on what the masks hold); "
                     f"{sum(flagged)} of {len(got)} flagged as rising focal uptake outside the "
                     f"masks (within {FLAG_DISTANCE_MM:g} mm)"
+                    + (
+                        f", their baseline site {ratios[0]:.2f}-{ratios[-1]:.2f} x the liver"
+                        if ratios
+                        else ""
+                    )
                 )
         lines.append("")
     counted = [*records, *physiology]

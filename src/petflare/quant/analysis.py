@@ -231,6 +231,7 @@ def compare_studies(
             matrix,
             f_labels,
             exclude=focal_uptake_exclude,
+            liver_baseline=b_rep.liver.suv_mean if b_rep.liver.found else None,
             liver_followup=f_rep.liver.suv_mean if f_rep.liver.found else None,
             criteria=focal_uptake,
         )

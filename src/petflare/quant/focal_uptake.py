@@ -110,6 +110,7 @@ def find_new_focal_uptake(
     followup_labels: np.ndarray,
     *,
     exclude: np.ndarray | None = None,
+    liver_baseline: float | None = None,
     liver_followup: float | None = None,
     criteria: FocalUptakeCriteria | None = None,
 ) -> list[NewFocalUptake]:
@@ -121,6 +122,8 @@ def find_new_focal_uptake(
             :func:`petflare.quant.analysis.compare_studies` records it).
         followup_labels: the follow-up's segmented lesions (> 0), on its grid.
         exclude: follow-up voxels never to report (e.g. physiological-site components).
+        liver_baseline: the baseline's liver SUVmean when found: each focus says how its site
+            compared with it at baseline (quiet, or uptake already there).
         liver_followup: the follow-up's liver SUVmean (PERCIST reference) when found: it sets
             the liver-relative floor.
         criteria: thresholds (defaults: :class:`FocalUptakeCriteria`).
@@ -187,14 +190,18 @@ def find_new_focal_uptake(
             near_mm = float(distance[tuple(voxel)])
             hit = tuple(int(nearest[a][tuple(voxel)]) for a in range(3))
             near_id = int(np.asarray(followup_labels)[hit])
+        base_here = float(base_site[tuple(voxel)])
         foci.append(
             NewFocalUptake(
                 centre_mm=[float(v) for v in voxel_to_world(followup.affine, voxel)[0]],
                 suv_followup=round(value, 2),
-                suv_baseline=round(float(base_site[tuple(voxel)]), 2),
+                suv_baseline=round(base_here, 2),
                 contrast=round(value / surround, 2) if surround > 0 else None,
                 nearest_lesion_mm=None if near_mm is None else round(near_mm, 1),
                 nearest_lesion_id=near_id,
+                baseline_liver_ratio=(
+                    round(base_here / liver_baseline, 2) if liver_baseline else None
+                ),
             )
         )
         if len(foci) >= c.max_foci:
@@ -210,13 +217,25 @@ def describe_focus(focus: NewFocalUptake) -> str:
         if focus.nearest_lesion_mm is not None
         else ""
     )
+    site = ""
+    ratio = focus.baseline_liver_ratio
+    if ratio is not None:
+        site = (
+            f"; at baseline the site already took up {ratio:.1f}x the liver (uptake that was "
+            "there, e.g. a mass or a lesion, rising focally)"
+            if ratio >= AVID_SITE_LIVER_RATIO
+            else f"; at baseline the site took up {ratio:.1f}x the liver (new uptake)"
+        )
     return (
         f"focal uptake rising outside the segmented lesions at ({where}) mm: SUV "
         f"{focus.suv_followup:.1f} (baseline {focus.suv_baseline:.1f} at the same site"
         + (f", {focus.contrast:.1f}x its surroundings" if focus.contrast else "")
-        + f"){near}; not counted by the criteria, review it"
+        + f"){near}{site}; not counted by the criteria, review it"
     )
 
+
+#: A focus whose baseline site took up this many times the baseline liver was already avid.
+AVID_SITE_LIVER_RATIO = 1.5
 
 #: How many foci, hottest first, the evidence names and mip.png circles (all are in the report).
 SHOWN_FOCI = 5

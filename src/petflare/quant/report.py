@@ -367,6 +367,8 @@ class NewFocalUptake:
             shell is empty).
         nearest_lesion_mm: distance to the nearest segmented follow-up lesion (None: none).
         nearest_lesion_id: that lesion's id.
+        baseline_liver_ratio: the baseline site / the baseline's liver SUVmean (None without a
+            liver): below 1 at a quiet site, well above 1 inside uptake already there.
     """
 
     centre_mm: list[float]
@@ -375,6 +377,7 @@ class NewFocalUptake:
     contrast: float | None
     nearest_lesion_mm: float | None = None
     nearest_lesion_id: int | None = None
+    baseline_liver_ratio: float | None = None
 
 
 @dataclass
