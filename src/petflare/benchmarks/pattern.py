@@ -178,7 +178,7 @@ def set_title(name: str, train: Any) -> str:
         )
     if name == "v2":
         st = SETS[name]
-        ranges = {k: v for k, v in st.items() if k in names_of(train) and isinstance(v, tuple)}
+        ranges = {k: v for k, v in st.items() if hasattr(train, k) and isinstance(v, tuple)}
         inside = all(
             getattr(train, k)[0] <= lo and getattr(train, k)[1] >= hi
             for k, (lo, hi) in ranges.items()
@@ -219,13 +219,6 @@ def set_title(name: str, train: Any) -> str:
             + (" **(within the training range)**" if inside else " (wider than training)")
         )
     raise KeyError(name)
-
-
-def names_of(config: Any) -> set[str]:
-    """Field names of a dataclass instance (a PhantomConfig)."""
-    from dataclasses import fields
-
-    return {f.name for f in fields(config)}
 
 
 def seeds_seen(meta: dict[str, Any]) -> set[int]:

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from petflare.io.study import Study
-from petflare.quant.metrics import voxel_to_world
+from petflare.quant.metrics import ball_kernel, voxel_to_world
 from petflare.quant.registration import resample_to
 from petflare.quant.report import NewFocalUptake
 
@@ -61,14 +61,14 @@ class FocalUptakeCriteria:
     max_foci: int = 20
 
 
-def _ball_offsets(spacing: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
-    """Voxel offsets of a shell (or a ball with ``inner_mm`` < 0) in physical units."""
-    reach = np.ceil(outer_mm / spacing).astype(int)
-    grid = np.stack(
-        np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1
-    ).reshape(-1, 3)
-    dist = np.linalg.norm(grid * spacing, axis=1)
-    return np.asarray(grid[(dist > inner_mm) & (dist <= outer_mm)])
+def _shell_offsets(affine: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:
+    """Voxel offsets (k, 3) of the shell between ``inner_mm`` and ``outer_mm`` around a voxel,
+    from :func:`petflare.quant.metrics.ball_kernel` (true mm on any grid)."""
+    outer = ball_kernel(affine, outer_mm)
+    inner = ball_kernel(affine, inner_mm)
+    pad = [((o - i) // 2, (o - i) // 2) for o, i in zip(outer.shape, inner.shape, strict=True)]
+    shell = outer & ~np.pad(inner, pad)
+    return np.argwhere(shell) - np.array(outer.shape) // 2
 
 
 def _compact(
@@ -160,12 +160,9 @@ def find_new_focal_uptake(
     if not len(candidates):
         return []
     order = np.argsort(-follow[tuple(candidates.T)])
-    shell = _ball_offsets(spacing, *c.shell_mm)
-    distance, nearest = (None, None)
-    if np.any(followup_labels):
-        distance, nearest = ndimage.distance_transform_edt(
-            np.asarray(followup_labels) == 0, sampling=spacing, return_indices=True
-        )
+    shell = _shell_offsets(followup.affine, *c.shell_mm)
+    labels = np.asarray(followup_labels)
+    nearest_map: tuple[np.ndarray, np.ndarray] | None = None  # made for the first kept focus
     kept: list[np.ndarray] = []
     foci: list[NewFocalUptake] = []
     for i in order:
@@ -187,10 +184,14 @@ def find_new_focal_uptake(
             continue
         kept.append(voxel)
         near_mm = near_id = None
-        if distance is not None and nearest is not None:
+        if labels.any():
+            if nearest_map is None:
+                nearest_map = ndimage.distance_transform_edt(
+                    labels == 0, sampling=spacing, return_indices=True
+                )
+            distance, nearest = nearest_map
             near_mm = float(distance[tuple(voxel)])
-            hit = tuple(int(nearest[a][tuple(voxel)]) for a in range(3))
-            near_id = int(np.asarray(followup_labels)[hit])
+            near_id = int(labels[tuple(int(nearest[a][tuple(voxel)]) for a in range(3))])
         base_here = float(base_site[tuple(voxel)])
         foci.append(
             NewFocalUptake(
