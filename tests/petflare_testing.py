@@ -143,6 +143,7 @@ def make_tiny_model_folder(
     roi_size_vox: tuple[int, int, int] = (16, 16, 16),
     metadata: dict[str, Any] | None = None,
     seed: int = 0,
+    organ_classes: int = 0,
 ) -> Path:
     """Export a tiny random U-Net model folder (``export_model_folder``) for contract tests.
 
@@ -156,6 +157,8 @@ def make_tiny_model_folder(
         roi_size_vox: sliding-window size (larger windows mean fewer, faster steps on big grids).
         metadata: extra model metadata.
         seed: torch seed of the random weights.
+        organ_classes: an organ output after the lesion pair (the network gets
+            ``2 + organ_classes`` output channels).
     """
     import torch
 
@@ -164,6 +167,8 @@ def make_tiny_model_folder(
     from petflare.networks import build_unet
 
     kwargs = dict(TINY_UNET_KWARGS if network_kwargs is None else network_kwargs)
+    if organ_classes:
+        kwargs["out_channels"] = 2 + organ_classes
     inference: dict[str, Any] = {"roi_size_vox": tuple(roi_size_vox)}
     if min_component_ml is not None:
         inference["min_component_ml"] = min_component_ml
@@ -177,4 +182,5 @@ def make_tiny_model_folder(
         inference=InferenceSettings(**inference),
         config_yaml=f"seed: {seed}\n",
         metadata=metadata,
+        organ_classes=organ_classes,
     )

@@ -86,6 +86,12 @@ ORGANS: Final = (
 )
 ORGAN_TO_INDEX: Final = {name: i for i, name in enumerate(ORGANS)}
 
+#: Sites whose FDG uptake is physiological almost always (brain, heart muscle, urine in the
+#: kidneys and bladder): the organ-aware filter removes predicted lesions that lie there.
+#: Liver, bowel and the head-and-neck glands are left alone: disease arises there too (GIST:
+#: liver metastases, bowel primaries; head-and-neck cancer in the tonsils).
+PHYSIOLOGICAL_SITES: Final = ("brain", "myocardium", "kidney", "bladder")
+
 #: Value of "known disease" (visible tumour and nodes, e.g. an RTSTRUCT GTV) in the region maps
 #: of real scans (annotations/real/<case>/regions.nii.gz), beside the ORGAN_TO_INDEX values; kept
 #: apart from the organ indices so that adding an organ never changes its meaning.

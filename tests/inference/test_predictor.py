@@ -398,3 +398,49 @@ def test_anatomy_candidate_folder_loads_with_its_organ_output() -> None:
     found = predictor.segment(study)
     assert found.mask.shape == study.shape and found.organs is not None
     assert found.organs.shape == study.shape and int(found.organs.max()) < 9
+
+
+def test_a_site_network_gives_a_lesion_only_network_its_organ_map() -> None:
+    """The site network's organ map (its own, coarser grid) comes back on the study's grid; the
+    physiology filter and the masks a pair compares read it as they read an own organ output."""
+    study = off_centre_study(make_non_ras_affine())
+    coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    sites = Predictor(
+        BrainLesionNet(coarse.scaled_suv(THRESHOLD_SUV)),
+        coarse,
+        settings,
+        device="cpu",
+        metadata={"organ_classes": 3, "weights_sha256": "abc"},
+    )
+    plain = threshold_predictor(sites=sites)
+    assert plain.has_organs and plain.sites is sites and not plain.physiology_filter
+    found = plain.segment(study)
+    assert found.organs is not None and found.organs.shape == study.shape
+    assert found.mask.any() and (found.organs[found.mask > 0] == 1).mean() > 0.5
+    np.testing.assert_array_equal(found.mask, threshold_predictor().predict(study))
+    assert not plain.disease_mask(study).any()  # the pair leaves the "brain" out
+    filtered = threshold_predictor(sites=sites, physiology_filter=True).segment(study)
+    assert not filtered.mask.any() and filtered.dropped_physiological == {"brain": 1}
+    assert plain.mask_settings["sites"] == "abc"
+    with pytest.raises(ValueError, match="no organ output"):
+        threshold_predictor(sites=threshold_predictor())
+
+
+def test_model_folder_loads_its_site_subfolder(tmp_path: Path) -> None:
+    from petflare.errors import PetflareInputError
+    from petflare.inference.predictor import SITES_SUBFOLDER
+
+    folder = tiny_folder(tmp_path)
+    make_tiny_model_folder(folder / SITES_SUBFOLDER, spacing_mm=(8.0, 8.0, 8.0), organ_classes=3)
+    study = off_centre_study(make_non_ras_affine(spacing_mm=(4.0, 4.0, 4.0)))
+    predictor = Predictor.from_folder(folder, device="cpu")
+    assert predictor.sites is not None and predictor.sites.organ_classes == 3
+    found = predictor.segment(study)
+    assert found.organs is not None and found.organs.shape == study.shape
+    assert int(found.organs.max()) < 3
+    assert Predictor.from_folder(folder, device="cpu", sites=False).sites is None
+    other = tiny_folder(tmp_path / "other")
+    make_tiny_model_folder(other / SITES_SUBFOLDER)  # a lesion-only network as "sites"
+    with pytest.raises(PetflareInputError, match="sites"):
+        Predictor.from_folder(other, device="cpu")

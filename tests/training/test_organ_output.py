@@ -141,3 +141,25 @@ def test_export_records_the_hybrid_backgrounds(tmp_path: Path) -> None:
         "not_used": ["sts001"],
     }
     assert real_backgrounds({"cache_dir": "x"}, run_dir) is None
+
+
+def test_physiological_site_dice_scores_the_physiological_organs_only() -> None:
+    """val/organ_dice: mean Dice over brain, myocardium, kidney and bladder where the truth has
+    them; unknown voxels are left out; a wrong map scores lower; no such organ gives NaN."""
+    from petflare.constants import ORGAN_TO_INDEX
+    from petflare.training.module import physiological_site_dice
+
+    truth = np.zeros((10, 10, 10), dtype=np.int64)
+    truth[:4] = ORGAN_TO_INDEX["brain"]
+    truth[6:] = ORGAN_TO_INDEX["bladder"]
+    truth[5] = ORGAN_TO_INDEX["liver"]  # not a physiological site: not scored
+    assert physiological_site_dice(truth, truth) == pytest.approx(1.0)
+    shifted = np.roll(truth, 2, axis=0)
+    assert physiological_site_dice(shifted, truth) < 0.8
+    half = truth.copy()
+    half[6:] = 0  # the bladder missed: (1 + 0) / 2
+    assert physiological_site_dice(half, truth) == pytest.approx(0.5)
+    unknown = truth.copy()
+    unknown[6:] = ORGAN_IGNORE  # the bladder's voxels unknown: only the brain is scored
+    assert physiological_site_dice(half, unknown) == pytest.approx(1.0)
+    assert np.isnan(physiological_site_dice(truth, np.zeros_like(truth)))

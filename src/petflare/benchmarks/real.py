@@ -1266,7 +1266,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_folder(args.model, device="cpu", physiology_filter=False)
         segmenters = {"model": predictor.predict}
         descriptions = {"model": f"model folder {_shown(args.model)}, physiology filter off"}
-        if predictor.organ_classes > 0:  # an anatomy-aware network: score its filter separately
+        if predictor.has_organs:  # an organ map (own or site network): score the filter apart
             filtered = Predictor.from_folder(args.model, device="cpu", physiology_filter=True)
             segmenters[FILTERED] = filtered.predict
             descriptions[FILTERED] = "the same network with its physiological-uptake filter"
@@ -1278,7 +1278,7 @@ def main(argv: list[str] | None = None) -> int:
             metadata=predictor.metadata,
             descriptions=descriptions,
             perturbations={} if args.no_robustness else None,
-            organ_map=predictor.predict_organs if predictor.organ_classes > 0 else None,
+            organ_map=predictor.predict_organs if predictor.has_organs else None,
             progress=say,
         )
     except PetflareInputError as exc:

@@ -107,7 +107,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         lists = self.source.datalists()
         channels = self.preprocessing.channels
         self.train_items = to_monai_items(lists["train"], channels, "train", self.with_organs)
-        self.val_items = to_monai_items(lists.get("val", []), channels, "val")
+        self.val_items = to_monai_items(lists.get("val", []), channels, "val", self.with_organs)
         log.info(
             "%d training and %d validation studies", len(self.train_items), len(self.val_items)
         )
@@ -122,7 +122,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         self._val_ds = CacheDataset(
             self.val_items,
-            transform=validation_transforms(self.preprocessing),
+            transform=validation_transforms(self.preprocessing, self.with_organs),
             cache_rate=self.cache_rate,
             num_workers=self.cache_num_workers,
             progress=False,

@@ -415,6 +415,7 @@ def training_transforms(
     )
 
 
-def validation_transforms(config: PreprocessingConfig) -> Compose:
-    """Whole-volume validation pipeline (deterministic; lesion metrics only)."""
-    return Compose(load_transforms(config, True))
+def validation_transforms(config: PreprocessingConfig, with_organs: bool = False) -> Compose:
+    """Whole-volume validation pipeline (deterministic); ``with_organs`` also loads the organ
+    label map, for the organ Dice of an anatomy-aware network."""
+    return Compose(load_transforms(config, True, with_organs))

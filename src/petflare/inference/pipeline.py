@@ -181,6 +181,7 @@ def model_info(predictor: Any) -> dict[str, Any]:
             "tta": getattr(predictor, "tta", None),
             "physiology_filter": getattr(predictor, "physiology_filter", None),
             "organ_classes": getattr(predictor, "organ_classes", None),
+            "site_network": getattr(predictor, "sites", None) is not None,
         }
     return jsonable(info)
 

@@ -7,6 +7,8 @@ import math
 import cc3d
 import numpy as np
 
+from petflare.constants import PHYSIOLOGICAL_SITES
+
 
 def remove_small_components(
     mask: np.ndarray,
@@ -44,12 +46,6 @@ def remove_small_components(
     keep[0] = False
     return keep[labels].astype(np.uint8)
 
-
-#: Sites whose FDG uptake is physiological almost always (brain, heart muscle, urine in the
-#: kidneys and bladder): the organ-aware filter removes predicted lesions that lie there.
-#: Liver, bowel and the head-and-neck glands are left alone: disease arises there too (GIST:
-#: liver metastases, bowel primaries; head-and-neck cancer in the tonsils).
-PHYSIOLOGICAL_SITES: tuple[str, ...] = ("brain", "myocardium", "kidney", "bladder")
 
 #: Site of a lesion outside every organ the network knows.
 NO_ORGAN_SITE = "other"

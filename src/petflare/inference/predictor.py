@@ -33,6 +33,9 @@ from petflare.io.study import Study
 from petflare.networks.segmentation import LESION_CHANNELS, channels_last_input
 from petflare.networks.segmentation import channels_last as to_channels_last
 
+#: Subfolder of a lesion-only model folder holding its site network (a model folder itself).
+SITES_SUBFOLDER = "sites"
+
 
 @dataclass
 class Segmentation:
@@ -73,10 +76,14 @@ class Predictor:
         channels_last: run the network in the channels-last 3D memory layout; None (default)
             does so on the CPU, where oneDNN's 3D convolutions are faster in it (same
             arithmetic up to the order of floating-point sums; identical masks measured).
-        physiology_filter: remove predicted lesions that the network's own organ output puts
-            in brain, myocardium, kidney or bladder (``postprocess.PHYSIOLOGICAL_SITES``); None
-            follows ``inference.physiology_filter`` (the model folder's setting). No effect on
-            a lesion-only network.
+        physiology_filter: remove predicted lesions that the organ map puts in brain,
+            myocardium, kidney or bladder (``postprocess.PHYSIOLOGICAL_SITES``); None follows
+            ``inference.physiology_filter`` (the model folder's setting). No effect without an
+            organ map (the network's own organ output, or ``sites``).
+        sites: the site network of a lesion-only folder (its ``sites/`` subfolder, an
+            anatomy-aware network that sees the whole body at a coarse grid): its organ map is
+            the one the physiology filter and the pair logic read. Ignored for an anatomy-aware
+            network, whose own organ output serves.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class Predictor:
         threshold: float | None = None,
         channels_last: bool | None = None,
         physiology_filter: bool | None = None,
+        sites: Predictor | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
@@ -115,9 +123,14 @@ class Predictor:
         self.metadata = dict(metadata or {})
         if physiology_filter is None:
             physiology_filter = self.inference.physiology_filter
-        self.physiology_filter = bool(physiology_filter) and self.organ_classes > 0
-        if self.organ_classes:  # lesion-only networks keep their feature-cache keys
+        self.sites = None if self.organ_classes else sites
+        if self.sites is not None and not self.sites.organ_classes:
+            raise ValueError("the site network has no organ output")
+        self.physiology_filter = bool(physiology_filter) and self.has_organs
+        if self.has_organs:  # lesion-only networks keep their feature-cache keys
             self.mask_settings["physiology_filter"] = self.physiology_filter
+        if self.sites is not None:
+            self.mask_settings["sites"] = self.sites.metadata.get("weights_sha256", "sites")
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
             roi_size=inference.roi_size_vox,
@@ -139,9 +152,24 @@ class Predictor:
         threshold: float | None = None,
         channels_last: bool | None = None,
         physiology_filter: bool | None = None,
+        sites: bool = True,
     ) -> Predictor:
-        """Load a model folder once (weights read with ``weights_only=True``)."""
+        """Load a model folder once (weights read with ``weights_only=True``), with its site
+        network (``sites/``, :data:`SITES_SUBFOLDER`) when it has one and ``sites`` is on."""
         loaded = load_model_folder(model_dir)
+        site_dir = Path(model_dir) / SITES_SUBFOLDER
+        site_net = None
+        if sites and site_dir.is_dir() and not int(loaded.metadata.get("organ_classes", 0) or 0):
+            site_net = cls.from_folder(
+                site_dir,
+                device=device,
+                sw_batch_size=sw_batch_size,
+                channels_last=channels_last,
+                physiology_filter=False,
+                sites=False,
+            )
+            if not site_net.organ_classes:
+                raise PetflareInputError(site_dir, "the site network has no organ output")
         return cls(
             loaded.net,
             loaded.preprocessing,
@@ -154,6 +182,7 @@ class Predictor:
             threshold=threshold,
             channels_last=channels_last,
             physiology_filter=physiology_filter,
+            sites=site_net,
         )
 
     def _inputs(self, study: Study) -> dict[str, MetaTensor]:
@@ -182,6 +211,11 @@ class Predictor:
     def organ_classes(self) -> int:
         """Organ classes of the network's auxiliary organ output (0: a lesion-only network)."""
         return int(self.metadata.get("organ_classes", 0) or 0)
+
+    @property
+    def has_organs(self) -> bool:
+        """Whether :meth:`segment` gives an organ map (own organ output or a site network)."""
+        return self.organ_classes > 0 or self.sites is not None
 
     @torch.no_grad()
     def _lesion_probability(self, image: torch.Tensor) -> torch.Tensor:
@@ -254,17 +288,21 @@ class Predictor:
         and counted in ``dropped_physiological``.
         """
         mask = np.zeros(study.shape, dtype=np.uint8)
-        organs = np.zeros(study.shape, dtype=np.uint8) if self.organ_classes else None
+        organs = np.zeros(study.shape, dtype=np.uint8) if self.has_organs else None
         image = self.preprocess(study)
         if min(image.shape[1:]) == 0:
             return Segmentation(mask, organs)
         probs = self._probabilities(image.as_tensor())
         mask = self._mask(probs[:1], image.affine, study)
-        if not self.organ_classes:
+        if self.sites is not None:
+            organs = self.sites.segment(study).organs
+        elif self.organ_classes:
+            labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
+            back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
+            organs = back.cpu().numpy().round().astype(np.uint8)
+        else:
             return Segmentation(mask, None)
-        labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
-        back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
-        organs = back.cpu().numpy().round().astype(np.uint8)
+        assert organs is not None
         dropped: dict[str, int] = {}
         if self.physiology_filter and mask.any():
             mask, dropped = remove_physiological_components(mask, organs)
@@ -283,7 +321,8 @@ class Predictor:
 
     def predict_organs(self, study: Study) -> np.ndarray | None:
         """The organ label map (uint8, :data:`petflare.constants.ORGANS` indices) on the
-        study's grid from the network's organ output, or None for a lesion-only network.
+        study's grid from the network's organ output (or the site network's), or None for a
+        lesion-only network without one.
 
         The most probable organ on the model grid, carried back by nearest neighbour (the
         organ probabilities of a whole-body scan at its own resolution would not fit memory).

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from petflare.constants import ORGAN_IGNORE, Keys
+from petflare.constants import ORGAN_IGNORE, ORGAN_TO_INDEX, PHYSIOLOGICAL_SITES, Keys
 from petflare.networks.segmentation import LESION_CHANNELS, channels_last_input
 from petflare.networks.segmentation import channels_last as to_channels_last
 from petflare.training.metrics import ScanMetrics, scan_metrics, summarize
@@ -45,6 +45,22 @@ def voxel_volume_ml_of(tensor: torch.Tensor) -> float:
     if affine.ndim == 3:  # batched
         affine = affine[0]
     return float(abs(torch.linalg.det(affine[:3, :3])) / 1000.0)
+
+
+def physiological_site_dice(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean Dice over the physiological-uptake organs (``postprocess.PHYSIOLOGICAL_SITES``) that
+    the truth map holds; NaN when it holds none. Voxels valued ``ORGAN_IGNORE`` in the truth are
+    left out of both maps."""
+    known = truth != ORGAN_IGNORE
+    scores = []
+    for name in PHYSIOLOGICAL_SITES:
+        index = ORGAN_TO_INDEX[name]
+        t = (truth == index) & known
+        if not t.any():
+            continue
+        f = (found == index) & known
+        scores.append(2.0 * float((t & f).sum()) / float(t.sum() + f.sum()))
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -116,6 +132,7 @@ class SegmentationModule(pl.LightningModule):
             raise ValueError(f"organ_classes must be 0 or >= 2, got {organ_classes}")
         self.organ_loss = nn.CrossEntropyLoss(ignore_index=ORGAN_IGNORE)
         self._val_scans: list[ScanMetrics] = []
+        self._val_organ_dice: list[float] = []
         self.last_val_summary: dict[str, Any] = {}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -165,8 +182,13 @@ class SegmentationModule(pl.LightningModule):
         )
         return loss
 
+    def organ_logits(self, image: torch.Tensor) -> torch.Tensor:
+        """The organ logits only (validation of an anatomy-aware network)."""
+        return self(image)[:, LESION_CHANNELS:]
+
     def on_validation_epoch_start(self) -> None:
         self._val_scans = []
+        self._val_organ_dice = []
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Sliding-window prediction of one whole volume and its autoPET metrics."""
@@ -177,6 +199,12 @@ class SegmentationModule(pl.LightningModule):
         pred = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
         gt = (label[0, 0] > 0).cpu().numpy().astype(np.uint8)
         self._val_scans.append(scan_metrics(pred, gt, voxel_ml, connectivity=self.connectivity))
+        if self.organ_classes and Keys.ORGANS in batch:
+            organ_logits = self.inferer(_plain(image), self.organ_logits)
+            assert isinstance(organ_logits, torch.Tensor)
+            found = torch.argmax(organ_logits, dim=1)[0].cpu().numpy()
+            truth = _plain(batch[Keys.ORGANS])[0, 0].cpu().numpy().astype(np.int64)
+            self._val_organ_dice.append(physiological_site_dice(found, truth))
 
     def on_validation_epoch_end(self) -> None:
         """Log the summary; an undefined Dice (no positive scan) is logged as 0 to keep the
@@ -188,6 +216,13 @@ class SegmentationModule(pl.LightningModule):
             if name == "dice" and not math.isfinite(value):
                 value = 0.0
             self.log(f"val/{name}", value, prog_bar=name == "dice", sync_dist=True)
+        if self._val_organ_dice:
+            value = (
+                float(np.nanmean(self._val_organ_dice))
+                if np.isfinite(self._val_organ_dice).any()
+                else 0.0
+            )
+            self.log("val/organ_dice", value, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         """Optimizer from the partial; scheduler stepped per training step."""

@@ -76,9 +76,10 @@ class PredictedMasks:
         self.predictor = predictor
         settings = getattr(predictor, "mask_settings", None) or {}
         suffix = "".join(f":{k}={settings[k]}" for k in sorted(settings))
-        # an anatomy-aware predictor's masks as a pair compares them (physiological sites out)
+        # masks as a pair compares them (physiological sites out) where the predictor has an
+        # organ map (an anatomy-aware network, or a lesion-only one with a site network)
         self.disease = callable(getattr(predictor, "disease_mask", None)) and bool(
-            getattr(predictor, "organ_classes", 0)
+            getattr(predictor, "has_organs", getattr(predictor, "organ_classes", 0))
         )
         self.cache_tag = f"predicted:{cache_tag}{suffix}" + (":disease" if self.disease else "")
 
