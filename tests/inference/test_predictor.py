@@ -400,9 +400,14 @@ def test_anatomy_candidate_folder_loads_with_its_organ_output() -> None:
     assert found.organs.shape == study.shape and int(found.organs.max()) < 9
 
 
-def test_a_site_network_gives_a_lesion_only_network_its_organ_map() -> None:
+def test_a_site_network_gives_a_lesion_only_network_its_organ_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The site network's organ map (its own, coarser grid) comes back on the study's grid; the
     physiology filter and the masks a pair compares read it as they read an own organ output."""
+    from petflare.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "SITES_MIN_EXTENT_MM", 0.0)  # a tiny test volume
     study = off_centre_study(make_non_ras_affine())
     coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
     settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
@@ -423,14 +428,24 @@ def test_a_site_network_gives_a_lesion_only_network_its_organ_map() -> None:
     filtered = threshold_predictor(sites=sites, physiology_filter=True).segment(study)
     assert not filtered.mask.any() and filtered.dropped_physiological == {"brain": 1}
     assert plain.mask_settings["sites"] == "abc"
+    # a short field of view (a tumour crop) has no body context: no organ map, nothing dropped
+    extent = predictor_module.craniocaudal_extent_mm(study)
+    assert 0.0 < extent < 350.0
+    monkeypatch.setattr(predictor_module, "SITES_MIN_EXTENT_MM", extent + 1.0)
+    crop = threshold_predictor(sites=sites, physiology_filter=True).segment(study)
+    assert crop.organs is None and crop.mask.any() and crop.dropped_physiological == {}
     with pytest.raises(ValueError, match="no organ output"):
         threshold_predictor(sites=threshold_predictor())
 
 
-def test_model_folder_loads_its_site_subfolder(tmp_path: Path) -> None:
+def test_model_folder_loads_its_site_subfolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from petflare.errors import PetflareInputError
+    from petflare.inference import predictor as predictor_module
     from petflare.inference.predictor import SITES_SUBFOLDER
 
+    monkeypatch.setattr(predictor_module, "SITES_MIN_EXTENT_MM", 0.0)  # a tiny test volume
     folder = tiny_folder(tmp_path)
     make_tiny_model_folder(folder / SITES_SUBFOLDER, spacing_mm=(8.0, 8.0, 8.0), organ_classes=3)
     study = off_centre_study(make_non_ras_affine(spacing_mm=(4.0, 4.0, 4.0)))

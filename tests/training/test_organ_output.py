@@ -163,3 +163,27 @@ def test_physiological_site_dice_scores_the_physiological_organs_only() -> None:
     unknown[6:] = ORGAN_IGNORE  # the bladder's voxels unknown: only the brain is scored
     assert physiological_site_dice(half, unknown) == pytest.approx(1.0)
     assert np.isnan(physiological_site_dice(truth, np.zeros_like(truth)))
+
+
+def test_organ_dice_loss_rewards_the_small_organ_and_ignores_unknown_voxels() -> None:
+    from petflare.training.module import organ_dice_loss
+
+    organs = torch.zeros((1, 8, 8, 8), dtype=torch.long)
+    organs[0, 2:4, 2:4, 2:4] = 4  # a small "kidney"
+    right = torch.full((1, 5, 8, 8, 8), -10.0)
+    right[:, 0] = 10.0
+    right[0, 0, 2:4, 2:4, 2:4] = -10.0
+    right[0, 4, 2:4, 2:4, 2:4] = 10.0
+    wrong = torch.full((1, 5, 8, 8, 8), -10.0)
+    wrong[:, 0] = 10.0  # all background: the kidney missed
+    assert float(organ_dice_loss(right, organs)) < 0.01
+    assert float(organ_dice_loss(wrong, organs)) > 0.99
+    unknown = organs.clone()
+    unknown[0, 2:4, 2:4, 2:4] = ORGAN_IGNORE  # nothing known of the kidney: no organ term
+    assert float(organ_dice_loss(wrong, unknown)) == 0.0
+    m = module(out_channels=11, organ_classes=9)
+    m.organ_dice_weight = 1.0
+    organs9 = torch.zeros((2, 16, 16, 16), dtype=torch.long)
+    organs9[:, 4:8, 4:8, 4:8] = 4
+    loss = m.training_step(batch(organs9[:, None].float()), 0)
+    assert torch.isfinite(loss)

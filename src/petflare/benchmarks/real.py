@@ -720,6 +720,16 @@ def used_in_training(metadata: Mapping[str, Any], case: str) -> bool:
     return any(alias in text for text in texts for alias in aliases)
 
 
+def _used_by_any(
+    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, case: str
+) -> bool:
+    """:func:`used_in_training` over one metadata record or several."""
+    if metadata is None:
+        return False
+    records = [metadata] if isinstance(metadata, Mapping) else list(metadata)
+    return any(used_in_training(record, case) for record in records)
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -926,7 +936,7 @@ def run_benchmark(
     segmenters: Mapping[str, Segmenter],
     *,
     model_name: str = "",
-    metadata: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     descriptions: Mapping[str, str] | None = None,
     perturbations: Mapping[str, Perturbation] | None = None,
     cases: Sequence[WholeBodyCase] = WHOLEBODY_CASES,
@@ -942,7 +952,8 @@ def run_benchmark(
         segmenters: the methods under test (e.g. ``{"model": predictor.predict}``); every
             callable ``Study -> mask`` can be scored, so a post-processed variant is one entry.
         model_name: shown in the report.
-        metadata: the model folder's ``metadata.json`` (for the "used in training" column).
+        metadata: the model folder's ``metadata.json`` (for the "used in training" column), or
+            several (a folder and its site network: a scan either saw counts as seen).
         descriptions: one line per method for the report.
         perturbations: the robustness battery (default :data:`ROBUSTNESS_BATTERY`).
         cases: whole-body cases to score (those whose folder is missing are skipped, noted).
@@ -974,7 +985,7 @@ def run_benchmark(
             progress(f"reading {case.name}")
         study, regions, gt = load_wholebody(data_root, annotations_root, case)
         bench.notes.append(f"{case.name}: {study.meta.source.get('suv_conversion', '')}")
-        bench.used_in_training[case.name] = used_in_training(metadata or {}, case.name)
+        bench.used_in_training[case.name] = _used_by_any(metadata, case.name)
         bench.wholebody += score_wholebody(
             case.name, study, regions, segmenters, gt, battery, BASELINES, progress
         )
@@ -989,7 +1000,7 @@ def run_benchmark(
         if progress:
             progress(f"crop {name}")
         study, gtv = load_crop(crop_root / name)
-        bench.used_in_training[name] = used_in_training(metadata or {}, name)
+        bench.used_in_training[name] = _used_by_any(metadata, name)
         bench.crops.append(score_crop(name, study, gtv, {**segmenters, **BASELINES}))
     bench.seconds = time.perf_counter() - start
     return bench
@@ -1275,7 +1286,8 @@ def main(argv: list[str] | None = None) -> int:
             args.annotations,
             segmenters,
             model_name=_shown(args.model),
-            metadata=predictor.metadata,
+            metadata=[predictor.metadata]
+            + ([predictor.sites.metadata] if predictor.sites is not None else []),
             descriptions=descriptions,
             perturbations={} if args.no_robustness else None,
             organ_map=predictor.predict_organs if predictor.has_organs else None,

@@ -36,6 +36,18 @@ from petflare.networks.segmentation import channels_last as to_channels_last
 #: Subfolder of a lesion-only model folder holding its site network (a model folder itself).
 SITES_SUBFOLDER = "sites"
 
+#: The site network places organs by where they lie in the body, so it needs the trunk in view:
+#: a study whose field of view spans less than this from head to foot (a tumour crop, a
+#: head-and-neck-only scan) gets no organ map from it. The five IBSI sarcoma crops span
+#: 157-278 mm; a neck-to-pelvis scan 440 mm.
+SITES_MIN_EXTENT_MM = 350.0
+
+
+def craniocaudal_extent_mm(study: Study) -> float:
+    """Head-to-foot length of the study's field of view in mm (world z of its affine, whatever
+    the array's axis order)."""
+    return float(np.abs(np.asarray(study.affine)[2, :3]) @ np.asarray(study.shape, dtype=float))
+
 
 @dataclass
 class Segmentation:
@@ -82,8 +94,9 @@ class Predictor:
             organ map (the network's own organ output, or ``sites``).
         sites: the site network of a lesion-only folder (its ``sites/`` subfolder, an
             anatomy-aware network that sees the whole body at a coarse grid): its organ map is
-            the one the physiology filter and the pair logic read. Ignored for an anatomy-aware
-            network, whose own organ output serves.
+            the one the physiology filter and the pair logic read, for studies whose field of
+            view spans at least :data:`SITES_MIN_EXTENT_MM` head to foot (none otherwise).
+            Ignored for an anatomy-aware network, whose own organ output serves.
     """
 
     def __init__(
@@ -295,6 +308,8 @@ class Predictor:
         probs = self._probabilities(image.as_tensor())
         mask = self._mask(probs[:1], image.affine, study)
         if self.sites is not None:
+            if craniocaudal_extent_mm(study) < SITES_MIN_EXTENT_MM:
+                return Segmentation(mask, None)  # no body context: no organ map, no filter
             organs = self.sites.segment(study).organs
         elif self.organ_classes:
             labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()

@@ -63,6 +63,27 @@ def physiological_site_dice(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+def organ_dice_loss(logits: torch.Tensor, organs: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice (batch-wise) averaged over the organ classes (not background, index 0)
+    present in ``organs`` (B, X, Y, Z); voxels valued ``ORGAN_IGNORE`` count for neither side.
+    Zero when no organ is present (cross-entropy alone then teaches the background)."""
+    classes = logits.shape[1]
+    known = organs != ORGAN_IGNORE
+    target = torch.where(known, organs, torch.zeros_like(organs))
+    weight = known[:, None].to(logits.dtype)
+    probs = torch.softmax(logits, dim=1) * weight
+    onehot = nn.functional.one_hot(target, classes).permute(0, 4, 1, 2, 3).to(logits.dtype)
+    onehot = onehot * weight
+    dims = (0, 2, 3, 4)
+    present = onehot.sum(dims)[1:] > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    inter = (probs * onehot).sum(dims)[1:]
+    denom = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
+    dice = (2.0 * inter + 1e-5) / (denom + 1e-5)
+    return 1.0 - dice[present].mean()
+
+
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
     """Drop MONAI metadata (faster forward passes, no affine bookkeeping in the network)."""
     return tensor.as_tensor() if isinstance(tensor, MetaTensor) else tensor
@@ -94,6 +115,10 @@ class SegmentationModule(pl.LightningModule):
             the shared features what physiological uptake looks like (autoPET III/IV winners'
             organ supervision) and names each predicted lesion's site at inference.
         organ_loss_weight: weight of the organ cross-entropy in the training loss.
+        organ_dice_weight: weight of a soft Dice term over the organ classes present in the
+            batch, added to the organ cross-entropy (0: cross-entropy alone). Small organs
+            (kidneys, bladder, the heart wall at a coarse grid) are a sliver of the voxels, and
+            cross-entropy alone learns to leave them out.
     """
 
     def __init__(
@@ -109,6 +134,7 @@ class SegmentationModule(pl.LightningModule):
         channels_last: bool = False,
         organ_classes: int = 0,
         organ_loss_weight: float = 0.5,
+        organ_dice_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.net = net
@@ -128,6 +154,7 @@ class SegmentationModule(pl.LightningModule):
             self.net = to_channels_last(self.net)
         self.organ_classes = int(organ_classes)
         self.organ_loss_weight = float(organ_loss_weight)
+        self.organ_dice_weight = float(organ_dice_weight)
         if self.organ_classes < 0 or self.organ_classes == 1:
             raise ValueError(f"organ_classes must be 0 or >= 2, got {organ_classes}")
         self.organ_loss = nn.CrossEntropyLoss(ignore_index=ORGAN_IGNORE)
@@ -163,6 +190,10 @@ class SegmentationModule(pl.LightningModule):
         if self.organ_classes:
             organs = _plain(batch[Keys.ORGANS])[:, 0].long()
             organ_loss = self.organ_loss(logits[:, LESION_CHANNELS:].float(), organs)
+            if self.organ_dice_weight:
+                organ_loss = organ_loss + self.organ_dice_weight * organ_dice_loss(
+                    logits[:, LESION_CHANNELS:].float(), organs
+                )
             if torch.isfinite(organ_loss):  # NaN when every voxel of the batch is ignored
                 self.log(
                     "train/organ_loss",
