@@ -194,6 +194,16 @@ def test_used_in_training_ignores_left_out_backgrounds() -> None:
     assert not real.used_in_training(metadata, "STS_001")  # same patient, also left out
 
 
+def test_a_scan_that_the_site_network_saw_counts_as_seen() -> None:
+    """A folder and its site network: either one's training makes the scan "seen"."""
+    lesion_only: dict = {"training": {"data_source": {"phantom": {}}}}
+    sites = {"training": {"real_backgrounds": {"used": ["chus052"], "not_used": ["sts001"]}}}
+    assert not real.used_by_any(lesion_only, "chus052_fdg_dicom")
+    assert real.used_by_any([lesion_only, sites], "chus052_fdg_dicom")
+    assert not real.used_by_any([lesion_only, sites], "sts001_wholebody_fdg_dicom")
+    assert not real.used_by_any(None, "chus052_fdg_dicom")
+
+
 def test_baselines_follow_the_issue_definitions() -> None:
     study = _study()
     fixed = real.fixed_suv_baseline(study)

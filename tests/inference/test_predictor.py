@@ -222,9 +222,13 @@ def test_shipped_model_folder(name: str) -> None:
     folder = MODELS / name
     if not folder.is_dir():
         pytest.skip(f"shipped model folder models/{name} absent")
-    size_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    size_mb = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
     assert size_mb < 20.0
     predictor = Predictor.from_folder(folder, device="cpu")
+    if predictor.sites is not None:  # its site network: an organ output, STS_001 never seen
+        assert predictor.sites.organ_classes == 9 and predictor.physiology_filter
+        backgrounds = predictor.sites.metadata["training"]["real_backgrounds"]
+        assert backgrounds["not_used"] == ["sts001"]
     meta = predictor.metadata
     assert "synthetic phantoms" in meta["intended_use"] and "Research" in meta["intended_use"]
     assert meta["channels"] == ["pet"] and len(meta["spacing_mm"]) == 3

@@ -720,7 +720,7 @@ def used_in_training(metadata: Mapping[str, Any], case: str) -> bool:
     return any(alias in text for text in texts for alias in aliases)
 
 
-def _used_by_any(
+def used_by_any(
     metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None, case: str
 ) -> bool:
     """:func:`used_in_training` over one metadata record or several."""
@@ -985,7 +985,7 @@ def run_benchmark(
             progress(f"reading {case.name}")
         study, regions, gt = load_wholebody(data_root, annotations_root, case)
         bench.notes.append(f"{case.name}: {study.meta.source.get('suv_conversion', '')}")
-        bench.used_in_training[case.name] = _used_by_any(metadata, case.name)
+        bench.used_in_training[case.name] = used_by_any(metadata, case.name)
         bench.wholebody += score_wholebody(
             case.name, study, regions, segmenters, gt, battery, BASELINES, progress
         )
@@ -1000,7 +1000,7 @@ def run_benchmark(
         if progress:
             progress(f"crop {name}")
         study, gtv = load_crop(crop_root / name)
-        bench.used_in_training[name] = _used_by_any(metadata, name)
+        bench.used_in_training[name] = used_by_any(metadata, name)
         bench.crops.append(score_crop(name, study, gtv, {**segmenters, **BASELINES}))
     bench.seconds = time.perf_counter() - start
     return bench
