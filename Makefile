@@ -64,15 +64,13 @@ weights-gpu: setup
 # The default folder's site network models/phantom-unet-gpu/sites (issue 32): a small U-Net that
 # sees the whole body at 8 mm and labels brain, myocardium, kidneys and bladder for the physiology
 # filter. Phantom v2 plus hybrid scans on the ACRIN-042 and CHUS-052 backgrounds (STS_001 left
-# out); stage 1 cross-entropy, stage 2 with a soft Dice term: about 75 min on 2 CPU cores. Needs
-# ../shared/data/real (or PETFLARE_REAL_DATA).
+# out); about 40 min on 2 CPU cores. Needs ../shared/data/real (or PETFLARE_REAL_DATA).
 weights-sites: setup
 	$(BIN)/python scripts/synthesize_hybrid.py hybrid=masses out=data/hybrid_masses n_variants=16 \
 		seed=12 'exclude=[sts001]' overwrite=true
 	$(BIN)/python scripts/train.py experiment=sites_cpu overwrite=true
-	$(BIN)/python scripts/train.py experiment=sites_dice_cpu overwrite=true
-	$(BIN)/python scripts/export_model.py run_dir=runs/sites_dice_cpu \
-		out_dir=models/phantom-unet-gpu/sites overwrite=true 'training_command="make weights-sites"'
+	$(BIN)/python scripts/export_model.py run_dir=runs/sites_cpu out_dir=models/phantom-unet-gpu/sites \
+		overwrite=true 'training_command="make weights-sites"'
 
 # The anatomy-aware folder models/anatomy-unet (issues 32 / 34). Stage 1: hybrid scans on the
 # real ACRIN-042 and CHUS-052 backgrounds (STS_001 left out), the default network widened with
