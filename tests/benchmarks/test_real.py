@@ -50,6 +50,23 @@ def test_a_wrong_mask_has_more_fpv_outside_known_disease() -> None:
     assert volume == pytest.approx(float(wrong.sum()) * VOXEL_ML)
 
 
+def test_known_disease_found_counts_the_pieces_a_prediction_keeps() -> None:
+    regions = np.zeros((20, 20, 20), dtype=np.uint8)
+    regions[2:5, 2:5, 2:5] = real.KNOWN_DISEASE_LABEL
+    regions[12:16, 12:16, 12:16] = real.KNOWN_DISEASE_LABEL
+    both = (regions == real.KNOWN_DISEASE_LABEL).astype(np.uint8)
+    one = both.copy()
+    one[12:16] = 0  # a filter that deleted the second tumour
+    assert real.known_disease_found(both, regions) == [2, 2]
+    assert real.known_disease_found(one, regions) == [1, 2]
+    assert real.known_disease_found(one, np.zeros_like(regions)) is None
+    row = real.RealScanResult("acrin", "m", real.UNPERTURBED, 10.0, {}, (), None, None, 1.0)
+    row.disease_found = [1, 2]
+    assert "NOT met" in real._wholebody_target(row)
+    row.disease_found = [2, 2]
+    assert real._wholebody_target(row).startswith("met")
+
+
 def test_a_component_touching_known_disease_is_not_false_positive() -> None:
     regions = _regions()
     pred = np.zeros_like(regions)
@@ -247,10 +264,14 @@ def _bench() -> real.RealBenchmark:
 def test_report_states_tables_targets_and_robustness(tmp_path: Path) -> None:
     md, js = real.write_report(_bench(), tmp_path / "r.md", "python scripts/benchmark_real.py")
     text = md.read_text()
-    assert "| sts001_wholebody_fdg_dicom | no | model | yes | 0.30 | 120.0 | bladder 100.0" in text
+    assert (
+        "| sts001_wholebody_fdg_dicom | no | model | yes | n/a | 0.30 | 120.0 | bladder 100.0"
+        in text
+    )
     assert "NOT met (found, FPV <= 50 ml)" in text
     assert (
-        "| acrin_nsclc_042_fdg_dicom | yes | model | n/a | n/a | 10.0 | bowel 10.0 | none |" in text
+        "| acrin_nsclc_042_fdg_dicom | yes | model | n/a | n/a | n/a | 10.0 | bowel 10.0 | none |"
+        in text
     )
     assert "met (FPV <= 50 ml" in text
     assert "model: mean Dice above both classical baselines: NOT met" in text

@@ -6,8 +6,9 @@ Scores a model folder (or any ``Study -> mask`` callable) on the real scans in
 - ``sts001_wholebody_fdg_dicom`` (GE, Bq/mL, RTSTRUCT ``GTV_Mass``): sarcoma found, Dice,
   false-positive volume (FPV) outside the GTV and per physiological organ;
 - ``acrin_nsclc_042_fdg_dicom`` (GE, delayed 159 min) and ``chus052_fdg_dicom`` (Philips CNTS):
-  no lesion labels, so FPV outside the annotated known disease, FPV per organ, and whether a
-  predicted component touches brain, bladder or myocardium;
+  no lesion labels, so FPV outside the annotated known disease, FPV per organ, whether a
+  predicted component touches brain, bladder or myocardium, and how many pieces of the known
+  disease are still found (a physiology filter must not buy its FPV with a tumour);
 - ``ibsi_sts_crops/STS_001..005``: Dice beside the classical baselines SUV >= 2.5 and 41 % of
   SUVmax;
 - a robustness battery on the whole-body scans (SUV x0.7 / x1.3, 2 / 3 / 5 mm voxels, extra blur,
@@ -390,6 +391,9 @@ class RealScanResult:
         found: whether a predicted voxel lies in the GTV (labelled cases), else None.
         pred_volume_ml: total predicted volume.
         seconds: time the segmenter took.
+        disease_found: ``[found, total]`` pieces of known disease (26-connected; the GTV, or
+            the annotated tumour and nodes) that a predicted voxel lies in; None without any.
+            A filter that deletes a tumour shows here, where the FPV alone would improve.
     """
 
     case: str
@@ -402,10 +406,12 @@ class RealScanResult:
     found: bool | None
     pred_volume_ml: float
     seconds: float = 0.0
+    disease_found: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         return {
+            "disease_found": self.disease_found,
             "case": self.case,
             "method": self.method,
             "variant": self.variant,
@@ -417,6 +423,21 @@ class RealScanResult:
             "pred_volume_ml": self.pred_volume_ml,
             "seconds": self.seconds,
         }
+
+
+def known_disease_found(
+    pred: np.ndarray, regions: np.ndarray, gt: np.ndarray | None = None
+) -> list[int] | None:
+    """``[found, total]``: pieces of known disease (26-connected; ``gt`` where given, else the
+    regions' :data:`KNOWN_DISEASE_LABEL`) holding at least one predicted voxel; None if none."""
+    known = (np.asarray(gt) > 0) if gt is not None else np.asarray(regions) == KNOWN_DISEASE_LABEL
+    labels, n = cc3d.connected_components(  # type: ignore[call-overload]
+        np.ascontiguousarray(known, dtype=np.uint8), connectivity=26, return_N=True
+    )
+    if not n:
+        return None
+    hit = np.unique(labels[(np.asarray(pred) > 0) & known])
+    return [int((hit > 0).sum()), int(n)]
 
 
 def real_scan_metrics(
@@ -801,6 +822,7 @@ def benchmark_from_dict(payload: Mapping[str, Any]) -> RealBenchmark:
                 found=row["found"],
                 pred_volume_ml=float(row["pred_volume_ml"]),
                 seconds=float(row.get("seconds", 0.0)),
+                disease_found=row.get("disease_found"),
             )
         )
     for row in payload.get("crops", []):
@@ -870,7 +892,17 @@ def score_wholebody(
         fpv, by_region, forbidden, dice, found, volume = real_scan_metrics(mask, regions, ml, gt)
         results.append(
             RealScanResult(
-                case, method, variant, fpv, by_region, forbidden, dice, found, volume, seconds
+                case,
+                method,
+                variant,
+                fpv,
+                by_region,
+                forbidden,
+                dice,
+                found,
+                volume,
+                seconds,
+                known_disease_found(mask, regions, gt),
             )
         )
 
@@ -1030,15 +1062,22 @@ def _regions_text(by_region: Mapping[str, float], min_ml: float = 0.05) -> str:
     return ", ".join(f"{k} {v:.1f}" for v, k in items) or "none"
 
 
+def _pieces(found: list[int] | None) -> str:
+    return "n/a" if found is None else f"{found[0]} of {found[1]}"
+
+
 def _wholebody_target(r: RealScanResult) -> str:
     """Issue 32's target: labelled scan (STS_001) sarcoma found and FPV <= 50 ml; unlabelled
     scans FPV outside known disease <= 50 ml and nothing in brain, bladder or myocardium."""
     if r.found is not None:
         ok = r.found and r.fpv_ml <= TARGET_FPV_ML
         what = f"found, FPV <= {TARGET_FPV_ML:g} ml"
-    else:
+    else:  # and the known disease still found: a filter must not buy its FPV with a tumour
         ok = r.fpv_ml <= TARGET_FPV_ML and not r.forbidden_touched
         what = f"FPV <= {TARGET_FPV_ML:g} ml, none in brain/bladder/myocardium"
+        if r.disease_found is not None:
+            ok = ok and r.disease_found[0] == r.disease_found[1]
+            what += ", known disease found"
     return f"{'met' if ok else 'NOT met'} ({what})"
 
 
@@ -1087,9 +1126,10 @@ def report_markdown(bench: RealBenchmark, command: str, context: Sequence[str] =
         "(STS_001: the RTSTRUCT GTV_Mass; ACRIN-042 and CHUS-052: the annotated tumour and "
         "nodes), split over the annotated physiological regions (`annotations/real/`).",
         "",
-        "| scan | used in training | method | sarcoma found | Dice | FPV outside known disease "
-        "(ml) | FPV by region (ml) | in brain / bladder / myocardium | issue-32 target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scan | used in training | method | sarcoma found | known disease found | Dice | "
+        "FPV outside known disease (ml) | FPV by region (ml) | in brain / bladder / myocardium "
+        "| issue-32 target |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in bench.wholebody:
         if r.variant != UNPERTURBED:
@@ -1097,7 +1137,7 @@ def report_markdown(bench: RealBenchmark, command: str, context: Sequence[str] =
         target = _wholebody_target(r) if r.method in tested else ""
         lines.append(
             f"| {r.case} | {_yes(bench.used_in_training.get(r.case))} | {r.method} | "
-            f"{_yes(r.found)} | {_fmt(r.dice)} | {r.fpv_ml:.1f} | "
+            f"{_yes(r.found)} | {_pieces(r.disease_found)} | {_fmt(r.dice)} | {r.fpv_ml:.1f} | "
             f"{_regions_text(r.fpv_by_region_ml)} | {', '.join(r.forbidden_touched) or 'none'} | "
             f"{target} |"
         )
