@@ -50,6 +50,12 @@ def test_a_wrong_mask_has_more_fpv_outside_known_disease() -> None:
     assert volume == pytest.approx(float(wrong.sum()) * VOXEL_ML)
 
 
+def _bench_with(row: real.RealScanResult) -> real.RealBenchmark:
+    bench = _bench()
+    bench.wholebody.append(row)
+    return bench
+
+
 def test_known_disease_found_counts_the_pieces_a_prediction_keeps() -> None:
     regions = np.zeros((20, 20, 20), dtype=np.uint8)
     regions[2:5, 2:5, 2:5] = real.KNOWN_DISEASE_LABEL
@@ -62,9 +68,8 @@ def test_known_disease_found_counts_the_pieces_a_prediction_keeps() -> None:
     assert real.known_disease_found(one, np.zeros_like(regions)) is None
     row = real.RealScanResult("acrin", "m", real.UNPERTURBED, 10.0, {}, (), None, None, 1.0)
     row.disease_found = [1, 2]
-    assert "NOT met" in real._wholebody_target(row)
-    row.disease_found = [2, 2]
-    assert real._wholebody_target(row).startswith("met")
+    assert row.to_dict()["disease_found"] == [1, 2]
+    assert "| 1 of 2 |" in real.report_markdown(_bench_with(row), "cmd")
 
 
 def test_a_component_touching_known_disease_is_not_false_positive() -> None:

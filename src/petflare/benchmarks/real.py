@@ -1072,12 +1072,9 @@ def _wholebody_target(r: RealScanResult) -> str:
     if r.found is not None:
         ok = r.found and r.fpv_ml <= TARGET_FPV_ML
         what = f"found, FPV <= {TARGET_FPV_ML:g} ml"
-    else:  # and the known disease still found: a filter must not buy its FPV with a tumour
+    else:  # the definition; "known disease found" is its own column
         ok = r.fpv_ml <= TARGET_FPV_ML and not r.forbidden_touched
         what = f"FPV <= {TARGET_FPV_ML:g} ml, none in brain/bladder/myocardium"
-        if r.disease_found is not None:
-            ok = ok and r.disease_found[0] == r.disease_found[1]
-            what += ", known disease found"
     return f"{'met' if ok else 'NOT met'} ({what})"
 
 
