@@ -420,7 +420,7 @@ def test_a_site_network_gives_a_lesion_only_network_its_organ_map(
         coarse,
         settings,
         device="cpu",
-        metadata={"organ_classes": 3, "weights_sha256": "abc"},
+        metadata={"organ_classes": 3, "weights": {"sha256": "abc"}},
     )
     plain = threshold_predictor(sites=sites)
     assert plain.has_organs and plain.sites is sites and not plain.physiology_filter

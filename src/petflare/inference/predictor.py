@@ -142,8 +142,10 @@ class Predictor:
         self.physiology_filter = bool(physiology_filter) and self.has_organs
         if self.has_organs:  # lesion-only networks keep their feature-cache keys
             self.mask_settings["physiology_filter"] = self.physiology_filter
-        if self.sites is not None:
-            self.mask_settings["sites"] = self.sites.metadata.get("weights_sha256", "sites")
+        if self.sites is not None:  # the site network's weights decide the masks too
+            weights = self.sites.metadata.get("weights")
+            sha = weights.get("sha256") if isinstance(weights, dict) else None
+            self.mask_settings["sites"] = str(sha or "sites")
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
             roi_size=inference.roi_size_vox,
