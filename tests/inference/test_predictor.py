@@ -463,3 +463,34 @@ def test_model_folder_loads_its_site_subfolder(
     make_tiny_model_folder(other / SITES_SUBFOLDER)  # a lesion-only network as "sites"
     with pytest.raises(PetflareInputError, match="sites"):
         Predictor.from_folder(other, device="cpu")
+
+
+@pytest.mark.parametrize("flip_z", [False, True], ids=["feet_first", "head_first_array"])
+def test_plausible_organs_keeps_one_bladder_one_heart_two_kidneys(flip_z: bool) -> None:
+    """A necrotic thigh mass that a site network also calls bladder and myocardium is a second
+    piece: the bladder nearest the head and the largest heart stay, the rest is background;
+    the array's axis order does not matter (the affine says where the head is)."""
+    from petflare.constants import ORGAN_TO_INDEX
+    from petflare.inference.postprocess import plausible_organs
+
+    bladder, heart, kidney = (ORGAN_TO_INDEX[n] for n in ("bladder", "myocardium", "kidney"))
+    organs = np.zeros((20, 20, 60), dtype=np.uint8)
+    organs[5:10, 5:10, 20:25] = bladder  # the real bladder (z 20-24)
+    organs[5:11, 5:11, 5:10] = bladder  # "bladder" in the thigh, lower and larger
+    organs[5:12, 5:12, 45:52] = heart
+    organs[12:15, 12:15, 5:8] = heart  # a smaller second "heart" in the thigh
+    organs[2:5, 12:16, 30:36] = kidney
+    organs[15:18, 12:16, 30:36] = kidney
+    organs[10:11, 10:11, 28:29] = kidney  # a speck: a third piece
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    if flip_z:  # the same body stored head first: the array flipped, the affine compensates
+        organs = organs[:, :, ::-1].copy()
+        affine = affine @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, -1, 59], [0, 0, 0, 1.0]])
+    out = plausible_organs(organs, affine)
+    back = out[:, :, ::-1] if flip_z else out
+    assert (back[5:10, 5:10, 20:25] == bladder).all()
+    assert not (back[5:11, 5:11, 5:10] == bladder).any()
+    assert (back[5:12, 5:12, 45:52] == heart).all() and not (back[12:15, 12:15, 5:8] == heart).any()
+    assert (back == kidney).sum() == 2 * 3 * 4 * 6 and back[10, 10, 28] == 0
+    untouched = plausible_organs(out, affine)
+    np.testing.assert_array_equal(untouched, out)

@@ -106,3 +106,48 @@ def remove_physiological_components(
     for lesion in dropped:
         counts[found[lesion]] = counts.get(found[lesion], 0) + 1
     return keep.astype(np.uint8), counts
+
+
+#: Pieces of each physiological organ an organ map may hold: one brain, one heart, one bladder,
+#: two kidneys. A hot mass elsewhere that a network also calls one of these organs (a necrotic
+#: thigh sarcoma called "bladder" or "myocardium" beside the real ones) is a second piece.
+ORGAN_PIECES: dict[str, int] = {"brain": 1, "myocardium": 1, "kidney": 2, "bladder": 1}
+
+#: A piece at least this share of its organ's largest piece competes for the bladder's place.
+BLADDER_CANDIDATE_SHARE = 0.25
+
+
+def plausible_organs(organs: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The organ map with each physiological organ cut to the pieces anatomy allows.
+
+    Brain, myocardium and kidneys keep their largest one or two 26-connected pieces
+    (:data:`ORGAN_PIECES`). The bladder keeps, of its pieces at least
+    :data:`BLADDER_CANDIDATE_SHARE` of the largest, the one nearest the head (world z of
+    ``affine``): urine fills the bladder, and what lies below it in the thighs is not urine. The
+    other pieces become background (0), so nothing in them is taken for physiology.
+
+    Args:
+        organs: organ label map (``petflare.constants.ORGANS`` indices), 3D.
+        affine: its voxel-to-world (RAS or LPS: z runs feet to head) affine.
+    """
+    from petflare.constants import ORGAN_TO_INDEX
+
+    out = np.array(organs, copy=True)
+    affine = np.asarray(affine, dtype=np.float64)
+    for name, keep in ORGAN_PIECES.items():
+        index = ORGAN_TO_INDEX[name]
+        labels, n = cc3d.connected_components(  # type: ignore[call-overload]
+            np.ascontiguousarray(out == index, dtype=np.uint8), connectivity=26, return_N=True
+        )
+        if n <= keep:
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        if name == "bladder":
+            candidates = np.flatnonzero(sizes >= BLADDER_CANDIDATE_SHARE * sizes.max()) + 1
+            centroids = cc3d.statistics(labels)["centroids"]
+            heights = [float(affine[2, :3] @ centroids[c] + affine[2, 3]) for c in candidates]
+            kept = [int(candidates[int(np.argmax(heights))])]
+        else:
+            kept = [int(i) + 1 for i in np.argsort(-sizes, kind="stable")[:keep]]
+        out[(labels > 0) & ~np.isin(labels, kept)] = 0
+    return out

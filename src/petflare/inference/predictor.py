@@ -26,6 +26,7 @@ from petflare.data.transforms import PreprocessingConfig, preprocessing_transfor
 from petflare.errors import PetflareInputError
 from petflare.inference.model_folder import InferenceSettings, load_model_folder
 from petflare.inference.postprocess import (
+    plausible_organs,
     remove_physiological_components,
     remove_small_components,
 )
@@ -94,8 +95,9 @@ class Predictor:
             organ map (the network's own organ output, or ``sites``).
         sites: the site network of a lesion-only folder (its ``sites/`` subfolder, an
             anatomy-aware network that sees the whole body at a coarse grid): its organ map is
-            the one the physiology filter and the pair logic read, for studies whose field of
-            view spans at least :data:`SITES_MIN_EXTENT_MM` head to foot (none otherwise).
+            the one the physiology filter and the pair logic read (cut to the pieces anatomy
+            allows, ``postprocess.plausible_organs``), for studies whose field of view spans at
+            least :data:`SITES_MIN_EXTENT_MM` head to foot (none otherwise).
             Ignored for an anatomy-aware network, whose own organ output serves.
     """
 
@@ -312,7 +314,9 @@ class Predictor:
         if self.sites is not None:
             if craniocaudal_extent_mm(study) < SITES_MIN_EXTENT_MM:
                 return Segmentation(mask, None)  # no body context: no organ map, no filter
-            organs = self.sites.segment(study).organs
+            found = self.sites.segment(study).organs
+            assert found is not None
+            organs = plausible_organs(found, study.affine)
         elif self.organ_classes:
             labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
             back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
