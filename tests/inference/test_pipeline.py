@@ -512,3 +512,29 @@ def test_a_rising_focus_the_masks_miss_is_named_and_marked(tmp_path: Path) -> No
     seen = run_pair(baseline, followup, ThresholdPredictor(), registration=SAME_FRAME)
     assert seen.pair_report is not None and seen.pair_report.new_focal_uptake == []
     assert seen.pair_report.disease.n_new == 1
+
+
+class HighThresholdBladderPredictor(HighThresholdPredictor):
+    """HighThresholdPredictor whose organ map calls everything bladder (a site network's map,
+    with the filter's removals already gone from the mask)."""
+
+    organ_classes = 9
+
+    def segment(self, study: Study) -> Any:
+        from petflare.constants import ORGAN_TO_INDEX
+        from petflare.inference.predictor import Segmentation
+
+        organs = np.full(study.shape, ORGAN_TO_INDEX["bladder"], dtype=np.uint8)
+        organs[self.predict(study) > 0] = 0  # the hot mass itself is disease
+        return Segmentation(self.predict(study), organs)
+
+
+def test_no_rising_focus_is_named_inside_an_organ_of_physiological_uptake() -> None:
+    """Urine filling the bladder rises focally between visits; the organ map says where the
+    bladder is, so the voxelwise check leaves it alone even when no mask held it."""
+    baseline = phantom(SHAPE, BASE_AFFINE, [(A, 9.0, 15.0)])
+    followup = phantom(SHAPE, BASE_AFFINE, [(A, 9.0, 15.0), (C, 6.0, 8.0)])
+    missed = run_pair(baseline, followup, HighThresholdPredictor(), registration=SAME_FRAME)
+    assert missed.pair_report is not None and len(missed.pair_report.new_focal_uptake) == 1
+    aware = run_pair(baseline, followup, HighThresholdBladderPredictor(), registration=SAME_FRAME)
+    assert aware.pair_report is not None and aware.pair_report.new_focal_uptake == []

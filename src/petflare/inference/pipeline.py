@@ -195,11 +195,22 @@ class SegmentedScan:
         sites: each lesion's site from an anatomy-aware network's organ output (an organ of
             ``petflare.constants.ORGANS`` or ``"other"``), None without one.
         dropped_physiological: lesions the physiology filter removed, per site.
+        organs: the organ map the sites came from (same grid), None without one.
     """
 
     instances: np.ndarray
     sites: dict[int, str] | None = None
     dropped_physiological: dict[str, int] = field(default_factory=dict)
+    organs: np.ndarray | None = None
+
+    def physiological_organs(self) -> np.ndarray | None:
+        """Voxels of the organ map in a physiological-uptake organ (brain, myocardium, kidney,
+        bladder), or None without an organ map."""
+        if self.organs is None:
+            return None
+        from petflare.constants import ORGAN_TO_INDEX, PHYSIOLOGICAL_SITES
+
+        return np.isin(self.organs, [ORGAN_TO_INDEX[name] for name in PHYSIOLOGICAL_SITES])
 
     def annotate(self, report: ScanReport) -> None:
         """Write the sites and the filter's removals into the scan's report."""
@@ -236,6 +247,7 @@ def segment(
             instances,
             sites=None if organs is None else component_sites(instances, organs),
             dropped_physiological={} if found is None else dict(found.dropped_physiological),
+            organs=organs,
         )
 
 
@@ -368,8 +380,12 @@ def _compute_pair(
     )
     follow_all = segment(follow_study, predictor, timer, "followup")
     follow_segmented, follow_physio = _disease_part(follow_study, follow_all)
-    # what the follow-up segmented at physiological sites is never reported as new focal uptake
+    # what the follow-up segmented at physiological sites, and the organs of physiological uptake
+    # in its organ map (what the filter removed included), is never reported as new focal uptake
     physiological = (follow_all.instances > 0) & (follow_segmented.instances == 0)
+    organs = follow_all.physiological_organs()
+    if organs is not None:
+        physiological |= organs
     base_instances, follow_instances = base_segmented.instances, follow_segmented.instances
     with timer.stage("quantify_and_compare"):
         # measures both scans, aligns them, matches lesions, PERCIST / EORTC / Choi, rules
@@ -427,7 +443,9 @@ def _disease_part(
     """The scan's disease lesions (physiological-site components taken out, renumbered) and
     what was taken out per site (:mod:`petflare.inference.physiology`)."""
     split = split_physiological(study, segmented.instances, segmented.sites)
-    disease = SegmentedScan(split.instances, split.sites, dict(segmented.dropped_physiological))
+    disease = SegmentedScan(
+        split.instances, split.sites, dict(segmented.dropped_physiological), segmented.organs
+    )
     return disease, split.physiological
 
 
