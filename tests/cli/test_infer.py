@@ -420,6 +420,7 @@ def test_single_scan_end_to_end(
         "tta": False,
         "physiology_filter": False,  # a lesion-only network: no organ output, no filter
         "organ_classes": 0,
+        "site_network": False,  # the tiny test folder has no sites/
     }
 
 
