@@ -494,3 +494,38 @@ def test_plausible_organs_keeps_one_bladder_one_heart_two_kidneys(flip_z: bool) 
     assert (back == kidney).sum() == 2 * 3 * 4 * 6 and back[10, 10, 28] == 0
     untouched = plausible_organs(out, affine)
     np.testing.assert_array_equal(untouched, out)
+
+
+def test_the_site_networks_kidneys_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lesion the site network calls kidney stays a lesion (SITES_UNUSED_ORGANS)."""
+    from petflare.constants import ORGAN_TO_INDEX
+    from petflare.inference import predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "SITES_MIN_EXTENT_MM", 0.0)  # a tiny test volume
+
+    class KidneyLesionNet(OrganThresholdNet):
+        """Everything hot is lesion, and the organ output calls it kidney."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = super().forward(x)
+            lesion = out[:, 1:2]
+            organs = [torch.full_like(lesion, -50.0) for _ in range(9)]
+            organs[0] = -lesion
+            organs[ORGAN_TO_INDEX["kidney"]] = lesion
+            return torch.cat([out[:, :2], *organs], dim=1)
+
+    study = off_centre_study(make_non_ras_affine())
+    coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    sites = Predictor(
+        KidneyLesionNet(coarse.scaled_suv(THRESHOLD_SUV)),
+        coarse,
+        settings,
+        device="cpu",
+        metadata={"organ_classes": 9},
+    )
+    assert sites.segment(study).organs is not None
+    assert (sites.segment(study).organs == ORGAN_TO_INDEX["kidney"]).any()
+    found = threshold_predictor(sites=sites, physiology_filter=True).segment(study)
+    assert found.mask.any() and found.dropped_physiological == {}
+    assert found.organs is not None and not (found.organs == ORGAN_TO_INDEX["kidney"]).any()
