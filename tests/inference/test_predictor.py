@@ -432,6 +432,7 @@ def test_a_site_network_gives_a_lesion_only_network_its_organ_map(
     filtered = threshold_predictor(sites=sites, physiology_filter=True).segment(study)
     assert not filtered.mask.any() and filtered.dropped_physiological == {"brain": 1}
     assert plain.mask_settings["sites"] == "abc"
+    assert plain.mask_settings["sites_unused"] == "kidney"  # a feature cache knows the rule
     # a short field of view (a tumour crop) has no body context: no organ map, nothing dropped
     extent = predictor_module.craniocaudal_extent_mm(study)
     assert 0.0 < extent < 350.0

@@ -154,6 +154,7 @@ class Predictor:
             weights = self.sites.metadata.get("weights")
             sha = weights.get("sha256") if isinstance(weights, dict) else None
             self.mask_settings["sites"] = str(sha or "sites")
+            self.mask_settings["sites_unused"] = ",".join(SITES_UNUSED_ORGANS)
         self._transform = Compose(preprocessing_transforms(preprocessing, with_label=False))
         self._inferer = SlidingWindowInferer(
             roi_size=inference.roi_size_vox,
