@@ -404,6 +404,14 @@ def test_anatomy_candidate_folder_loads_with_its_organ_output() -> None:
     assert found.organs.shape == study.shape and int(found.organs.max()) < 9
 
 
+def site_predictor(net_class: type[OrganThresholdNet], metadata: dict) -> Predictor:
+    """A site network on a coarser (6 mm) grid than :func:`threshold_predictor`'s."""
+    coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
+    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
+    net = net_class(coarse.scaled_suv(THRESHOLD_SUV))
+    return Predictor(net, coarse, settings, device="cpu", metadata=metadata)
+
+
 def test_a_site_network_gives_a_lesion_only_network_its_organ_map(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -413,15 +421,7 @@ def test_a_site_network_gives_a_lesion_only_network_its_organ_map(
 
     monkeypatch.setattr(predictor_module, "SITES_MIN_EXTENT_MM", 0.0)  # a tiny test volume
     study = off_centre_study(make_non_ras_affine())
-    coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
-    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
-    sites = Predictor(
-        BrainLesionNet(coarse.scaled_suv(THRESHOLD_SUV)),
-        coarse,
-        settings,
-        device="cpu",
-        metadata={"organ_classes": 3, "weights": {"sha256": "abc"}},
-    )
+    sites = site_predictor(BrainLesionNet, {"organ_classes": 3, "weights": {"sha256": "abc"}})
     plain = threshold_predictor(sites=sites)
     assert plain.has_organs and plain.sites is sites and not plain.physiology_filter
     found = plain.segment(study)
@@ -516,15 +516,7 @@ def test_the_site_networks_kidneys_are_not_used(monkeypatch: pytest.MonkeyPatch)
             return torch.cat([out[:, :2], *organs], dim=1)
 
     study = off_centre_study(make_non_ras_affine())
-    coarse = PreprocessingConfig(channels=("pet",), spacing_mm=(6.0, 6.0, 6.0))
-    settings = InferenceSettings(roi_size_vox=(16, 16, 16), overlap=0.25, min_component_ml=0.0)
-    sites = Predictor(
-        KidneyLesionNet(coarse.scaled_suv(THRESHOLD_SUV)),
-        coarse,
-        settings,
-        device="cpu",
-        metadata={"organ_classes": 9},
-    )
+    sites = site_predictor(KidneyLesionNet, {"organ_classes": 9})
     assert sites.segment(study).organs is not None
     assert (sites.segment(study).organs == ORGAN_TO_INDEX["kidney"]).any()
     found = threshold_predictor(sites=sites, physiology_filter=True).segment(study)

@@ -7,7 +7,7 @@ import math
 import cc3d
 import numpy as np
 
-from petflare.constants import PHYSIOLOGICAL_SITES
+from petflare.constants import ORGAN_TO_INDEX, PHYSIOLOGICAL_SITES
 
 
 def remove_small_components(
@@ -130,8 +130,6 @@ def plausible_organs(organs: np.ndarray, affine: np.ndarray) -> np.ndarray:
         organs: organ label map (``petflare.constants.ORGANS`` indices), 3D.
         affine: its voxel-to-world (RAS or LPS: z runs feet to head) affine.
     """
-    from petflare.constants import ORGAN_TO_INDEX
-
     out = np.array(organs, copy=True)
     affine = np.asarray(affine, dtype=np.float64)
     for name, keep in ORGAN_PIECES.items():

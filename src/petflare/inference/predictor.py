@@ -321,14 +321,12 @@ class Predictor:
         if self.sites is not None:
             if craniocaudal_extent_mm(study) < SITES_MIN_EXTENT_MM:
                 return Segmentation(mask, None)  # no body context: no organ map, no filter
-            found = self.sites.segment(study).organs
+            found = self.sites.organ_map(study)
             assert found is not None
+            found[np.isin(found, [ORGAN_TO_INDEX[name] for name in SITES_UNUSED_ORGANS])] = 0
             organs = plausible_organs(found, study.affine)
-            organs[np.isin(organs, [ORGAN_TO_INDEX[name] for name in SITES_UNUSED_ORGANS])] = 0
         elif self.organ_classes:
-            labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
-            back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
-            organs = back.cpu().numpy().round().astype(np.uint8)
+            organs = self._organ_labels(probs, image, study)
         else:
             return Segmentation(mask, None)
         assert organs is not None
@@ -336,6 +334,22 @@ class Predictor:
         if self.physiology_filter and mask.any():
             mask, dropped = remove_physiological_components(mask, organs)
         return Segmentation(mask, organs, dropped)
+
+    def _organ_labels(self, probs: torch.Tensor, image: MetaTensor, study: Study) -> np.ndarray:
+        """The most probable organ of ``probs`` (lesion channel first) on the study's grid."""
+        labels = torch.argmax(probs[1:], dim=0, keepdim=True).float()
+        back = _resample(labels, image.affine, study.affine, study.shape, mode="nearest")
+        return np.asarray(back.cpu().numpy().round().astype(np.uint8))
+
+    def organ_map(self, study: Study) -> np.ndarray | None:
+        """The network's own organ map on the study's grid, without a lesion mask (how a site
+        network is read); None for a lesion-only network."""
+        if not self.organ_classes:
+            return None
+        image = self.preprocess(study)
+        if min(image.shape[1:]) == 0:
+            return np.zeros(study.shape, dtype=np.uint8)
+        return self._organ_labels(self._probabilities(image.as_tensor()), image, study)
 
     def disease_mask(self, study: Study) -> np.ndarray:
         """The lesion mask a pair compares: without the components at physiological sites

@@ -213,10 +213,6 @@ class SegmentationModule(pl.LightningModule):
         )
         return loss
 
-    def organ_logits(self, image: torch.Tensor) -> torch.Tensor:
-        """The organ logits only (validation of an anatomy-aware network)."""
-        return self(image)[:, LESION_CHANNELS:]
-
     def on_validation_epoch_start(self) -> None:
         self._val_scans = []
         self._val_organ_dice = []
@@ -225,15 +221,15 @@ class SegmentationModule(pl.LightningModule):
         """Sliding-window prediction of one whole volume and its autoPET metrics."""
         image, label = batch[Keys.IMAGE], batch[Keys.LABEL]
         voxel_ml = voxel_volume_ml_of(image)
-        logits = self.inferer(_plain(image), self.lesion_logits)
+        with_organs = bool(self.organ_classes) and Keys.ORGANS in batch
+        # one sliding-window pass: the organ logits come with the lesion pair when scored
+        logits = self.inferer(_plain(image), self if with_organs else self.lesion_logits)
         assert isinstance(logits, torch.Tensor)
-        pred = torch.argmax(logits, dim=1)[0].cpu().numpy().astype(np.uint8)
+        pred = torch.argmax(logits[:, :LESION_CHANNELS], dim=1)[0].cpu().numpy().astype(np.uint8)
         gt = (label[0, 0] > 0).cpu().numpy().astype(np.uint8)
         self._val_scans.append(scan_metrics(pred, gt, voxel_ml, connectivity=self.connectivity))
-        if self.organ_classes and Keys.ORGANS in batch:
-            organ_logits = self.inferer(_plain(image), self.organ_logits)
-            assert isinstance(organ_logits, torch.Tensor)
-            found = torch.argmax(organ_logits, dim=1)[0].cpu().numpy()
+        if with_organs:
+            found = torch.argmax(logits[:, LESION_CHANNELS:], dim=1)[0].cpu().numpy()
             truth = _plain(batch[Keys.ORGANS])[0, 0].cpu().numpy().astype(np.int64)
             self._val_organ_dice.append(physiological_site_dice(found, truth))
 
