@@ -64,9 +64,13 @@ def test_dataset_layout_manifest_and_truth(tmp_path: Path, coarse_config: Phanto
 
 def test_dataset_matches_generate_pair(tmp_path: Path, coarse_config: PhantomConfig) -> None:
     out = tmp_path / "ds"
-    generate_dataset(out, 2, seed=9, config=coarse_config, patterns=["new_lesions"])
+    manifest = generate_dataset(
+        out, 2, seed=9, config=coarse_config, patterns=["new_lesions"], id_prefix="V2_"
+    )
     base, follow, _ = generate_pair(_pair_seed(9, 1), "new_lesions", coarse_config)
-    img = nib.load(out / "autopet" / "PF0001" / "followup" / "SUV.nii.gz")
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        assert [r["patient_id"] for r in csv.DictReader(fh)] == ["V2_0000", "V2_0001"]
+    img = nib.load(out / "autopet" / "V2_0001" / "followup" / "SUV.nii.gz")
     np.testing.assert_array_equal(np.asarray(img.dataobj), follow.pet)
     np.testing.assert_allclose(img.affine, follow.affine)
 
@@ -116,5 +120,8 @@ def test_bad_arguments_are_rejected(tmp_path: Path, coarse_config: PhantomConfig
         generate_dataset(tmp_path / "x", 1, seed=0, config=coarse_config, patterns=["flare"])
     with pytest.raises(PetflareInputError, match="n_pairs"):
         generate_dataset(tmp_path / "y", 0, seed=0, config=coarse_config)
+    with pytest.raises(PetflareInputError, match="id_prefix"):
+        generate_dataset(tmp_path / "z", 1, seed=0, config=coarse_config, id_prefix="../PF")
+    assert not (tmp_path / "z").exists()
     with pytest.raises(ValueError, match="orientations"):
         PhantomConfig(orientations=("XYZ",))

@@ -55,6 +55,7 @@ def run(cfg: DictConfig) -> Path:
         patterns=patterns,
         overwrite=bool(cfg.overwrite),
         workers=int(cfg.workers),
+        id_prefix=str(cfg.id_prefix),
     )
     elapsed = time.perf_counter() - start
     with manifest.open(newline="", encoding="utf-8") as fh:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
@@ -469,6 +470,7 @@ def generate_dataset(
     overwrite: bool = False,
     workers: int = 1,
     split_fractions: dict[str, float] | None = None,
+    id_prefix: str = "PF",
 ) -> Path:
     """Write ``n_pairs`` phantom pairs as ``out_dir/autopet/<patient>/<study>/{SUV,CTres,SEG,
     ORGANS}.nii.gz``, their ground truth as ``out_dir/truth/<patient>.json`` and
@@ -483,6 +485,8 @@ def generate_dataset(
         overwrite: replace an existing non-empty ``out_dir``.
         workers: processes to use (the result does not depend on it).
         split_fractions: train/val/test fractions (by patient, stratified by pattern).
+        id_prefix: patient ids are ``<id_prefix><NNNN>`` (letters, digits, ``_`` or ``-``);
+            distinct prefixes keep ids unique when several sets are read together.
 
     Returns:
         Path of the manifest (paths in it are relative to its folder).
@@ -499,10 +503,14 @@ def generate_dataset(
         raise PetflareInputError(
             None, f"split names must be among {SPLITS}, got {sorted(fractions)}"
         )
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", id_prefix):
+        raise PetflareInputError(
+            None, f"id_prefix must be letters, digits, '_' or '-', got {id_prefix!r}"
+        )
     pats = [cycle[i % len(cycle)] for i in range(n_pairs)]
     splits = _assign_splits(pats, seed, fractions)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        jobs = [(tmp, f"PF{i:04d}", _pair_seed(seed, i), pats[i], config) for i in range(n_pairs)]
+        jobs = [(tmp, f"{id_prefix}{i:04d}", _pair_seed(seed, i), pats[i], config) for i in range(n_pairs)]
         if workers > 1 and n_pairs > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 rows = list(pool.map(_write_pair, jobs))
