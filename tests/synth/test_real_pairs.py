@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from petflare.constants import ORGAN_TO_INDEX, PATTERNS
 from petflare.data.longitudinal.samples import load_row_studies
+from petflare.errors import PetflareInputError
 from petflare.io.layouts import load_manifest
 from petflare.io.nifti import load_nifti
 from petflare.paths import real_data_dir
@@ -216,6 +217,21 @@ def test_dataset_manifest_truth_and_exclusion(tiny, tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "pairs" / "real_pairs.json").read_text())
     assert meta["backgrounds_not_used"] == {"sts001": "excluded"}
     assert [b["name"] for b in meta["backgrounds_used"]] == ["tiny"]
+
+
+def test_first_index_numbers_the_ids_and_keeps_the_pattern_cycle(tiny, tmp_path: Path) -> None:
+    config = RealPairConfig(lesions=LESIONS, n_inserted=(1, 1))
+    manifest = generate_real_pair_dataset(
+        tmp_path / "pairs", [tiny[0]], 2, 0, config=config, first_index=1000
+    )
+    rows = load_manifest(manifest)
+    assert [r["patient_id"] for r in rows] == ["tiny_p1000", "tiny_p1001"]
+    assert [r["pattern"] for r in rows] == list(PATTERNS[:2])
+    with pytest.raises(PetflareInputError, match="0-9999"):
+        generate_real_pair_dataset(
+            tmp_path / "bad", [tiny[0]], 2, 0, config=config, first_index=9999
+        )
+    assert not (tmp_path / "bad").exists()
 
 
 def test_same_seed_same_pair(tiny) -> None:

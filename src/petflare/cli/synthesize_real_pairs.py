@@ -36,6 +36,7 @@ def run(cfg: DictConfig) -> Path:
         config=config,
         skipped=skipped,
         overwrite=bool(cfg.overwrite),
+        first_index=int(cfg.first_index),
     )
     meta = json.loads((out / "real_pairs.json").read_text())
     wall = [r["seconds"] for r in meta["pairs"]]

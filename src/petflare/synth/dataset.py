@@ -510,7 +510,10 @@ def generate_dataset(
     pats = [cycle[i % len(cycle)] for i in range(n_pairs)]
     splits = _assign_splits(pats, seed, fractions)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        jobs = [(tmp, f"{id_prefix}{i:04d}", _pair_seed(seed, i), pats[i], config) for i in range(n_pairs)]
+        jobs = [
+            (tmp, f"{id_prefix}{i:04d}", _pair_seed(seed, i), pats[i], config)
+            for i in range(n_pairs)
+        ]
         if workers > 1 and n_pairs > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 rows = list(pool.map(_write_pair, jobs))

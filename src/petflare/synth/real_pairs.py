@@ -663,6 +663,7 @@ def generate_real_pair_dataset(
     skipped: dict[str, str] | None = None,
     overwrite: bool = False,
     split_fractions: dict[str, float] | None = None,
+    first_index: int = 0,
 ) -> Path:
     """Write ``n_pairs_per_background`` pairs per background (patterns cycled, balanced).
 
@@ -670,8 +671,10 @@ def generate_real_pair_dataset(
     ``followup_pet``, masks, organ maps, ``pattern``, ``split``), ``out_dir/autopet/<pair>/
     {baseline,followup}/{SUV,SEG,ORGANS}.nii.gz``, ``out_dir/truth/<pair>.json`` and
     ``out_dir/real_pairs.json`` (backgrounds used / not used, config, seed, timing). Pair ids
-    are ``<background>_p<NNNN>``; splits are drawn by pair, so for a held-out background
-    generate it into another folder (``skipped`` records what was excluded).
+    are ``<background>_p<NNNN>``, numbered from ``first_index`` (sets that are read together,
+    e.g. in one head's manifest list, need distinct ids; pair ``NNNN``'s seed depends on its
+    number); splits are drawn by pair, so for a held-out background generate it into another
+    folder (``skipped`` records what was excluded).
 
     Returns:
         Path of the manifest.
@@ -682,6 +685,10 @@ def generate_real_pair_dataset(
         raise PetflareInputError(out_dir, f"n_pairs must be >= 1, got {n_pairs_per_background}")
     if not backgrounds:
         raise PetflareInputError(out_dir, "no background to build pairs on")
+    if first_index < 0 or first_index + n_pairs_per_background > 10000:
+        raise PetflareInputError(
+            out_dir, f"pair numbers {first_index}.. must lie in 0-9999 (first_index {first_index})"
+        )
     rows: list[dict[str, str]] = []
     records: list[dict[str, Any]] = []
     used: list[dict[str, Any]] = []
@@ -700,9 +707,10 @@ def generate_real_pair_dataset(
                     "analysis_seconds": round(time.perf_counter() - t0, 2),
                 }
             )
-            for index in range(n_pairs_per_background):
+            for local in range(n_pairs_per_background):
+                index = first_index + local
                 t1, cpu1 = time.perf_counter(), time.process_time()
-                pattern = config.patterns[index % len(config.patterns)]
+                pattern = config.patterns[local % len(config.patterns)]
                 pair_id = f"{bg.name}_p{index:04d}"
                 pair_seed = _pair_seed(seed, bg.name, index)
                 pair = generate_real_pair(bg, pattern, config, pair_seed, analysis)
