@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from petflare.benchmarks.common import run_report
-from petflare.benchmarks.real import used_in_training
+from petflare.benchmarks.real import used_by_any
 from petflare.constants import PATTERN_TO_INDEX, PATTERNS, Keys
 from petflare.errors import PetflareInputError
 from petflare.training.pattern_metrics import (
@@ -369,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
             from petflare.inference.pattern import PatternClassifier
 
             head = PatternClassifier.from_folder(model, device="cpu")
-        metadata = predictor.metadata
+        # the folder's network and its site network both count as having seen a background
+        metadata = [predictor.metadata] + (
+            [predictor.sites.metadata] if predictor.sites is not None else []
+        )
 
         def say(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         records = evaluate_pairs(rows, predictor, head, say, truth_dir(args.pairs))
         physiology = evaluate_pairs(physio_rows, predictor, head, say)
         backgrounds = {r["background"] for r in [*records, *physiology]}
-        seen = {bg: used_in_training(metadata, bg) for bg in backgrounds}
+        seen = {bg: used_by_any(metadata, bg) for bg in backgrounds}
         return format_report(str(model), records, physiology, seen, command)
 
     return run_report("benchmark_real_pairs", args.out, args.overwrite, make)
