@@ -103,6 +103,30 @@ def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  
         AugmentationConfig(smooth_sigma_vox=(1.0, 0.5))
 
 
+def test_field_of_view_crop_cuts_image_and_label_around_the_centre(tiny_study) -> None:  # noqa: ANN001
+    config = PreprocessingConfig(spacing_mm=(2.0, 2.0, 2.0))
+    item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
+    common = dict(patch_size_vox=(8, 8, 8), num_samples=1, pos_fraction=1.0, flip_prob=0.0)
+    common |= dict(affine_prob=0.0, intensity_prob=0.0)
+    whole = AugmentationConfig(**common)
+    cut = AugmentationConfig(**common, fov_crop_prob=1.0, fov_crop_half_vox=(1, 1))
+    a = training_transforms(config, whole).set_random_state(seed=0)(item)[0]
+    b = training_transforms(config, cut).set_random_state(seed=0)(item)[0]
+    box = (slice(None), slice(3, 6), slice(3, 6), slice(3, 6))  # centre 4 +- 1
+    assert torch.equal(b[Keys.IMAGE][box], a[Keys.IMAGE][box])
+    assert torch.equal(b[Keys.LABEL][box], a[Keys.LABEL][box])
+    outside = torch.ones_like(b[Keys.LABEL], dtype=torch.bool)
+    outside[box] = False
+    assert float(a[Keys.IMAGE][outside].abs().sum()) > 0  # there was something to cut away
+    assert float(b[Keys.IMAGE][outside].abs().sum()) == 0.0  # SUV 0: no data
+    assert float(b[Keys.LABEL][outside].sum()) == 0.0
+    assert float(b[Keys.LABEL][box].sum()) > 0  # the lesion at the centre stays labelled
+    with pytest.raises(ValueError, match="fov_crop_half_vox"):
+        AugmentationConfig(fov_crop_half_vox=(5, 2))
+    with pytest.raises(ValueError, match="fov_crop_prob"):
+        AugmentationConfig(fov_crop_prob=1.5)
+
+
 def test_missing_ct_is_refused() -> None:
     entry = {"patient_id": "p", "study_id": "s", "pet": "/x/SUV.nii.gz", "ct": None, "label": "l"}
     with pytest.raises(PetflareInputError, match="CT"):

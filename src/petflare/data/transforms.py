@@ -32,6 +32,7 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ResampleToMatchd,
@@ -333,6 +334,12 @@ class AugmentationConfig:
         smooth_prob: probability of an extra Gaussian blur (a scanner with a wider
             point-spread function or stronger post-filter than the training data).
         smooth_sigma_vox: range of that blur's standard deviation, in voxels.
+        fov_crop_prob: probability that a patch is cut to a smaller field of view around its
+            centre (everything outside set to "no data": SUV 0, CT air, no label), as in
+            a tumour-centred crop (IBSI, HECKTOR) or a limited scan range; without it the
+            network sees a scan's edge only at the body's surface.
+        fov_crop_half_vox: range of that field of view's half-extent from the patch centre,
+            drawn for each of the six sides, in voxels.
     """
 
     patch_size_vox: tuple[int, int, int] = (64, 64, 64)
@@ -346,15 +353,84 @@ class AugmentationConfig:
     intensity_prob: float = 0.3
     smooth_prob: float = 0.0
     smooth_sigma_vox: tuple[float, float] = (0.25, 0.75)
+    fov_crop_prob: float = 0.0
+    fov_crop_half_vox: tuple[int, int] = (10, 30)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size_vox", tuple(int(s) for s in self.patch_size_vox))
+        half = tuple(int(h) for h in self.fov_crop_half_vox)
+        if len(half) != 2 or not 1 <= half[0] <= half[1]:
+            raise ValueError(f"fov_crop_half_vox must be (low, high) >= 1, got {half}")
+        object.__setattr__(self, "fov_crop_half_vox", half)
+        if not 0.0 <= self.fov_crop_prob <= 1.0:
+            raise ValueError(f"fov_crop_prob must be in [0, 1], got {self.fov_crop_prob}")
         sigma = tuple(float(s) for s in self.smooth_sigma_vox)
         if len(sigma) != 2 or not 0.0 <= sigma[0] <= sigma[1]:
             raise ValueError(f"smooth_sigma_vox must be (low, high), got {self.smooth_sigma_vox}")
         object.__setattr__(self, "smooth_sigma_vox", sigma)
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+
+
+class RandFieldOfViewd(RandomizableTransform, MapTransform):
+    """Cut a patch to a random box around its centre, as a tumour-centred crop looks.
+
+    Each of the six sides lies ``half_vox`` (drawn per side) from the patch centre; outside the
+    box the image channels take ``image_fill`` (one value per channel: the network input of
+    "no data") and the label-like keys ``label_fill`` (one per key), so what is cut away is
+    neither seen nor supervised as lesion.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str,
+        image_fill: tuple[float, ...],
+        label_fill: tuple[float, ...],
+        prob: float,
+        half_vox: tuple[int, int],
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+        self.image_key = image_key
+        self.image_fill = tuple(float(v) for v in image_fill)
+        self.label_fill = tuple(float(v) for v in label_fill)
+        self.half_vox = (int(half_vox[0]), int(half_vox[1]))
+        self._half = np.zeros((3, 2), dtype=int)
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self._half = self.R.randint(self.half_vox[0], self.half_vox[1] + 1, size=(3, 2))
+
+    def _box(self, shape: tuple[int, ...]) -> tuple[slice, ...]:
+        out = []
+        for axis, size in enumerate(shape):
+            centre = size // 2
+            low = max(centre - int(self._half[axis, 0]), 0)
+            high = min(centre + int(self._half[axis, 1]) + 1, size)
+            out.append(slice(low, high))
+        return tuple(out)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return d
+        box = self._box(tuple(d[self.image_key].shape[1:]))
+        others = [k for k in self.key_iterator(d) if k != self.image_key]
+        if len(others) != len(self.label_fill):
+            raise ValueError(f"label_fill has {len(self.label_fill)} values for keys {others}")
+        for key, fills in [(self.image_key, self.image_fill)] + [
+            (k, (f,)) for k, f in zip(others, self.label_fill, strict=True)
+        ]:
+            img = d[key]
+            inside = torch.zeros(img.shape[1:], dtype=torch.bool, device=img.device)
+            inside[box] = True
+            out = img.clone()
+            for c in range(img.shape[0]):
+                out[c] = torch.where(inside, img[c], torch.as_tensor(fills[c % len(fills)]))
+            d[key] = out
+        return d
 
 
 def augmentation_transforms(
@@ -398,6 +474,17 @@ def augmentation_transforms(
             sigma_y=aug.smooth_sigma_vox,
             sigma_z=aug.smooth_sigma_vox,
             prob=aug.smooth_prob,
+        ),
+        RandFieldOfViewd(
+            keys=keys,
+            image_key=Keys.IMAGE,
+            # the network input of "no data": SUV 0 and, with a CT channel, air (-1)
+            image_fill=tuple(
+                config.scaled_suv(0.0) if c == Keys.PET else -1.0 for c in config.channels
+            ),
+            label_fill=(0.0,) + ((float(ORGAN_IGNORE),) if with_organs else ()),
+            prob=aug.fov_crop_prob,
+            half_vox=aug.fov_crop_half_vox,
         ),
     ]
 
