@@ -55,27 +55,28 @@ weights-gpu: setup
 	$(BIN)/python scripts/train.py experiment=synthetic_gpu overwrite=true +trainer.max_time=00:00:05:00
 	$(BIN)/python scripts/export_model.py run_dir=runs/synthetic_gpu out_dir=models/phantom-unet-gpu \
 		overwrite=true 'training_command="python scripts/train.py experiment=synthetic_gpu +trainer.max_time=00:00:05:00"'
-	$(MAKE) weights-stage2
 	$(MAKE) weights-sites
 	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu \
 		model_dir=models/phantom-unet-gpu overwrite=true
 	$(BIN)/python scripts/train_head.py experiment=head_calibrate_wide \
 		model_dir=models/phantom-unet-gpu overwrite=true
 
-# Stage 2 of the default folder's lesion network (issue 32): the GPU stage in
-# models/phantom-unet-gpu fine-tuned on 2 CPU cores (about 10 min) on its own phantoms plus hybrid
-# scans with sarcoma-like masses on the ACRIN-042 and CHUS-052 backgrounds (STS_001 left out),
-# with tumour-centred field-of-view crops. The export replaces the folder (site network and head
-# included), so weights-gpu remakes those after it. The shipped GPU stage is in git at ad3e210:
-#   git show ad3e210:models/phantom-unet-gpu/model.pt > models/phantom-unet-gpu/model.pt
-# Needs ../shared/data/real (or PETFLARE_REAL_DATA).
+# models/phantom-unet-stage2 (issue 32; not the default): the default folder's GPU-stage lesion
+# network fine-tuned on 2 CPU cores (about 10 min) on its own phantoms plus hybrid scans with
+# sarcoma-like masses on the ACRIN-042 and CHUS-052 backgrounds (STS_001 left out), with
+# tumour-centred field-of-view crops; the default's site network copied in; then its own pattern
+# head (about 35 min). Better on real tumours, worse pattern calls on real-background pairs
+# (docs/model_card.md). Needs ../shared/data/real (or PETFLARE_REAL_DATA).
 weights-stage2: setup
 	$(BIN)/python scripts/synthesize_hybrid.py hybrid=masses out=data/hybrid_masses n_variants=16 \
 		seed=12 'exclude=[sts001]' overwrite=true
 	$(BIN)/python scripts/train.py experiment=default_masses_cpu overwrite=true
-	$(BIN)/python scripts/export_model.py run_dir=runs/default_masses_cpu out_dir=models/phantom-unet-gpu \
+	$(BIN)/python scripts/export_model.py run_dir=runs/default_masses_cpu out_dir=models/phantom-unet-stage2 \
 		checkpoint=last physiology_filter=true overwrite=true \
-		'training_command="make weights-gpu: experiment=synthetic_gpu (GPU stage), then experiment=default_masses_cpu (CPU stage 2)"'
+		'training_command="make weights-stage2 (experiment=default_masses_cpu from models/phantom-unet-gpu)"'
+	rm -rf models/phantom-unet-stage2/sites && cp -r models/phantom-unet-gpu/sites models/phantom-unet-stage2/sites
+	$(BIN)/python scripts/train_head.py experiment=head_synthetic_cpu model_dir=models/phantom-unet-stage2 overwrite=true
+	$(BIN)/python scripts/train_head.py experiment=head_calibrate_wide model_dir=models/phantom-unet-stage2 overwrite=true
 
 # The default folder's site network models/phantom-unet-gpu/sites (issue 32): a small U-Net that
 # sees the whole body at 8 mm and labels brain, myocardium, kidneys and bladder for the physiology

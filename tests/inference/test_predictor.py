@@ -216,7 +216,7 @@ def test_remove_small_components(min_ml: float, expected_kept: int) -> None:
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
-@pytest.mark.parametrize("name", ["phantom-unet", "phantom-unet-gpu"])
+@pytest.mark.parametrize("name", ["phantom-unet", "phantom-unet-gpu", "phantom-unet-stage2"])
 def test_shipped_model_folder(name: str) -> None:
     """The default model folder and the GPU-trained alternative: small, safe to load, usable."""
     folder = MODELS / name
