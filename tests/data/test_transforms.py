@@ -88,15 +88,25 @@ def test_positive_patches_contain_lesion(tiny_study) -> None:  # noqa: ANN001
         assert float(patch[Keys.LABEL].sum()) > 0
 
 
-def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  # noqa: ANN001
+def _lesion_patch(tiny_study, **augmentation: object) -> dict:  # noqa: ANN001
+    """One 8^3 lesion-centred patch, seed 0, no flip / affine / intensity augmentation."""
     config = PreprocessingConfig(spacing_mm=(2.0, 2.0, 2.0))
     item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
-    common = dict(patch_size_vox=(8, 8, 8), num_samples=1, pos_fraction=1.0, flip_prob=0.0)
-    common |= dict(affine_prob=0.0, intensity_prob=0.0)
-    sharp = AugmentationConfig(**common)
-    blurred = AugmentationConfig(**common, smooth_prob=1.0, smooth_sigma_vox=(1.0, 1.0))
-    a = training_transforms(config, sharp).set_random_state(seed=0)(item)[0]
-    b = training_transforms(config, blurred).set_random_state(seed=0)(item)[0]
+    aug = AugmentationConfig(
+        patch_size_vox=(8, 8, 8),
+        num_samples=1,
+        pos_fraction=1.0,
+        flip_prob=0.0,
+        affine_prob=0.0,
+        intensity_prob=0.0,
+        **augmentation,  # type: ignore[arg-type]
+    )
+    return training_transforms(config, aug).set_random_state(seed=0)(item)[0]
+
+
+def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  # noqa: ANN001
+    a = _lesion_patch(tiny_study)
+    b = _lesion_patch(tiny_study, smooth_prob=1.0, smooth_sigma_vox=(1.0, 1.0))
     assert torch.equal(a[Keys.LABEL], b[Keys.LABEL])  # the label is never blurred
     assert float(b[Keys.IMAGE].max()) < float(a[Keys.IMAGE].max())  # the peak is spread out
     with pytest.raises(ValueError, match="smooth_sigma_vox"):
@@ -104,14 +114,8 @@ def test_blur_augmentation_smooths_without_moving_lesions(tiny_study) -> None:  
 
 
 def test_field_of_view_crop_cuts_image_and_label_around_the_centre(tiny_study) -> None:  # noqa: ANN001
-    config = PreprocessingConfig(spacing_mm=(2.0, 2.0, 2.0))
-    item = {Keys.PET: str(tiny_study.pet), Keys.LABEL: str(tiny_study.mask)}
-    common = dict(patch_size_vox=(8, 8, 8), num_samples=1, pos_fraction=1.0, flip_prob=0.0)
-    common |= dict(affine_prob=0.0, intensity_prob=0.0)
-    whole = AugmentationConfig(**common)
-    cut = AugmentationConfig(**common, fov_crop_prob=1.0, fov_crop_half_vox=(1, 1))
-    a = training_transforms(config, whole).set_random_state(seed=0)(item)[0]
-    b = training_transforms(config, cut).set_random_state(seed=0)(item)[0]
+    a = _lesion_patch(tiny_study)
+    b = _lesion_patch(tiny_study, fov_crop_prob=1.0, fov_crop_half_vox=(1, 1))
     box = (slice(None), slice(3, 6), slice(3, 6), slice(3, 6))  # centre 4 +- 1
     assert torch.equal(b[Keys.IMAGE][box], a[Keys.IMAGE][box])
     assert torch.equal(b[Keys.LABEL][box], a[Keys.LABEL][box])

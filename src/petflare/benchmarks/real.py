@@ -1323,8 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
             args.annotations,
             segmenters,
             model_name=_shown(args.model),
-            metadata=[predictor.metadata]
-            + ([predictor.sites.metadata] if predictor.sites is not None else []),
+            metadata=predictor.networks_metadata,
             descriptions=descriptions,
             perturbations={} if args.no_robustness else None,
             organ_map=predictor.predict_organs if predictor.has_organs else None,

@@ -370,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
             head = PatternClassifier.from_folder(model, device="cpu")
         # the folder's network and its site network both count as having seen a background
-        metadata = [predictor.metadata] + (
-            [predictor.sites.metadata] if predictor.sites is not None else []
-        )
+        metadata = predictor.networks_metadata
 
         def say(line: str) -> None:
             print(line, file=sys.stderr, flush=True)

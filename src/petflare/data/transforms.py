@@ -420,15 +420,14 @@ class RandFieldOfViewd(RandomizableTransform, MapTransform):
         others = [k for k in self.key_iterator(d) if k != self.image_key]
         if len(others) != len(self.label_fill):
             raise ValueError(f"label_fill has {len(self.label_fill)} values for keys {others}")
+        kept = (slice(None), *box)
         for key, fills in [(self.image_key, self.image_fill)] + [
             (k, (f,)) for k, f in zip(others, self.label_fill, strict=True)
         ]:
             img = d[key]
-            inside = torch.zeros(img.shape[1:], dtype=torch.bool, device=img.device)
-            inside[box] = True
-            out = img.clone()
-            for c in range(img.shape[0]):
-                out[c] = torch.where(inside, img[c], torch.as_tensor(fills[c % len(fills)]))
+            out = torch.empty_like(img)
+            out[:] = torch.as_tensor(fills, dtype=img.dtype, device=img.device).view(-1, 1, 1, 1)
+            out[kept] = img[kept]
             d[key] = out
         return d
 

@@ -237,6 +237,11 @@ class Predictor:
         return int(self.metadata.get("organ_classes", 0) or 0)
 
     @property
+    def networks_metadata(self) -> list[dict[str, Any]]:
+        """The metadata of every network the masks depend on: this one and its site network."""
+        return [self.metadata] + ([self.sites.metadata] if self.sites is not None else [])
+
+    @property
     def has_organs(self) -> bool:
         """Whether :meth:`segment` gives an organ map (own organ output or a site network)."""
         return self.organ_classes > 0 or self.sites is not None
